@@ -1,0 +1,182 @@
+"""``dfml-run``: the Hydra app. One job = one method on one task setting of one zoo.
+
+Data flow (architecture.md): config -> run key -> skip if done -> dataset -> zoo -> meta_train
+(inside the data-free guard) -> evaluate on the fixed suite -> record.json -> MLflow.
+Experiments sweep methods x tasks with Hydra multirun; the leaderboard callback prints the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bench.data import forbid_real_data, load_dataset
+from bench.environment import environment, git_state
+from bench.errors import BenchError
+from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
+from bench.hashing import spec_hash
+from bench.method import METHODS, Budget, MetaLearner, MethodContext, validate_method_config
+from bench.paths import resolve_results_dir
+from bench.records import RunRecord, finished_run, readout_name, write_record
+from bench.seeding import derive_seed, make_generator
+from bench.tasks import TaskShape, TaskSuite
+from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, synchronize
+from bench.tracking import make_sink
+from zoos.zoo import load_or_build_zoo
+
+log = logging.getLogger(__name__)
+
+#: Config sections that define what a run computes (its identity); paths/tracking/force do not.
+IDENTITY_KEYS = ("dataset", "zoo", "method", "task", "seed", "budget", "eval", "profile")
+
+
+def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """The part of the resolved config that determines the numbers, plus the device type."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    identity = {k: plain[k] for k in IDENTITY_KEYS if k in plain}
+    for section in ("dataset", "zoo", "method", "task"):
+        identity[section] = {k: v for k, v in identity[section].items() if k != "description"}
+    identity["device_type"] = device.type
+    return identity
+
+
+def task_shape(cfg: DictConfig) -> TaskShape:
+    """The task shape of ``cfg.task``."""
+    return TaskShape(int(cfg.task.n_way), int(cfg.task.k_shot), int(cfg.task.n_query))
+
+
+def build_method(cfg: DictConfig, context: MethodContext) -> MetaLearner:
+    """Look the method up, validate its YAML against its Config, instantiate it."""
+    cls = METHODS.get(str(cfg.method.name))
+    method_cfg = validate_method_config(cls, OmegaConf.to_container(cfg.method, resolve=True))
+    return cls(method_cfg, context)
+
+
+def hydra_choices() -> dict[str, str]:
+    """``hydra.runtime.choices`` of the groups (dataset, zoo, ...), when running under Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+        return {k: str(v) for k, v in choices.items() if not k.startswith("hydra")}
+    except ValueError:
+        return {}
+
+
+def run_one(cfg: DictConfig) -> Path:
+    """Run (or skip, if finished) the job described by ``cfg``; returns its run directory."""
+    results = resolve_results_dir(cfg.paths.results)
+    device = resolve_device(str(cfg.device.name))
+    key = spec_hash(run_identity(cfg, device))
+    experiment = str(cfg.experiment.name)
+    run_dir = results / "runs" / experiment / key
+    if finished_run(run_dir) and not cfg.force:
+        log.info("skip %s/%s (%s, %s): finished record exists", experiment, key,
+                 cfg.method.name, cfg.task.name)
+        return run_dir
+    budget = Budget(cfg.budget.meta_iterations, cfg.budget.max_seconds)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    dataset = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
+    shape = task_shape(cfg)
+    suite = TaskSuite(dataset, str(cfg.task.split), shape, int(cfg.task.n_episodes), int(cfg.task.suite_seed))
+    zoo = load_or_build_zoo(OmegaConf.to_container(cfg.zoo, resolve=True), dataset, device)
+    seed = int(cfg.seed)
+    context = MethodContext(shape.n_way, shape.k_shot, dataset.image_size, dataset.channels, device, seed)
+    method = build_method(cfg, context)
+    method_seed = derive_seed(seed, "method", cfg.method.name)
+    reset_peak_memory(device)
+    synchronize(device)
+    t0 = time.perf_counter()
+    if method.uses_real_data:
+        learner = method.meta_train(zoo, budget, make_generator(method_seed))
+    else:
+        with forbid_real_data(str(cfg.method.name)):
+            learner = method.meta_train(zoo, budget, make_generator(method_seed))
+    synchronize(device)
+    meta_train_s = time.perf_counter() - t0
+    result = evaluate(learner, suite, list(cfg.task.test_steps), device, cfg.eval.limit,
+                      description=f"{cfg.method.name} {shape.label}")
+    record = make_record(cfg, key, method, learner.transductive, dataset, zoo, suite, result,
+                         meta_train_s, device, seeds={"root": seed, "method": method_seed,
+                                                      "suite": int(cfg.task.suite_seed)})
+    record.started_at = started
+    write_record(run_dir, record, OmegaConf.to_yaml(cfg, resolve=True))
+    make_sink(cfg.tracking, results, experiment).log_record(record, run_dir)
+    log.info("%s %s: %.2f ± %.2f%% (%d episodes, %.1f ep/s)", cfg.method.name, shape.label,
+             record.acc_mean, record.acc_ci95, result.n_episodes, result.episodes_per_s)
+    return run_dir
+
+
+def make_record(cfg, key, method, transductive, dataset, zoo, suite, result: EvalResult,
+                meta_train_s, device, seeds) -> RunRecord:  # noqa: ANN001 - internal glue
+    """Assemble the RunRecord of a finished run."""
+    primary = int(cfg.task.primary_steps)
+    if primary not in result.per_episode:
+        raise BenchError(f"task.primary_steps={primary} is not in task.test_steps={list(cfg.task.test_steps)}")
+    peak, peak_kind = peak_memory_gb(device)
+    episodes = float(method.train_stats.get("meta_train_episodes", 0))
+    throughput = {
+        "meta_train_s": meta_train_s,
+        "meta_train_episodes": episodes,
+        "episodes_per_s": episodes / meta_train_s if meta_train_s > 0 and episodes else 0.0,
+        "eval_s": result.seconds,
+        "eval_episodes_per_s": result.episodes_per_s,
+        "adapt_ms_per_episode": 1000.0 * result.seconds / max(1, result.n_episodes),
+        "peak_mem_gb": peak,
+        "peak_mem_kind": peak_kind,
+        "device_name": environment(device)["device_name"],
+        "image_size": dataset.image_size,
+    }
+    throughput.update({k: v for k, v in method.train_stats.items() if k.endswith("_per_s")})
+    return RunRecord(
+        run_key=key,
+        experiment=str(cfg.experiment.name),
+        method=str(cfg.method.name),
+        data_free=not method.uses_real_data,
+        status="ok",
+        setting={"dataset": dataset.name, "zoo": zoo.name, "task": task_shape(cfg).label,
+                 "task_config": str(cfg.task.name), "profile": str(cfg.profile)},
+        config=OmegaConf.to_container(cfg, resolve=True),
+        choices=hydra_choices(),
+        seeds=seeds,
+        hashes={"dataset": dataset.content_hash, "zoo": zoo.key, "suite": suite.content_hash,
+                **git_state()},
+        environment=environment(device),
+        metrics={readout_name(s): summarize(v) for s, v in sorted(result.per_episode.items())},
+        primary_readout=readout_name(primary),
+        per_episode={readout_name(s): v for s, v in sorted(result.per_episode.items())},
+        throughput=throughput,
+        zoo=zoo.summary(),
+        train_stats=dict(method.train_stats),
+        ci_method=CI_METHOD,
+        transductive=transductive,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run_one(cfg)
+    except BenchError as error:
+        log.error("%s", error)
+        raise SystemExit(f"dfml-run: error: {error}") from None
+
+
+def main() -> None:
+    """Console entry point: validate group choices (did-you-mean), then hand over to Hydra."""
+    from bench.overrides import check_group_overrides
+
+    try:
+        check_group_overrides(sys.argv[1:])
+    except BenchError as error:
+        raise SystemExit(f"dfml-run: error: {error}") from None
+    _hydra_main()

@@ -1,0 +1,51 @@
+"""``dfml-collect``: records -> ``results/leaderboards/<experiment>.{csv,md}``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.leaderboard import REFERENCE, write_leaderboard
+from bench.records import read_records
+
+log = logging.getLogger(__name__)
+
+
+def collect_experiment(results: Path, experiment: str, reference: str = REFERENCE) -> tuple[pd.DataFrame, str]:
+    """Build the leaderboard of one experiment from its records under ``results/runs``."""
+    records = read_records(results / "runs" / experiment)
+    return write_leaderboard(records, results / "leaderboards", experiment, reference)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(prog="dfml-collect", description=__doc__)
+    parser.add_argument("experiments", nargs="*", help="experiment names (default: all with records)")
+    parser.add_argument("--results", default="results", help="results directory (default: ./results)")
+    parser.add_argument("--reference", default=REFERENCE, help="method for paired differences")
+    parser.add_argument("--format", choices=("md", "csv"), default="md", help="what to print")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    results = Path(args.results).expanduser().resolve()
+    runs = results / "runs"
+    available = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    wanted = args.experiments or available
+    try:
+        if not wanted:
+            raise BenchError(f"no records under {runs}; run dfml-run first")
+        for name in wanted:
+            if name not in available:
+                from bench.registry import unknown_key_message
+
+                raise BenchError(unknown_key_message("experiment with records", name, available))
+            table, markdown = collect_experiment(results, name, args.reference)
+            print(markdown if args.format == "md" else table.to_csv(index=False, float_format="%.4f"))
+    except BenchError as error:
+        print(f"dfml-collect: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,26 @@
+"""Datasets: a registry of loaders, each returning an :class:`ImageClassDataset`.
+
+``load_dataset(cfg)`` looks the loader up by ``cfg.name`` and passes the rest of the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bench.data.base import SPLITS, ImageClassDataset, forbid_real_data
+from bench.registry import Registry
+
+DatasetLoader = Callable[..., ImageClassDataset]
+DATASETS: Registry[DatasetLoader] = Registry("dataset", discover=("bench.data",))
+
+
+def load_dataset(cfg: Mapping[str, Any]) -> ImageClassDataset:
+    """Build or load the dataset described by ``cfg`` (``name`` + loader keyword arguments)."""
+    options = dict(cfg)
+    loader = DATASETS.get(str(options.pop("name")))
+    options.pop("description", None)
+    return loader(**options)
+
+
+__all__ = ["DATASETS", "SPLITS", "ImageClassDataset", "forbid_real_data", "load_dataset"]

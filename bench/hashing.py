@@ -1,0 +1,47 @@
+"""Content identity: canonical JSON, spec hashes and file checksums.
+
+A zoo member, a zoo, a dataset, a task suite and a run are identified by the sha256 of the canonical
+JSON of their spec plus :data:`CODE_VERSION`. Dict order never changes a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+#: Bumped whenever a change alters what cached artefacts contain (numbers, formats).
+CODE_VERSION = "1"
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and fixed separators; the byte form every hash is taken of."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def spec_hash(spec: Any, length: int = 16) -> str:
+    """Hex sha256 (first ``length`` chars) of ``canonical_json(spec)`` + the code version."""
+    payload = canonical_json({"code_version": CODE_VERSION, "spec": spec})
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Full hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Full hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_sha256(tensor: Any) -> str:
+    """sha256 of a tensor's dtype, shape and raw bytes (CPU, contiguous)."""
+    t = tensor.detach().cpu().contiguous()
+    header = f"{t.dtype}:{tuple(t.shape)}".encode()
+    return sha256_bytes(header + t.numpy().tobytes())

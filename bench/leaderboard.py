@@ -1,0 +1,177 @@
+"""Records -> tidy DataFrame -> leaderboard CSV (numeric) and Markdown (formatted pivot).
+
+A pure function of records: no server, no run directory other than ``record.json`` files.
+Rows of the tidy table are (table, method, dataset, zoo, task, test_steps, profile), aggregated over
+seeds (per-run CIs over episodes, averaged; ``n_seeds`` says how many). Paired differences against a
+reference method (``random_init`` by default) are computed episode by episode on identical suites.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from bench.atomic import atomic_write_text
+from bench.evaluate import paired_difference
+from bench.records import RunRecord
+
+GROUP = ["table", "method", "dataset", "zoo", "task", "test_steps", "profile"]
+REFERENCE = "random_init"
+
+
+def _rows(records: Sequence[RunRecord]) -> list[dict[str, object]]:
+    rows = []
+    for record in records:
+        if record.status != "ok":
+            continue
+        for readout, summary in record.metrics.items():
+            rows.append(
+                {
+                    "table": record.experiment,
+                    "method": record.method,
+                    "data_free": record.data_free,
+                    "dataset": record.setting["dataset"],
+                    "zoo": record.setting["zoo"],
+                    "task": record.setting["task"],
+                    "test_steps": int(readout.split("_")[1]),
+                    "profile": record.setting.get("profile", "-"),
+                    "seed": record.seeds["root"],
+                    "suite_hash": record.hashes["suite"],
+                    "acc_mean": summary["mean"],
+                    "acc_ci95": summary["ci95"],
+                    "n_episodes": int(summary["n"]),
+                    "episodes_per_s": record.throughput.get("eval_episodes_per_s", float("nan")),
+                    "run_key": record.run_key,
+                    "readout": readout,
+                }
+            )
+    return rows
+
+
+def _paired(records: Sequence[RunRecord], reference: str) -> dict[tuple, dict[str, float]]:
+    """Group key -> paired difference to ``reference`` pooled over matching (seed, suite) runs."""
+    by_setting: dict[tuple, RunRecord] = {}
+    for r in records:
+        if r.status == "ok":
+            key = (r.experiment, r.method, r.setting["dataset"], r.setting["zoo"], r.setting["task"],
+                   r.seeds["root"], r.hashes["suite"])
+            by_setting[key] = r
+    pooled: dict[tuple, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for (table, method, dataset, zoo, task, seed, suite), record in by_setting.items():
+        ref = by_setting.get((table, reference, dataset, zoo, task, seed, suite))
+        if ref is None or method == reference:
+            continue
+        for readout, values in record.per_episode.items():
+            if readout in ref.per_episode:
+                group = (table, method, dataset, zoo, task, int(readout.split("_")[1]),
+                         record.setting.get("profile", "-"))
+                pooled[group][0].extend(values)
+                pooled[group][1].extend(ref.per_episode[readout])
+    return {k: paired_difference(a, b) for k, (a, b) in pooled.items()}
+
+
+def tidy_table(records: Sequence[RunRecord], reference: str = REFERENCE) -> pd.DataFrame:
+    """One numeric row per (table, method, dataset, zoo, task, test_steps, profile)."""
+    columns = [*GROUP, "data_free", "acc_mean", "acc_ci95", "n_episodes", "n_seeds",
+               "episodes_per_s", "reference", "delta_vs_reference", "delta_ci95", "run_keys"]
+    rows = _rows(records)
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(rows)
+    table = frame.groupby(GROUP, sort=False).agg(
+        data_free=("data_free", "all"),
+        acc_mean=("acc_mean", "mean"),
+        acc_ci95=("acc_ci95", "mean"),
+        n_episodes=("n_episodes", "min"),
+        n_seeds=("seed", "nunique"),
+        episodes_per_s=("episodes_per_s", "mean"),
+        run_keys=("run_key", lambda keys: ";".join(sorted(set(keys)))),
+    ).reset_index()
+    paired = _paired(records, reference)
+    deltas = [paired.get(tuple(row[g] for g in GROUP)) for _, row in table.iterrows()]
+    table["reference"] = reference
+    table["delta_vs_reference"] = [d["mean"] if d else float("nan") for d in deltas]
+    table["delta_ci95"] = [d["ci95"] if d else float("nan") for d in deltas]
+    table["_order"] = table["method"].map(lambda m: _method_rank(m, table, reference))
+    table = table.sort_values(["_order", "method", "dataset", "zoo", "task", "test_steps"])
+    return table.drop(columns="_order")[columns].reset_index(drop=True)
+
+
+def _method_rank(method: str, table: pd.DataFrame, reference: str) -> int:
+    if method == reference:
+        return 0
+    data_free = bool(table.loc[table["method"] == method, "data_free"].all())
+    return 1 if data_free else 2
+
+
+def setting_label(task: str, steps: int) -> str:
+    """Column header of a setting: ``5w1s · 1 step (paper)`` / ``5w5s · 10 steps``."""
+    unit = "step" if steps == 1 else "steps"
+    paper = " (paper)" if steps == 1 else ""
+    return f"{task} · {steps} {unit}{paper}"
+
+
+def _row_label(method: str, data_free: bool) -> str:
+    return method if data_free else f"{method} (oracle: uses real data)"
+
+
+def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFrame:
+    settings = sorted({(t, s) for t, s in zip(table["task"], table["test_steps"], strict=True)},
+                      key=lambda ts: (ts[0], ts[1]))
+    methods = list(dict.fromkeys(zip(table["method"], table["data_free"], strict=True)))
+    cells = {}
+    for method, data_free in methods:
+        row = {}
+        for task, steps in settings:
+            hit = table[(table["method"] == method) & (table["task"] == task) & (table["test_steps"] == steps)]
+            if hit.empty or pd.isna(hit.iloc[0][value]):
+                row[setting_label(task, steps)] = "X"
+            else:
+                sign = "+" if signed else ""
+                row[setting_label(task, steps)] = f"{hit.iloc[0][value]:{sign}.1f} ± {hit.iloc[0][ci]:.1f}"
+        cells[_row_label(method, data_free)] = row
+    frame = pd.DataFrame.from_dict(cells, orient="index")
+    frame.index.name = "method"
+    return frame
+
+
+def markdown_table(table: pd.DataFrame, title: str) -> str:
+    """The formatted leaderboard: accuracy pivot, paired-difference pivot and a footer."""
+    if table.empty:
+        return f"# {title}\n\nNo finished runs.\n"
+    lines = [f"# Leaderboard: {title}", ""]
+    for (dataset, zoo, profile), part in table.groupby(["dataset", "zoo", "profile"], sort=True):
+        n_eps = sorted(set(part["n_episodes"].astype(int)))
+        n_seeds = sorted(set(part["n_seeds"].astype(int)))
+        lines += [
+            f"## dataset `{dataset}` · zoo `{zoo}` · profile `{profile}`",
+            "",
+            f"Query accuracy (%), mean ± 95% CI over n = {', '.join(map(str, n_eps))} episodes "
+            f"× {', '.join(map(str, n_seeds))} seed(s); X = missing run.",
+            "",
+            _pivot(part, "acc_mean", "acc_ci95", signed=False).to_markdown(),
+            "",
+        ]
+        reference = part["reference"].iloc[0]
+        others = part[part["method"] != reference]
+        if not others.empty and others["delta_vs_reference"].notna().any():
+            lines += [
+                f"Paired difference to `{reference}` (same episodes), mean ± 95% CI:",
+                "",
+                _pivot(others, "delta_vs_reference", "delta_ci95", signed=True).to_markdown(),
+                "",
+            ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_leaderboard(records: Sequence[RunRecord], out_dir: Path, table_id: str,
+                      reference: str = REFERENCE) -> tuple[pd.DataFrame, str]:
+    """Write ``<out_dir>/<table_id>.csv`` and ``.md`` atomically; return (table, markdown)."""
+    table = tidy_table([r for r in records if r.experiment == table_id], reference)
+    markdown = markdown_table(table, table_id)
+    atomic_write_text(out_dir / f"{table_id}.csv", table.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(out_dir / f"{table_id}.md", markdown)
+    return table, markdown

@@ -1,0 +1,118 @@
+"""The method contract: ``MetaLearner.meta_train(zoo, budget, gen) -> Learner``.
+
+A method is one file in ``baselines/`` (or ``purer/``) registered in :data:`METHODS`, plus one
+YAML in ``bench/conf/method/`` validated against its ``Config`` dataclass. ``meta_train`` receives
+a zoo, never a dataset: the harness runs it inside ``forbid_real_data`` unless the class declares
+``uses_real_data = True`` (the oracle baselines).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bench.errors import BenchError
+from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from zoos.zoo import Zoo
+
+
+class Classifier(Protocol):
+    """An adapted few-shot classifier: query_x (n, C, H, W) -> logits (n, n_way)."""
+
+    def __call__(self, query_x: torch.Tensor) -> torch.Tensor: ...
+
+
+class Learner(ABC):
+    """What meta-training produces: something that adapts to a support set."""
+
+    #: True when predictions for one query depend on the other queries (batch-stat BN).
+    transductive: bool = False
+
+    @abstractmethod
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Classifier:
+        """Adapt to support_x (n_way*k_shot, C, H, W), support_y (n_way*k_shot,)."""
+
+    def adapt_readouts(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, steps: Sequence[int]
+    ) -> dict[int, Classifier]:
+        """Classifiers read out after each number of test adaptation steps in ``steps``.
+
+        Learners without a step count return the same classifier for every readout.
+        """
+        classifier = self.adapt(support_x, support_y)
+        return dict.fromkeys(steps, classifier)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much meta-training a method may do (None = the method's own default)."""
+
+    meta_iterations: int | None = None
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("meta_iterations", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise BenchError(f"budget.{name} must be > 0 or null; got {value}")
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method knows about the run besides its config: task shape, input shape, device."""
+
+    n_way: int
+    k_shot: int
+    image_size: int
+    channels: int
+    device: torch.device
+    seed: int
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method config has; subclasses add their hyper-parameters."""
+
+    name: str = ""
+    description: str = ""
+
+
+class MetaLearner(ABC):
+    """Base of every registered method."""
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    #: Oracle baselines meta-train on real data and say so everywhere.
+    uses_real_data: ClassVar[bool] = False
+
+    def __init__(self, cfg: MethodConfig, context: MethodContext) -> None:
+        self.cfg, self.context = cfg, context
+        #: Counters filled by meta_train for the record (meta-train episodes, images synthesised...).
+        self.train_stats: dict[str, float] = {}
+
+    @abstractmethod
+    def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
+        """Learn a Learner from the zoo alone (no dataset) within ``budget``."""
+
+
+METHODS: Registry[type[MetaLearner]] = Registry("method", discover=("baselines", "purer"))
+
+
+def validate_method_config(cls: type[MetaLearner], raw: Mapping[str, Any]) -> MethodConfig:
+    """Merge ``raw`` into ``cls.Config`` (OmegaConf structured); type errors name the key."""
+    schema = OmegaConf.structured(cls.Config)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(dict(raw)))
+    except OmegaConfBaseException as error:
+        valid = ", ".join(f.name for f in fields(cls.Config))
+        raise BenchError(
+            f"bad config for method {raw.get('name')!r}: {error.msg}; valid keys: {valid}"
+        ) from error
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]

@@ -1,0 +1,28 @@
+"""Where things live: the cache (``DFML_CACHE``) and the results directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Root of content-addressed caches (datasets, zoo members); ``DFML_CACHE`` or ~/.cache."""
+    root = os.environ.get("DFML_CACHE") or Path.home() / ".cache" / "dfml-bench"
+    path = Path(root).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_results_dir(configured: str | os.PathLike[str]) -> Path:
+    """The absolute results directory; created if missing, with a clear error if unwritable."""
+    from bench.errors import BenchError
+
+    path = Path(configured).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BenchError(f"results dir {str(path)!r} cannot be created: {error}") from error
+    if not os.access(path, os.W_OK):
+        raise BenchError(f"results dir {str(path)!r} is not writable; set paths.results=<dir>")
+    return path

@@ -1,0 +1,125 @@
+"""RunRecord: the schema-versioned ``record.json`` every run writes; the source of truth.
+
+Layout of a run directory ``<results>/runs/<experiment>/<run_key>/``::
+
+    record.json    this record (atomic write)
+    episodes.csv   per-episode accuracies, one column per readout
+    config.yaml    the resolved config
+    done           written last; a directory without it is not a finished run
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.atomic import atomic_write_json, atomic_write_text, is_done
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class RunRecord:
+    """One run: what was asked, on what, what came out, how fast.
+
+    ``metrics`` maps a readout name (``steps_1``, ``steps_10``) to mean/std/ci95/n of the per-episode
+    query accuracies (%) in ``per_episode``; ``primary_readout`` names the one reported as ``acc_mean``.
+    """
+
+    run_key: str
+    experiment: str
+    method: str
+    data_free: bool
+    status: str
+    setting: dict[str, Any]
+    config: dict[str, Any]
+    choices: dict[str, str]
+    seeds: dict[str, int]
+    hashes: dict[str, Any]
+    environment: dict[str, Any]
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    primary_readout: str = ""
+    per_episode: dict[str, list[float]] = field(default_factory=dict)
+    throughput: dict[str, Any] = field(default_factory=dict)
+    zoo: dict[str, Any] = field(default_factory=dict)
+    train_stats: dict[str, Any] = field(default_factory=dict)
+    ci_method: str = ""
+    transductive: bool = False
+    started_at: str = ""
+    finished_at: str = ""
+    error: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def acc_mean(self) -> float:
+        """Mean accuracy (%) of the primary readout."""
+        return self.metrics[self.primary_readout]["mean"]
+
+    @property
+    def acc_ci95(self) -> float:
+        """95% CI half-width of the primary readout."""
+        return self.metrics[self.primary_readout]["ci95"]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+def readout_name(steps: int) -> str:
+    """Metric key of a readout: ``steps_10``."""
+    return f"steps_{steps}"
+
+
+def episodes_csv(record: RunRecord) -> str:
+    """Per-episode accuracies as CSV text: ``episode,steps_1,steps_10``."""
+    names = sorted(record.per_episode, key=lambda n: int(n.split("_")[1]))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["episode", *names])
+    for index, row in enumerate(zip(*(record.per_episode[n] for n in names), strict=True)):
+        writer.writerow([index, *(f"{v:.4f}" for v in row)])
+    return buffer.getvalue()
+
+
+def write_record(run_dir: Path, record: RunRecord, config_yaml: str) -> None:
+    """Write config, episodes and record atomically, then the ``done`` marker (last)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "done").unlink(missing_ok=True)
+    atomic_write_text(run_dir / "config.yaml", config_yaml)
+    if record.per_episode:
+        atomic_write_text(run_dir / "episodes.csv", episodes_csv(record))
+    atomic_write_json(run_dir / "record.json", record.to_json())
+    atomic_write_text(run_dir / "done", "ok\n")
+
+
+def read_record(path: Path) -> RunRecord:
+    """Load one ``record.json``; raises ValueError on a schema mismatch or missing keys."""
+    data = json.loads(Path(path).read_text())
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {data.get('schema_version')} != {SCHEMA_VERSION}")
+    return RunRecord(**data)
+
+
+def finished_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a finished run (done marker and a record)."""
+    return is_done(run_dir) and (run_dir / "record.json").is_file()
+
+
+def read_records(root: Path) -> list[RunRecord]:
+    """Every finished record under ``root`` (recursively), sorted by run key; bad ones are skipped."""
+    records = []
+    for path in sorted(Path(root).rglob("record.json")):
+        if not is_done(path.parent):
+            continue
+        try:
+            records.append(read_record(path))
+        except (ValueError, TypeError, json.JSONDecodeError) as error:
+            log.warning("skipping unreadable record %s: %s", path, error)
+    return sorted(records, key=lambda r: (r.experiment, r.run_key))

@@ -1,0 +1,59 @@
+"""Throughput and peak-memory measurement (CUDA-synchronised when on GPU)."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued CUDA work so that wall-clock timers measure it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak-memory window (CUDA only; CPU reports the process peak RSS)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device: torch.device | str) -> tuple[float, str]:
+    """(peak memory in GiB, what was measured): CUDA max allocated, or the process max RSS."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "cuda_max_allocated"
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return rss_kb * scale / 2**30, "process_max_rss"
+
+
+def device_name(device: torch.device | str) -> str:
+    """Human name of the device: the GPU model, or the CPU model / architecture."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is an error, not a fallback."""
+    from bench.errors import BenchError
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"device {requested!r} requested but CUDA is not available; use device=cpu")
+    try:
+        return torch.device(requested)
+    except RuntimeError as error:
+        raise BenchError(f"unknown device {requested!r}; valid: auto, cpu, cuda, cuda:N") from error

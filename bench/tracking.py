@@ -1,0 +1,151 @@
+"""MLflow sink: mirrors each record as an MLflow run (SQLite by default, any tracking URI).
+
+experiment = the table id, run name = the run key; params = the flattened config; tags = Hydra
+choices, git sha, zoo hash, device; metrics = ``acc_mean``, ``acc_ci95`` (+ per readout) and
+throughput; artifacts = the record, the config and the per-episode CSV. If the tracking server
+cannot be reached the run still completes: a warning names the URI and the record stays on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.records import RunRecord
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where finished records are mirrored."""
+
+    def log_record(self, record: RunRecord, run_dir: Path) -> None:
+        """Mirror one record."""
+
+
+class NullSink:
+    """Tracking off (``tracking=none``)."""
+
+    def log_record(self, record: RunRecord, run_dir: Path) -> None:
+        """Do nothing."""
+
+
+def tracking_uri(configured: str | None, results_dir: Path) -> str:
+    """``tracking.uri`` if set, else ``MLFLOW_TRACKING_URI``, else SQLite at results/mlflow.db."""
+    if configured:
+        return configured
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+def ensure_store(uri: str) -> None:
+    """Create the tracking store (SQLite schema) once, before parallel jobs race to create it."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"method": {"inner_lr": 0.01}}`` -> ``{"method.inner_lr": "0.01"}``."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def record_metrics(record: RunRecord) -> dict[str, float]:
+    """The numeric metrics MLflow gets for a record."""
+    metrics = {"acc_mean": record.acc_mean, "acc_ci95": record.acc_ci95}
+    for readout, summary in record.metrics.items():
+        metrics[f"acc_mean_{readout}"] = summary["mean"]
+        metrics[f"acc_ci95_{readout}"] = summary["ci95"]
+    for key, value in record.throughput.items():
+        if isinstance(value, int | float):
+            metrics[key] = float(value)
+    return metrics
+
+
+def record_tags(record: RunRecord) -> dict[str, str]:
+    """Tags: Hydra choices, hashes, device, status."""
+    tags = {f"choice.{k}": str(v) for k, v in record.choices.items()}
+    tags.update(
+        {
+            "method": record.method,
+            "run_key": record.run_key,
+            "status": record.status,
+            "data_free": str(record.data_free).lower(),
+            "git_sha": str(record.hashes.get("git_sha")),
+            "zoo_hash": str(record.hashes.get("zoo")),
+            "suite_hash": str(record.hashes.get("suite")),
+            "device": str(record.environment.get("device_name")),
+        }
+    )
+    return tags
+
+
+class MlflowSink:
+    """Logs records to MLflow at ``uri`` under experiment ``experiment``."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri, self.experiment = uri, experiment
+
+    def log_record(self, record: RunRecord, run_dir: Path) -> None:
+        """Create one MLflow run mirroring ``record``; warn (never fail the run) if unreachable."""
+        try:
+            self._log(record, run_dir)
+        except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
+            log.warning(
+                "MLflow at %s unreachable or failing (%s: %s); record kept at %s",
+                self.uri, type(error).__name__, error, run_dir / "record.json",
+            )
+
+    def _artifact_location(self) -> str | None:
+        """Artifacts of a SQLite store go next to the DB (not into the working directory)."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        db_path = Path(self.uri.removeprefix("sqlite:///"))
+        return (db_path.parent / "mlartifacts" / self.experiment).resolve().as_uri()
+
+    def _log(self, record: RunRecord, run_dir: Path) -> None:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=self.uri)
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            experiment_id = client.create_experiment(self.experiment, self._artifact_location())
+        run = client.create_run(experiment_id, run_name=record.run_key, tags=record_tags(record))
+        run_id = run.info.run_id
+        from mlflow.entities import Metric, Param
+
+        params = [Param(k, v) for k, v in sorted(flatten(record.config).items())]
+        for start in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[start : start + 100])
+        metrics = [Metric(k, v, 0, 0) for k, v in sorted(record_metrics(record).items())]
+        client.log_batch(run_id, metrics=metrics)
+        for name in ("record.json", "config.yaml", "episodes.csv"):
+            if (run_dir / name).is_file():
+                client.log_artifact(run_id, str(run_dir / name))
+        client.set_terminated(run_id, "FINISHED" if record.status == "ok" else "FAILED")
+
+
+def make_sink(cfg: Mapping[str, Any], results_dir: Path, experiment: str) -> Sink:
+    """The sink named by ``cfg.name`` (``sqlite``/``mlflow`` or ``none``)."""
+    from bench.errors import BenchError
+
+    name = cfg.get("name", "sqlite")
+    if name == "none":
+        return NullSink()
+    if name in ("sqlite", "mlflow"):
+        return MlflowSink(tracking_uri(cfg.get("uri"), results_dir), experiment)
+    raise BenchError(f"unknown tracking {name!r}; valid: sqlite, mlflow, none")

@@ -1,0 +1,56 @@
+"""Shared fixtures: a session cache dir, a small glyphs dataset and a tiny conv4 zoo (all CPU)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+# Hermetic: every test session gets its own cache unless DFML_TEST_CACHE points at a reusable one.
+_CACHE = os.environ.get("DFML_TEST_CACHE") or tempfile.mkdtemp(prefix="dfml-test-cache-")
+os.environ["DFML_CACHE"] = _CACHE
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+SMALL_GLYPHS = {"name": "glyphs", "max_classes": 260, "image_size": 32}
+TINY_ZOO = {
+    "name": "tiny_conv4",
+    "arch": "conv4",
+    "arch_options": {"width": 8},
+    "protocol": "disjoint",
+    "classes_per_member": 5,
+    "n_members": 3,
+    "seed": 0,
+    "recipe": {"epochs": 3, "milestones": [2]},
+}
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cache_root() -> Path:
+    return Path(_CACHE)
+
+
+@pytest.fixture(scope="session")
+def small_glyphs():
+    from bench.data import load_dataset
+
+    return load_dataset(SMALL_GLYPHS)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(small_glyphs):
+    from zoos.zoo import load_or_build_zoo
+
+    return load_or_build_zoo(TINY_ZOO, small_glyphs, "cpu")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return Path(__file__).resolve().parents[2] / "shared" / "data"

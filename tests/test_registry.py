@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+
+from bench.data import DATASETS
+from bench.errors import BenchError
+from bench.method import METHODS
+from bench.registry import Registry, unknown_key_message
+from zoos.architectures import ARCHITECTURES
+
+
+def _stems(group: str) -> set[str]:
+    return {p.name[:-5] for p in (resources.files("bench.conf") / group).iterdir() if p.name.endswith(".yaml")}
+
+
+def test_method_registry_matches_method_yamls():
+    assert set(METHODS.names()) == _stems("method")
+
+
+def test_dataset_registry_matches_dataset_yamls():
+    assert set(DATASETS.names()) == _stems("dataset")
+
+
+def test_unknown_key_suggests_close_names():
+    with pytest.raises(BenchError, match=r"unknown method 'weight_avrage'; did you mean 'weight_average'\?"):
+        METHODS.get("weight_avrage")
+
+
+def test_unknown_key_lists_available_without_bogus_suggestion():
+    message = unknown_key_message("architecture", "zzz", ["conv4", "resnet18"])
+    assert message == "unknown architecture 'zzz' available: conv4, resnet18"
+    with pytest.raises(BenchError, match="available: conv4"):
+        ARCHITECTURES.get("conv5x")
+
+
+def test_register_rejects_non_snake_case_and_duplicates():
+    registry: Registry[object] = Registry("thing")
+    with pytest.raises(ValueError, match="snake_case"):
+        registry.register("BadName")
+    registry.register("one")(object())
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("one")(object())
+
+
+def test_yaml_name_field_equals_file_stem():
+    import yaml
+
+    for group in ("method", "dataset", "zoo", "task"):
+        for stem in _stems(group):
+            data = yaml.safe_load((resources.files("bench.conf") / group / f"{stem}.yaml").read_text())
+            assert data["name"] == stem, f"{group}/{stem}.yaml has name {data['name']!r}"

@@ -1,0 +1,68 @@
+"""Specs of zoo members and zoos; their canonical JSON hash is their identity.
+
+A :class:`MemberSpec` fixes everything that determines a member's weights: architecture and its
+options, the dataset identity, the member's class names (in local-label order), the image shape,
+the training recipe and the seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.hashing import spec_hash
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Pretraining recipe (PURER's ``pretrain.py``; see purer.md §5).
+
+    ``optimizer`` is ``adam`` (conv4: lr 0.01) or ``sgd`` (resnets: lr 0.01, momentum 0.9, wd 5e-4).
+    ``select`` is ``final`` (what the reference saves) or ``best_holdout``.
+    """
+
+    epochs: int = 60
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = (30, 40, 50)
+    gamma: float = 0.2
+    clip_norm: float = 50.0
+    holdout_fraction: float = 0.2
+    select: str = "final"
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """Everything that determines one zoo member's weights."""
+
+    arch: str
+    arch_options: dict[str, Any]
+    dataset: str
+    dataset_hash: str
+    classes: tuple[str, ...]
+    image_size: int
+    channels: int
+    head_width: int
+    recipe: TrainRecipe
+    seed: int
+    index: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form (tuples become lists)."""
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        """Content hash of the spec (the member's cache key)."""
+        return spec_hash(self.to_json())
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> MemberSpec:
+        """Inverse of :meth:`to_json`."""
+        recipe = dict(data["recipe"])
+        recipe["milestones"] = tuple(recipe["milestones"])
+        return MemberSpec(**{**data, "classes": tuple(data["classes"]), "recipe": TrainRecipe(**recipe)})

@@ -1,0 +1,121 @@
+"""Pretrain one zoo member on its classes (purer.md §5).
+
+Per class, the first ``1 - holdout_fraction`` of its images (stored order) train and the rest are
+held out; labels are local (0..n-1 in the member's class order); no augmentation; the reference's
+optimisers, MultiStep schedule and gradient clipping.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.data.base import ImageClassDataset
+from bench.errors import BenchError
+from bench.seeding import derive_seed, make_generator
+from zoos.architectures import build_model
+from zoos.spec import MemberSpec, TrainRecipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedMember:
+    """A trained member: its weights and held-out accuracy (%)."""
+
+    model: nn.Module
+    heldout_acc: float
+    train_acc: float
+
+
+def member_tensors(
+    spec: MemberSpec, dataset: ImageClassDataset, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train_x, train_y, holdout_x, holdout_y) for the member's classes, normalised, on ``device``.
+
+    Shapes: x (n, C, H, W) float32, y (n,) int64 local labels.
+    """
+    name_to_index = {name: i for i, name in enumerate(dataset.class_names)}
+    train_split = set(dataset.split_classes("train"))
+    parts: dict[str, list[torch.Tensor]] = {"tx": [], "ty": [], "hx": [], "hy": []}
+    for local, class_name in enumerate(spec.classes):
+        index = name_to_index.get(class_name)
+        if index is None or index not in train_split:
+            raise BenchError(
+                f"member {spec.index} class {class_name!r} is not in the meta-train split of "
+                f"dataset {dataset.name!r}"
+            )
+        rows = dataset.class_rows(index)
+        n_train = max(1, round(rows.numel() * (1 - spec.recipe.holdout_fraction)))
+        images = dataset.normalize(dataset.read_rows(rows), device)
+        labels = torch.full((rows.numel(),), local, dtype=torch.long, device=device)
+        parts["tx"].append(images[:n_train])
+        parts["ty"].append(labels[:n_train])
+        parts["hx"].append(images[n_train:])
+        parts["hy"].append(labels[n_train:])
+    return tuple(torch.cat(parts[k]) for k in ("tx", "ty", "hx", "hy"))  # type: ignore[return-value]
+
+
+def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    """Adam (conv4 recipe) or SGD with momentum and weight decay (resnet recipe)."""
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
+    raise BenchError(f"unknown optimizer {recipe.optimizer!r}; valid: adam, sgd")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Top-1 accuracy (%) of ``model`` in eval mode on (x, y); nan when empty."""
+    if y.numel() == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = sum(
+        int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(y), batch)
+    )
+    model.train(was_training)
+    return 100.0 * correct / y.numel()
+
+
+def train_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.device) -> TrainedMember:
+    """Pretrain the member described by ``spec``; deterministic on CPU for a fixed spec."""
+    recipe = spec.recipe
+    if recipe.select not in ("final", "best_holdout"):
+        raise BenchError(f"unknown train.select {recipe.select!r}; valid: final, best_holdout")
+    train_x, train_y, hold_x, hold_y = member_tensors(spec, dataset, device)
+    init_gen = make_generator(derive_seed(spec.seed, "member-init", spec.index))
+    model = build_model(
+        spec.arch, spec.head_width, spec.image_size, spec.channels, init_gen, **spec.arch_options
+    ).to(device)
+    optimizer = make_optimizer(model, recipe)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+    order_gen = make_generator(derive_seed(spec.seed, "member-batches", spec.index))
+    best_state, best_acc = None, -1.0
+    for _epoch in range(recipe.epochs):
+        model.train()
+        order = torch.randperm(len(train_y), generator=order_gen).to(device)
+        for start in range(0, len(order), recipe.batch_size):
+            batch = order[start : start + recipe.batch_size]
+            loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm)
+            optimizer.step()
+        schedule.step()
+        if recipe.select == "best_holdout":
+            acc = accuracy(model, hold_x, hold_y)
+            if acc > best_acc:
+                best_acc, best_state = acc, copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainedMember(model, accuracy(model, hold_x, hold_y), accuracy(model, train_x, train_y))
