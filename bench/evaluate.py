@@ -81,7 +81,8 @@ def evaluate(
         for steps, classifier in classifiers.items():
             with torch.no_grad():
                 predicted = classifier(episode.query_x).argmax(1)
-            per_episode[steps].append(float((predicted == episode.query_y).float().mean()) * 100.0)
+            correct = int((predicted == episode.query_y).sum())
+            per_episode[steps].append(100.0 * correct / len(episode.query_y))
         if index % 25 == 0:
             bar.set_postfix(acc=f"{sum(per_episode[readouts[-1]]) / (index + 1):.1f}")
     synchronize(device)

@@ -1,0 +1,101 @@
+"""CLI smoke: dfml-run (smoke experiment) end to end, idempotent relaunch, dfml-collect, dfml-ls."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from bench.records import read_records
+
+BIN = Path(sys.executable).parent
+
+
+def _run(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory, small_glyphs):
+    work = tmp_path_factory.mktemp("cli")
+    done = _run("dfml-run", "experiment=smoke", cwd=work)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return work, done
+
+
+def test_smoke_run_writes_records_leaderboard_and_mlflow(smoke_results):
+    work, done = smoke_results
+    results = work / "results"
+    records = read_records(results / "runs" / "smoke")
+    assert {r.method for r in records} == {"random_init", "weight_average"}
+    for record in records:
+        assert record.status == "ok" and record.setting["task"] == "5w1s"
+        assert len(record.per_episode["steps_10"]) == 20 and len(record.per_episode["steps_1"]) == 20
+        assert record.throughput["eval_episodes_per_s"] > 0 and record.environment["torch"]
+        assert record.hashes["suite"] and record.hashes["zoo"] and record.choices["method"] == record.method
+    assert len({r.hashes["suite"] for r in records}) == 1  # same episodes for every method
+    assert "| random_init" in done.stdout and "| weight_average" in done.stdout
+    assert (results / "leaderboards" / "smoke.csv").is_file() and (results / "leaderboards" / "smoke.md").is_file()
+    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert sorted(runs["tags.mlflow.runName"]) == sorted(r.run_key for r in records)
+
+
+def test_relaunch_skips_finished_runs_and_force_reruns_one(smoke_results):
+    work, _ = smoke_results
+    record_files = sorted((work / "results" / "runs" / "smoke").glob("*/record.json"))
+    before = {p: p.stat().st_mtime_ns for p in record_files}
+    again = _run("dfml-run", "experiment=smoke", cwd=work)
+    assert again.returncode == 0, again.stderr
+    assert (again.stdout + again.stderr).count("finished record exists") == 2
+    assert {p: p.stat().st_mtime_ns for p in record_files} == before
+    forced = _run("dfml-run", "experiment=smoke", "method=random_init", "force=true", cwd=work)
+    assert forced.returncode == 0, forced.stderr
+    changed = [p for p in record_files if p.stat().st_mtime_ns != before[p]]
+    assert len(changed) == 1
+
+
+def test_collect_and_ls(smoke_results):
+    work, _ = smoke_results
+    shutil.rmtree(work / "results" / "leaderboards")
+    collected = _run("dfml-collect", "smoke", cwd=work)
+    assert collected.returncode == 0, collected.stderr
+    assert "weight_average" in collected.stdout and (work / "results" / "leaderboards" / "smoke.md").is_file()
+    missing = _run("dfml-collect", "smok", cwd=work)
+    assert missing.returncode == 2 and "did you mean 'smoke'" in missing.stderr
+    listing = _run("dfml-ls", cwd=work)
+    assert listing.returncode == 0
+    for needle in ("datasets:", "glyphs", "architectures:", "conv4", "zoos:", "glyphs_ss_conv4",
+                   "methods:", "weight_average", "tasks:", "5w1s", "experiments:", "default"):
+        assert needle in listing.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["method=weight_avrage"], "did you mean 'weight_average'"),
+        (["experiment=smoke", "task.n_way=400"], "n_way=400 is larger than the"),
+        (["experiment=smoke", "task.n_query=30"], "k_shot + n_query = 1 + 30 = 31 exceeds"),
+        (["experiment=smoke", "budget.meta_iterations=0"], "budget.meta_iterations must be > 0"),
+    ],
+)
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_gpu_is_an_error_not_a_fallback(tmp_path):
+    done = _run("dfml-run", "experiment=smoke", "device=cuda", cwd=tmp_path)
+    assert done.returncode != 0 and "CUDA is not available; use device=cpu" in done.stderr
+
+
+def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message, small_glyphs):
+    done = _run("dfml-run", *args, cwd=tmp_path)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "results" / "runs").exists() or not any((tmp_path / "results" / "runs").rglob("record.json"))

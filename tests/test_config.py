@@ -1,0 +1,63 @@
+"""Every config composes; every method YAML validates against its class's Config."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from bench.errors import BenchError
+from bench.method import METHODS, validate_method_config
+from bench.overrides import GROUPS, check_group_overrides, group_options
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{group}={option}" for group in GROUPS for option in group_options(group)],
+)
+def test_every_group_option_composes(override):
+    cfg = _compose([override])
+    OmegaConf.to_container(cfg, resolve=False)
+    group, option = override.split("=")
+    assert cfg.hydra.runtime.choices[group] == option
+
+
+def test_default_config_is_the_default_experiment():
+    cfg = _compose([])
+    assert cfg.experiment.name == "default"
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {"method": "random_init,weight_average", "task": "5w1s,5w5s"}
+    assert cfg.dataset.name == "glyphs" and cfg.zoo.name == "glyphs_ss_conv4"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_yaml_validates(name):
+    cfg = _compose([f"method={name}"])
+    validated = validate_method_config(METHODS.get(name), OmegaConf.to_container(cfg.method))
+    assert validated.name == name
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["method=weight_avrage"], r"unknown method 'weight_avrage'; did you mean 'weight_average'"),
+        (["dataset=glyph"], r"unknown dataset 'glyph'; did you mean 'glyphs'"),
+        (["task=5w2s"], r"unknown task '5w2s'; did you mean"),
+        (["method=random_init,purer9"], r"unknown method 'purer9'"),
+        (["+experiment=defualt"], r"unknown experiment 'defualt'; did you mean 'default'"),
+        (["zoo=glyphs_ss"], r"unknown zoo 'glyphs_ss'; did you mean 'glyphs_ss_conv4'"),
+    ],
+)
+def test_unknown_group_options_get_did_you_mean(argv, pattern):
+    with pytest.raises(BenchError, match=pattern):
+        check_group_overrides(argv)
+
+
+def test_valid_and_non_group_overrides_pass():
+    check_group_overrides(["method=random_init,weight_average", "seed=3", "task.n_episodes=10",
+                           "method=choice(random_init)", "hydra.mode=RUN"])

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.evaluate import evaluate, paired_difference, summarize
+from bench.method import Learner
+from bench.tasks import TaskShape, TaskSuite
+
+
+def test_ci95_uses_population_std():
+    values = [40.0, 60.0, 50.0, 70.0]
+    summary = summarize(values)
+    std = math.sqrt(sum((v - 55.0) ** 2 for v in values) / 4)  # ddof=0
+    assert summary["mean"] == pytest.approx(55.0)
+    assert summary["std"] == pytest.approx(std)
+    assert summary["ci95"] == pytest.approx(1.96 * std / 2.0)
+    assert summary["n"] == 4
+
+
+def test_paired_difference_is_tighter_than_unpaired_for_correlated_results():
+    base = [20.0, 80.0, 40.0, 60.0, 30.0, 70.0]
+    better = [b + 5.0 + (1.0 if i % 2 else -1.0) for i, b in enumerate(base)]
+    paired = paired_difference(better, base)
+    assert paired["mean"] == pytest.approx(5.0)
+    assert paired["ci95"] < summarize(base)["ci95"]
+    with pytest.raises(BenchError, match="equal episode counts"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+class _Oracle(Learner):
+    """Classifies perfectly by reading the label order (support is class-blocked)."""
+
+    def adapt(self, support_x, support_y):
+        return lambda query_x: torch.eye(5)[torch.arange(5).repeat_interleave(query_x.shape[0] // 5)]
+
+
+class _Constant(Learner):
+    def adapt(self, support_x, support_y):
+        return lambda query_x: torch.zeros(query_x.shape[0], 5).index_fill_(1, torch.tensor([0]), 1.0)
+
+
+def test_evaluate_counts_accuracy_per_episode(small_glyphs):
+    suite = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 6, seed=0)
+    perfect = evaluate(_Oracle(), suite, [1, 10])
+    assert perfect.per_episode[1] == [100.0] * 6 and perfect.per_episode[10] == [100.0] * 6
+    constant = evaluate(_Constant(), suite, [10], limit=4)
+    assert constant.per_episode[10] == [20.0] * 4
+    assert constant.n_episodes == 4 and constant.episodes_per_s > 0
+
+
+def test_evaluate_rejects_bad_readouts(small_glyphs):
+    suite = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 2, seed=0)
+    with pytest.raises(BenchError, match="test_steps"):
+        evaluate(_Constant(), suite, [])

@@ -1,0 +1,55 @@
+"""Golden test: committed fixture records -> the committed leaderboard, byte for byte.
+
+Regenerate both after an intended format change: ``python -m tests.fixtures.make_leaderboard_fixture``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bench.leaderboard import setting_label, tidy_table, write_leaderboard
+from bench.records import read_records
+from tests.fixtures.make_leaderboard_fixture import EXPECTED, RUNS, fixture_records
+
+
+def test_golden_leaderboard(tmp_path):
+    records = read_records(RUNS)
+    assert len(records) == 11
+    write_leaderboard(records, tmp_path, "golden")
+    assert (tmp_path / "golden.md").read_text() == (EXPECTED / "golden.md").read_text()
+    assert (tmp_path / "golden.csv").read_text() == (EXPECTED / "golden.csv").read_text()
+
+
+def test_committed_records_equal_the_generator():
+    assert [r.to_json() for r in read_records(RUNS)] == sorted(
+        (r.to_json() for r in fixture_records()), key=lambda d: d["run_key"])
+
+
+def test_tidy_table_aggregates_seeds_and_orders_rows():
+    table = tidy_table(fixture_records())
+    assert list(dict.fromkeys(table["method"])) == ["random_init", "weight_average", "maml_oracle"]
+    row = table[(table.method == "random_init") & (table.task == "5w1s") & (table.test_steps == 10)].iloc[0]
+    seeds = [r for r in fixture_records() if r.method == "random_init" and r.setting["task"] == "5w1s"]
+    assert row.n_seeds == 2 and row.n_episodes == 40
+    assert row.acc_mean == pytest.approx(sum(r.metrics["steps_10"]["mean"] for r in seeds) / 2)
+    assert pd.isna(row.delta_vs_reference)
+    wa = table[(table.method == "weight_average") & (table.task == "5w5s") & (table.test_steps == 10)].iloc[0]
+    assert wa.n_seeds == 1 and wa.delta_vs_reference == pytest.approx(16.0, abs=3.0)
+    assert not table[table.method == "maml_oracle"].data_free.any()
+
+
+def test_markdown_marks_oracles_missing_runs_and_paper_protocol():
+    text = (EXPECTED / "golden.md").read_text()
+    assert "maml_oracle (oracle: uses real data)" in text
+    assert setting_label("5w1s", 1) == "5w1s · 1 step (paper)" and setting_label("5w1s", 1) in text
+    assert "Paired difference to `random_init`" in text
+
+
+def test_failed_runs_are_not_counted():
+    records = fixture_records()
+    records[0].status = "failed"
+    table = tidy_table(records)
+    first = records[0]
+    hit = table[(table.method == first.method) & (table.task == first.setting["task"])]
+    assert set(hit.n_seeds) == {1}

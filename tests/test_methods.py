@@ -1,0 +1,92 @@
+"""The method contract, run over the whole registry on a tiny zoo."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.data import forbid_real_data
+from bench.errors import BenchError, DataFreeViolation
+from bench.method import METHODS, Budget, Learner, MethodContext, validate_method_config
+from bench.tasks import TaskShape, TaskSuite
+from zoos.zoo import Zoo, load_or_build_zoo
+
+CONTEXT = MethodContext(n_way=5, k_shot=1, image_size=32, channels=3, device=torch.device("cpu"), seed=0)
+
+
+def _train(name: str, zoo: Zoo, seed: int = 0) -> Learner:
+    cls = METHODS.get(name)
+    import yaml
+    from importlib import resources
+
+    raw = yaml.safe_load((resources.files("bench.conf") / "method" / f"{name}.yaml").read_text())
+    cfg = validate_method_config(cls, raw)
+    method = cls(cfg, dataclasses.replace(CONTEXT, seed=seed))
+    generator = torch.Generator().manual_seed(seed)
+    if cls.uses_real_data:
+        return method.meta_train(zoo, Budget(meta_iterations=2), generator)
+    with forbid_real_data(name):
+        return method.meta_train(zoo, Budget(meta_iterations=2), generator)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_contract(name, tiny_zoo, small_glyphs):
+    suite = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 2, seed=0)
+    episode = suite.episode(0)
+    first = _train(name, tiny_zoo)
+    assert isinstance(first, Learner)
+    logits = first.adapt(episode.support_x, episode.support_y)(episode.query_x)
+    assert logits.shape == (75, 5) and torch.isfinite(logits).all()
+    readouts = first.adapt_readouts(episode.support_x, episode.support_y, [1, 10])
+    assert set(readouts) == {1, 10}
+    again = _train(name, tiny_zoo).adapt(episode.support_x, episode.support_y)(episode.query_x)
+    assert torch.equal(logits, again), "same seed must give identical results"
+
+
+def test_guard_catches_a_method_reading_real_data(small_glyphs):
+    with forbid_real_data("sneaky"), pytest.raises(DataFreeViolation, match="sneaky.*glyphs"):
+        small_glyphs.read_rows(torch.tensor([0]))
+    assert small_glyphs.read_rows(torch.tensor([0])).shape[0] == 1  # outside the guard
+
+
+def test_random_init_depends_on_seed_not_zoo(tiny_zoo, small_glyphs):
+    episode = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 1, seed=0).episode(0)
+    a = _train("random_init", tiny_zoo, seed=0).adapt(episode.support_x, episode.support_y)(episode.query_x)
+    b = _train("random_init", tiny_zoo, seed=1).adapt(episode.support_x, episode.support_y)(episode.query_x)
+    assert not torch.equal(a, b)
+
+
+def test_weight_average_is_the_mean_of_member_weights(tiny_zoo):
+    learner = _train("weight_average", tiny_zoo)
+    name = "features.0.weight"
+    expected = torch.stack([m.model.state_dict()[name] for m in tiny_zoo.members]).mean(0)
+    assert torch.allclose(learner.init_params[name], expected)
+    assert torch.allclose(learner.init_params["head.bias"],
+                          torch.stack([m.model.head.bias for m in tiny_zoo.members]).mean(0))
+
+
+def test_weight_average_refuses_mixed_zoo_naming_the_mismatch(tiny_zoo, small_glyphs):
+    from tests.conftest import TINY_ZOO
+
+    wide = load_or_build_zoo({**TINY_ZOO, "name": "wide", "n_members": 1, "arch_options": {"width": 4}},
+                             small_glyphs)
+    mixed = dataclasses.replace(tiny_zoo, members=[*tiny_zoo.members, *wide.members])
+    with pytest.raises(BenchError, match=r"same-architecture zoo; got conv4\(width=8\).*×3, conv4\(width=4\).*×1"):
+        _train("weight_average", mixed)
+
+
+def test_method_yaml_type_errors_name_the_key():
+    cls = METHODS.get("random_init")
+    with pytest.raises(BenchError, match="inner_lr"):
+        validate_method_config(cls, {"name": "random_init", "inner_lr": "fast"})
+    with pytest.raises(BenchError, match="bogus"):
+        validate_method_config(cls, {"name": "random_init", "bogus": 1})
+
+
+def test_budget_rejects_non_positive_values():
+    with pytest.raises(BenchError, match="budget.meta_iterations must be > 0"):
+        Budget(meta_iterations=0)
+    with pytest.raises(BenchError, match="budget.max_seconds"):
+        Budget(max_seconds=-1.0)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+import os
+
+import mlflow
+import pytest
+
+from bench.atomic import atomic_write_json
+from bench.records import read_record, read_records, write_record
+from bench.tracking import MlflowSink, ensure_store, flatten, tracking_uri
+from tests.fixtures.make_leaderboard_fixture import fake_record
+
+
+def test_mlflow_sink_round_trip(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ensure_store(uri)
+    records = [fake_record("random_init", True, 30.0, "5w1s", 0), fake_record("weight_average", True, 45.0, "5w1s", 0)]
+    for record in records:
+        run_dir = tmp_path / "runs" / record.run_key
+        write_record(run_dir, record, "a: 1\n")
+        MlflowSink(uri, "golden").log_record(record, run_dir)
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["golden"]).set_index("tags.mlflow.runName")
+    assert set(runs.index) == {r.run_key for r in records}
+    for record in records:
+        row = runs.loc[record.run_key]
+        assert row["metrics.acc_mean"] == pytest.approx(record.acc_mean)
+        assert row["metrics.acc_ci95"] == pytest.approx(record.acc_ci95)
+        assert row["metrics.acc_mean_steps_1"] == pytest.approx(record.metrics["steps_1"]["mean"])
+        assert row["params.method.name"] == record.method
+        assert row["tags.method"] == record.method and row["status"] == "FINISHED"
+        artifacts = mlflow.MlflowClient(uri).list_artifacts(row["run_id"])
+        assert {a.path for a in artifacts} == {"record.json", "config.yaml", "episodes.csv"}
+    assert (tmp_path / "mlartifacts").is_dir()  # next to the DB, not in the working directory
+
+
+def test_unreachable_tracking_server_warns_and_keeps_the_record(tmp_path, caplog):
+    record = fake_record("random_init", True, 30.0, "5w1s", 0)
+    run_dir = tmp_path / record.run_key
+    write_record(run_dir, record, "a: 1\n")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
+    try:
+        MlflowSink("http://127.0.0.1:9", "x").log_record(record, run_dir)
+    finally:
+        del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+    assert "http://127.0.0.1:9" in caplog.text
+    assert read_record(run_dir / "record.json").run_key == record.run_key
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid")
+    assert tracking_uri(None, tmp_path) == "http://example.invalid"
+    assert tracking_uri("sqlite:////x.db", tmp_path) == "sqlite:////x.db"
+
+
+def test_flatten_config():
+    assert flatten({"method": {"inner_lr": 0.01, "x": [1, 2]}, "seed": 0}) == {
+        "method.inner_lr": "0.01", "method.x": "[1, 2]", "seed": "0"}
+
+
+def test_record_without_done_marker_is_ignored(tmp_path):
+    record = fake_record("random_init", True, 30.0, "5w1s", 0)
+    write_record(tmp_path / "a", record, "")
+    (tmp_path / "a" / "done").unlink()
+    assert read_records(tmp_path) == []
+
+
+def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    atomic_write_json(target, {"ok": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {1j: 1})  # complex keys are not JSON
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from zoos.members import class_groups
+from zoos.spec import MemberSpec
+from zoos.zoo import load_or_build_zoo
+
+
+def test_disjoint_groups_are_contiguous_after_sorting():
+    names = [f"c{i:02d}" for i in range(64)][::-1]
+    groups = class_groups(names, "disjoint", 5, None, seed=0)
+    assert len(groups) == 13 and groups[0] == ["c00", "c01", "c02", "c03", "c04"]
+    assert groups[-1] == ["c60", "c61", "c62", "c63"]
+    assert sorted(sum(groups, [])) == sorted(names)
+
+
+def test_disjoint_subset_is_seeded_and_disjoint():
+    names = [f"c{i:03d}" for i in range(200)]
+    a = class_groups(names, "disjoint", 5, 13, seed=0)
+    assert a == class_groups(names, "disjoint", 5, 13, seed=0)
+    assert a != class_groups(names, "disjoint", 5, 13, seed=1)
+    flat = sum(a, [])
+    assert len(flat) == len(set(flat)) == 65
+
+
+def test_overlapping_groups_have_distinct_classes_each():
+    groups = class_groups([f"c{i}" for i in range(30)], "overlapping", 5, 100, seed=0)
+    assert len(groups) == 100 and all(len(set(g)) == 5 for g in groups)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "n_members", "pattern"),
+    [("disjoint", 1000, "needs 5000 meta-train classes"), ("ring", 3, "unknown zoo protocol 'ring'")],
+)
+def test_bad_zoo_specs(protocol, n_members, pattern):
+    with pytest.raises(BenchError, match=pattern):
+        class_groups([f"c{i}" for i in range(30)], protocol, 5, n_members, seed=0)
+
+
+def test_zoo_members_are_trained_cached_and_described(tiny_zoo, small_glyphs):
+    assert len(tiny_zoo.members) == 3
+    train_names = {small_glyphs.class_names[i] for i in small_glyphs.split_classes("train")}
+    for member in tiny_zoo.members:
+        assert set(member.spec.classes) <= train_names
+        assert 0.0 <= member.heldout_acc <= 100.0
+        assert not member.model.training
+        assert all(not p.requires_grad for p in member.model.parameters())
+    assert tiny_zoo.members[0].heldout_acc > 20.0  # better than chance on 5 classes
+    again = load_or_build_zoo({**_tiny_cfg(), "name": "tiny_conv4"}, small_glyphs)
+    assert again.key == tiny_zoo.key
+    for a, b in zip(again.members, tiny_zoo.members, strict=True):
+        for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+            assert torch.equal(v, w), k
+
+
+def test_corrupted_member_is_rebuilt_with_warning(small_glyphs, cache_root, caplog):
+    cfg = {**_tiny_cfg(), "name": "corrupt_me", "n_members": 1, "seed": 5}
+    zoo = load_or_build_zoo(cfg, small_glyphs)
+    weights = cache_root / "zoo_members" / zoo.members[0].key / "weights.pt"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-10] + b"0123456789")
+    with caplog.at_level(logging.WARNING):
+        rebuilt = load_or_build_zoo(cfg, small_glyphs)
+    assert "does not match manifest" in caplog.text and zoo.members[0].key in caplog.text
+    assert weights.read_bytes() == original  # deterministic retrain on CPU
+    assert rebuilt.members[0].weights_sha256 == zoo.members[0].weights_sha256
+
+
+def test_member_spec_round_trips_through_json(tiny_zoo):
+    spec = tiny_zoo.members[1].spec
+    assert MemberSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_unknown_arch_is_a_clear_error(small_glyphs):
+    with pytest.raises(BenchError, match=r"unknown architecture 'conv44'; did you mean 'conv4'"):
+        load_or_build_zoo({**_tiny_cfg(), "arch": "conv44"}, small_glyphs)
+
+
+def _tiny_cfg():
+    from tests.conftest import TINY_ZOO
+
+    return dict(TINY_ZOO)
