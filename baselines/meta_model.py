@@ -16,7 +16,13 @@ def fresh_meta_model(context: MethodContext, width: int, global_pool: bool = Fal
     """
     generator = make_generator(derive_seed(context.seed, "meta-model-init"))
     model = build_model(
-        "conv4", context.n_way, context.image_size, context.channels, generator,
-        width=width, batch_stat_bn=True, global_pool=global_pool,
+        "conv4",
+        context.n_way,
+        context.image_size,
+        context.channels,
+        generator,
+        width=width,
+        batch_stat_bn=True,
+        global_pool=global_pool,
     )
     return model.to(context.device)

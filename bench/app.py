@@ -79,8 +79,9 @@ def run_one(cfg: DictConfig) -> Path:
     experiment = str(cfg.experiment.name)
     run_dir = results / "runs" / experiment / key
     if finished_run(run_dir) and not cfg.force:
-        log.info("skip %s/%s (%s, %s): finished record exists", experiment, key,
-                 cfg.method.name, cfg.task.name)
+        log.info(
+            "skip %s/%s (%s, %s): finished record exists", experiment, key, cfg.method.name, cfg.task.name
+        )
         return run_dir
     budget = Budget(cfg.budget.meta_iterations, cfg.budget.max_seconds)
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -102,25 +103,51 @@ def run_one(cfg: DictConfig) -> Path:
             learner = method.meta_train(zoo, budget, make_generator(method_seed))
     synchronize(device)
     meta_train_s = time.perf_counter() - t0
-    result = evaluate(learner, suite, list(cfg.task.test_steps), device, cfg.eval.limit,
-                      description=f"{cfg.method.name} {shape.label}")
-    record = make_record(cfg, key, method, learner.transductive, dataset, zoo, suite, result,
-                         meta_train_s, device, seeds={"root": seed, "method": method_seed,
-                                                      "suite": int(cfg.task.suite_seed)})
+    result = evaluate(
+        learner,
+        suite,
+        list(cfg.task.test_steps),
+        device,
+        cfg.eval.limit,
+        description=f"{cfg.method.name} {shape.label}",
+    )
+    record = make_record(
+        cfg,
+        key,
+        method,
+        learner.transductive,
+        dataset,
+        zoo,
+        suite,
+        result,
+        meta_train_s,
+        device,
+        seeds={"root": seed, "method": method_seed, "suite": int(cfg.task.suite_seed)},
+    )
     record.started_at = started
     write_record(run_dir, record, OmegaConf.to_yaml(cfg, resolve=True))
     make_sink(cfg.tracking, results, experiment).log_record(record, run_dir)
-    log.info("%s %s: %.2f ± %.2f%% (%d episodes, %.1f ep/s)", cfg.method.name, shape.label,
-             record.acc_mean, record.acc_ci95, result.n_episodes, result.episodes_per_s)
+    log.info(
+        "%s %s: %.2f ± %.2f%% (%d episodes, %.1f ep/s)",
+        cfg.method.name,
+        shape.label,
+        record.acc_mean,
+        record.acc_ci95,
+        result.n_episodes,
+        result.episodes_per_s,
+    )
     return run_dir
 
 
-def make_record(cfg, key, method, transductive, dataset, zoo, suite, result: EvalResult,
-                meta_train_s, device, seeds) -> RunRecord:  # noqa: ANN001 - internal glue
+def make_record(
+    cfg, key, method, transductive, dataset, zoo, suite, result: EvalResult, meta_train_s, device, seeds
+) -> RunRecord:  # noqa: ANN001 - internal glue
     """Assemble the RunRecord of a finished run."""
     primary = int(cfg.task.primary_steps)
     if primary not in result.per_episode:
-        raise BenchError(f"task.primary_steps={primary} is not in task.test_steps={list(cfg.task.test_steps)}")
+        raise BenchError(
+            f"task.primary_steps={primary} is not in task.test_steps={list(cfg.task.test_steps)}"
+        )
     peak, peak_kind = peak_memory_gb(device)
     episodes = float(method.train_stats.get("meta_train_episodes", 0))
     throughput = {
@@ -142,13 +169,17 @@ def make_record(cfg, key, method, transductive, dataset, zoo, suite, result: Eva
         method=str(cfg.method.name),
         data_free=not method.uses_real_data,
         status="ok",
-        setting={"dataset": dataset.name, "zoo": zoo.name, "task": task_shape(cfg).label,
-                 "task_config": str(cfg.task.name), "profile": str(cfg.profile)},
+        setting={
+            "dataset": dataset.name,
+            "zoo": zoo.name,
+            "task": task_shape(cfg).label,
+            "task_config": str(cfg.task.name),
+            "profile": str(cfg.profile),
+        },
         config=OmegaConf.to_container(cfg, resolve=True),
         choices=hydra_choices(),
         seeds=seeds,
-        hashes={"dataset": dataset.content_hash, "zoo": zoo.key, "suite": suite.content_hash,
-                **git_state()},
+        hashes={"dataset": dataset.content_hash, "zoo": zoo.key, "suite": suite.content_hash, **git_state()},
         environment=environment(device),
         metrics={readout_name(s): summarize(v) for s, v in sorted(result.per_episode.items())},
         primary_readout=readout_name(primary),

@@ -33,8 +33,9 @@ class LeaderboardCallback(Callback):
         from bench.collect import collect_experiment
 
         results = Path(config.paths.results).expanduser().resolve()
-        _, markdown = collect_experiment(results, str(config.experiment.name),
-                                         str(config.experiment.get("reference", "random_init")))
+        _, markdown = collect_experiment(
+            results, str(config.experiment.name), str(config.experiment.get("reference", "random_init"))
+        )
         print(markdown, flush=True)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -16,7 +16,9 @@ from bench.records import read_records
 log = logging.getLogger(__name__)
 
 
-def collect_experiment(results: Path, experiment: str, reference: str = REFERENCE) -> tuple[pd.DataFrame, str]:
+def collect_experiment(
+    results: Path, experiment: str, reference: str = REFERENCE
+) -> tuple[pd.DataFrame, str]:
     """Build the leaderboard of one experiment from its records under ``results/runs``."""
     records = read_records(results / "runs" / experiment)
     return write_leaderboard(records, results / "leaderboards", experiment, reference)

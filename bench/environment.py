@@ -19,12 +19,20 @@ def git_state() -> dict[str, Any]:
     """``{"git_sha": ..., "git_dirty": ...}`` of the checkout the code runs from, or unknown."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-            timeout=10, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-            capture_output=True, text=True, timeout=10, check=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         return {"git_sha": sha, "git_dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):

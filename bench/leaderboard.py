@@ -56,8 +56,15 @@ def _paired(records: Sequence[RunRecord], reference: str) -> dict[tuple, dict[st
     by_setting: dict[tuple, RunRecord] = {}
     for r in records:
         if r.status == "ok":
-            key = (r.experiment, r.method, r.setting["dataset"], r.setting["zoo"], r.setting["task"],
-                   r.seeds["root"], r.hashes["suite"])
+            key = (
+                r.experiment,
+                r.method,
+                r.setting["dataset"],
+                r.setting["zoo"],
+                r.setting["task"],
+                r.seeds["root"],
+                r.hashes["suite"],
+            )
             by_setting[key] = r
     pooled: dict[tuple, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     for (table, method, dataset, zoo, task, seed, suite), record in by_setting.items():
@@ -66,8 +73,15 @@ def _paired(records: Sequence[RunRecord], reference: str) -> dict[tuple, dict[st
             continue
         for readout, values in record.per_episode.items():
             if readout in ref.per_episode:
-                group = (table, method, dataset, zoo, task, int(readout.split("_")[1]),
-                         record.setting.get("profile", "-"))
+                group = (
+                    table,
+                    method,
+                    dataset,
+                    zoo,
+                    task,
+                    int(readout.split("_")[1]),
+                    record.setting.get("profile", "-"),
+                )
                 pooled[group][0].extend(values)
                 pooled[group][1].extend(ref.per_episode[readout])
     return {k: paired_difference(a, b) for k, (a, b) in pooled.items()}
@@ -75,21 +89,36 @@ def _paired(records: Sequence[RunRecord], reference: str) -> dict[tuple, dict[st
 
 def tidy_table(records: Sequence[RunRecord], reference: str = REFERENCE) -> pd.DataFrame:
     """One numeric row per (table, method, dataset, zoo, task, test_steps, profile)."""
-    columns = [*GROUP, "data_free", "acc_mean", "acc_ci95", "n_episodes", "n_seeds",
-               "episodes_per_s", "reference", "delta_vs_reference", "delta_ci95", "run_keys"]
+    columns = [
+        *GROUP,
+        "data_free",
+        "acc_mean",
+        "acc_ci95",
+        "n_episodes",
+        "n_seeds",
+        "episodes_per_s",
+        "reference",
+        "delta_vs_reference",
+        "delta_ci95",
+        "run_keys",
+    ]
     rows = _rows(records)
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
-    table = frame.groupby(GROUP, sort=False).agg(
-        data_free=("data_free", "all"),
-        acc_mean=("acc_mean", "mean"),
-        acc_ci95=("acc_ci95", "mean"),
-        n_episodes=("n_episodes", "min"),
-        n_seeds=("seed", "nunique"),
-        episodes_per_s=("episodes_per_s", "mean"),
-        run_keys=("run_key", lambda keys: ";".join(sorted(set(keys)))),
-    ).reset_index()
+    table = (
+        frame.groupby(GROUP, sort=False)
+        .agg(
+            data_free=("data_free", "all"),
+            acc_mean=("acc_mean", "mean"),
+            acc_ci95=("acc_ci95", "mean"),
+            n_episodes=("n_episodes", "min"),
+            n_seeds=("seed", "nunique"),
+            episodes_per_s=("episodes_per_s", "mean"),
+            run_keys=("run_key", lambda keys: ";".join(sorted(set(keys)))),
+        )
+        .reset_index()
+    )
     paired = _paired(records, reference)
     deltas = [paired.get(tuple(row[g] for g in GROUP)) for _, row in table.iterrows()]
     table["reference"] = reference
@@ -119,14 +148,18 @@ def _row_label(method: str, data_free: bool) -> str:
 
 
 def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFrame:
-    settings = sorted({(t, s) for t, s in zip(table["task"], table["test_steps"], strict=True)},
-                      key=lambda ts: (ts[0], ts[1]))
+    settings = sorted(
+        {(t, s) for t, s in zip(table["task"], table["test_steps"], strict=True)},
+        key=lambda ts: (ts[0], ts[1]),
+    )
     methods = list(dict.fromkeys(zip(table["method"], table["data_free"], strict=True)))
     cells = {}
     for method, data_free in methods:
         row = {}
         for task, steps in settings:
-            hit = table[(table["method"] == method) & (table["task"] == task) & (table["test_steps"] == steps)]
+            hit = table[
+                (table["method"] == method) & (table["task"] == task) & (table["test_steps"] == steps)
+            ]
             if hit.empty or pd.isna(hit.iloc[0][value]):
                 row[setting_label(task, steps)] = "X"
             else:
@@ -167,8 +200,9 @@ def markdown_table(table: pd.DataFrame, title: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_leaderboard(records: Sequence[RunRecord], out_dir: Path, table_id: str,
-                      reference: str = REFERENCE) -> tuple[pd.DataFrame, str]:
+def write_leaderboard(
+    records: Sequence[RunRecord], out_dir: Path, table_id: str, reference: str = REFERENCE
+) -> tuple[pd.DataFrame, str]:
     """Write ``<out_dir>/<table_id>.csv`` and ``.md`` atomically; return (table, markdown)."""
     table = tidy_table([r for r in records if r.experiment == table_id], reference)
     markdown = markdown_table(table, table_id)

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 class Classifier(Protocol):
     """An adapted few-shot classifier: query_x (n, C, H, W) -> logits (n, n_way)."""
 
-    def __call__(self, query_x: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, query_x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (n_query_total, n_way)."""
 
 
 class Learner(ABC):

@@ -134,8 +134,7 @@ def validate_shape(dataset: ImageClassDataset, split: str, shape: TaskShape, n_e
     sizes = dataset.class_sizes(split)
     if shape.n_way > len(sizes):
         raise BenchError(
-            f"n_way={shape.n_way} is larger than the {len(sizes)} classes of {dataset.name!r} "
-            f"split {split!r}"
+            f"n_way={shape.n_way} is larger than the {len(sizes)} classes of {dataset.name!r} split {split!r}"
         )
     needed = shape.k_shot + shape.n_query
     smallest = min(sizes.values())

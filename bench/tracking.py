@@ -105,7 +105,10 @@ class MlflowSink:
         except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
             log.warning(
                 "MLflow at %s unreachable or failing (%s: %s); record kept at %s",
-                self.uri, type(error).__name__, error, run_dir / "record.json",
+                self.uri,
+                type(error).__name__,
+                error,
+                run_dir / "record.json",
             )
 
     def _artifact_location(self) -> str | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from bench.records import read_records
 
@@ -19,8 +20,9 @@ BIN = Path(sys.executable).parent
 def _run(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TQDM_DISABLE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,9 @@ def test_smoke_run_writes_records_leaderboard_and_mlflow(smoke_results):
         assert record.hashes["suite"] and record.hashes["zoo"] and record.choices["method"] == record.method
     assert len({r.hashes["suite"] for r in records}) == 1  # same episodes for every method
     assert "| random_init" in done.stdout and "| weight_average" in done.stdout
-    assert (results / "leaderboards" / "smoke.csv").is_file() and (results / "leaderboards" / "smoke.md").is_file()
+    assert (results / "leaderboards" / "smoke.csv").is_file() and (
+        results / "leaderboards" / "smoke.md"
+    ).is_file()
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["smoke"])
     assert sorted(runs["tags.mlflow.runName"]) == sorted(r.run_key for r in records)
@@ -73,9 +77,27 @@ def test_collect_and_ls(smoke_results):
     assert missing.returncode == 2 and "did you mean 'smoke'" in missing.stderr
     listing = _run("dfml-ls", cwd=work)
     assert listing.returncode == 0
-    for needle in ("datasets:", "glyphs", "architectures:", "conv4", "zoos:", "glyphs_ss_conv4",
-                   "methods:", "weight_average", "tasks:", "5w1s", "experiments:", "default"):
+    for needle in (
+        "datasets:",
+        "glyphs",
+        "architectures:",
+        "conv4",
+        "zoos:",
+        "glyphs_ss_conv4",
+        "methods:",
+        "weight_average",
+        "tasks:",
+        "5w1s",
+        "experiments:",
+        "default",
+    ):
         assert needle in listing.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_gpu_is_an_error_not_a_fallback(tmp_path):
+    done = _run("dfml-run", "experiment=smoke", "device=cuda", cwd=tmp_path)
+    assert done.returncode != 0 and "CUDA is not available; use device=cpu" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -87,15 +109,11 @@ def test_collect_and_ls(smoke_results):
         (["experiment=smoke", "budget.meta_iterations=0"], "budget.meta_iterations must be > 0"),
     ],
 )
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_requested_without_gpu_is_an_error_not_a_fallback(tmp_path):
-    done = _run("dfml-run", "experiment=smoke", "device=cuda", cwd=tmp_path)
-    assert done.returncode != 0 and "CUDA is not available; use device=cpu" in done.stderr
-
-
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message, small_glyphs):
     done = _run("dfml-run", *args, cwd=tmp_path)
     assert done.returncode != 0
     assert message in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "results" / "runs").exists() or not any((tmp_path / "results" / "runs").rglob("record.json"))
+    assert not (tmp_path / "results" / "runs").exists() or not any(
+        (tmp_path / "results" / "runs").rglob("record.json")
+    )

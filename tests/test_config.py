@@ -59,5 +59,12 @@ def test_unknown_group_options_get_did_you_mean(argv, pattern):
 
 
 def test_valid_and_non_group_overrides_pass():
-    check_group_overrides(["method=random_init,weight_average", "seed=3", "task.n_episodes=10",
-                           "method=choice(random_init)", "hydra.mode=RUN"])
+    check_group_overrides(
+        [
+            "method=random_init,weight_average",
+            "seed=3",
+            "task.n_episodes=10",
+            "method=choice(random_init)",
+            "hydra.mode=RUN",
+        ]
+    )

@@ -23,7 +23,8 @@ def test_golden_leaderboard(tmp_path):
 
 def test_committed_records_equal_the_generator():
     assert [r.to_json() for r in read_records(RUNS)] == sorted(
-        (r.to_json() for r in fixture_records()), key=lambda d: d["run_key"])
+        (r.to_json() for r in fixture_records()), key=lambda d: d["run_key"]
+    )
 
 
 def test_tidy_table_aggregates_seeds_and_orders_rows():

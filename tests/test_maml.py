@@ -13,8 +13,13 @@ def _tiny_task(generator: torch.Generator) -> Episode:
     def images(n: int) -> torch.Tensor:
         return torch.randn(n, 1, 16, 16, generator=generator, dtype=torch.float64)
 
-    return Episode(images(4), torch.tensor([0, 0, 1, 1]), images(6), torch.tensor([0, 0, 0, 1, 1, 1]),
-                   torch.tensor([0, 1]))
+    return Episode(
+        images(4),
+        torch.tensor([0, 0, 1, 1]),
+        images(6),
+        torch.tensor([0, 0, 0, 1, 1, 1]),
+        torch.tensor([0, 1]),
+    )
 
 
 def _setup():

@@ -18,8 +18,9 @@ CONTEXT = MethodContext(n_way=5, k_shot=1, image_size=32, channels=3, device=tor
 
 def _train(name: str, zoo: Zoo, seed: int = 0) -> Learner:
     cls = METHODS.get(name)
-    import yaml
     from importlib import resources
+
+    import yaml
 
     raw = yaml.safe_load((resources.files("bench.conf") / "method" / f"{name}.yaml").read_text())
     cfg = validate_method_config(cls, raw)
@@ -63,17 +64,21 @@ def test_weight_average_is_the_mean_of_member_weights(tiny_zoo):
     name = "features.0.weight"
     expected = torch.stack([m.model.state_dict()[name] for m in tiny_zoo.members]).mean(0)
     assert torch.allclose(learner.init_params[name], expected)
-    assert torch.allclose(learner.init_params["head.bias"],
-                          torch.stack([m.model.head.bias for m in tiny_zoo.members]).mean(0))
+    assert torch.allclose(
+        learner.init_params["head.bias"], torch.stack([m.model.head.bias for m in tiny_zoo.members]).mean(0)
+    )
 
 
 def test_weight_average_refuses_mixed_zoo_naming_the_mismatch(tiny_zoo, small_glyphs):
     from tests.conftest import TINY_ZOO
 
-    wide = load_or_build_zoo({**TINY_ZOO, "name": "wide", "n_members": 1, "arch_options": {"width": 4}},
-                             small_glyphs)
+    wide = load_or_build_zoo(
+        {**TINY_ZOO, "name": "wide", "n_members": 1, "arch_options": {"width": 4}}, small_glyphs
+    )
     mixed = dataclasses.replace(tiny_zoo, members=[*tiny_zoo.members, *wide.members])
-    with pytest.raises(BenchError, match=r"same-architecture zoo; got conv4\(width=8\).*×3, conv4\(width=4\).*×1"):
+    with pytest.raises(
+        BenchError, match=r"same-architecture zoo; got conv4\(width=8\).*×3, conv4\(width=4\).*×1"
+    ):
         _train("weight_average", mixed)
 
 

@@ -12,7 +12,9 @@ from zoos.architectures import ARCHITECTURES
 
 
 def _stems(group: str) -> set[str]:
-    return {p.name[:-5] for p in (resources.files("bench.conf") / group).iterdir() if p.name.endswith(".yaml")}
+    return {
+        p.name[:-5] for p in (resources.files("bench.conf") / group).iterdir() if p.name.endswith(".yaml")
+    }
 
 
 def test_method_registry_matches_method_yamls():

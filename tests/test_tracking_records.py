@@ -15,7 +15,10 @@ from tests.fixtures.make_leaderboard_fixture import fake_record
 def test_mlflow_sink_round_trip(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ensure_store(uri)
-    records = [fake_record("random_init", True, 30.0, "5w1s", 0), fake_record("weight_average", True, 45.0, "5w1s", 0)]
+    records = [
+        fake_record("random_init", True, 30.0, "5w1s", 0),
+        fake_record("weight_average", True, 45.0, "5w1s", 0),
+    ]
     for record in records:
         run_dir = tmp_path / "runs" / record.run_key
         write_record(run_dir, record, "a: 1\n")
@@ -59,7 +62,10 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
 
 def test_flatten_config():
     assert flatten({"method": {"inner_lr": 0.01, "x": [1, 2]}, "seed": 0}) == {
-        "method.inner_lr": "0.01", "method.x": "[1, 2]", "seed": "0"}
+        "method.inner_lr": "0.01",
+        "method.x": "[1, 2]",
+        "seed": "0",
+    }
 
 
 def test_record_without_done_marker_is_ignored(tmp_path):

@@ -51,8 +51,10 @@ def class_groups(
         if per_member > len(names):
             raise BenchError(f"classes_per_member {per_member} > {len(names)} meta-train classes")
         gen = derived_generator(seed, "overlapping-classes")
-        return [[names[i] for i in torch.randperm(len(names), generator=gen)[:per_member].tolist()]
-                for _ in range(n_members)]
+        return [
+            [names[i] for i in torch.randperm(len(names), generator=gen)[:per_member].tolist()]
+            for _ in range(n_members)
+        ]
     raise BenchError(f"unknown zoo protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
 
 
@@ -63,8 +65,11 @@ def member_specs(cfg: Mapping[str, Any], dataset: ImageClassDataset) -> list[Mem
     per_member = int(cfg.get("classes_per_member", 5))
     train_names = [dataset.class_names[i] for i in dataset.split_classes("train")]
     groups = class_groups(
-        train_names, str(cfg.get("protocol", "disjoint")), per_member,
-        cfg.get("n_members"), int(cfg.get("seed", 0)),
+        train_names,
+        str(cfg.get("protocol", "disjoint")),
+        per_member,
+        cfg.get("n_members"),
+        int(cfg.get("seed", 0)),
     )
     recipe_cfg = dict(cfg.get("recipe", {}))
     if "milestones" in recipe_cfg:

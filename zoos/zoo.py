@@ -98,7 +98,9 @@ def _load_member(spec: MemberSpec, device: torch.device) -> ZooMember | None:
     if actual != info["weights_sha256"]:
         log.warning(
             "zoo member %s: weights.pt sha256 %s does not match manifest %s; rebuilding",
-            spec.key, actual, info["weights_sha256"],
+            spec.key,
+            actual,
+            info["weights_sha256"],
         )
         shutil.rmtree(directory, ignore_errors=True)
         return None
@@ -166,6 +168,12 @@ def load_or_build_zoo(
     }
     atomic_write_json(cache_dir() / "zoos" / zoo_key / "manifest.json", manifest)
     return Zoo(
-        str(cfg["name"]), zoo_key, dataset.name, dataset.content_hash,
-        dataset.image_size, dataset.channels, members, manifest,
+        str(cfg["name"]),
+        zoo_key,
+        dataset.name,
+        dataset.content_hash,
+        dataset.image_size,
+        dataset.channels,
+        members,
+        manifest,
     )

@@ -69,8 +69,8 @@ def inner_loop(
 ) -> Params:
     """Adapted parameters after ``steps`` inner SGD steps (``params`` itself if steps == 0)."""
     adapted = params
-    for adapted in inner_steps(model, params, support_x, support_y, steps, lr, create_graph):
-        pass
+    for step_params in inner_steps(model, params, support_x, support_y, steps, lr, create_graph):
+        adapted = step_params
     return adapted
 
 
