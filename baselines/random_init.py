@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from baselines.meta_model import fresh_meta_model
 from bench.learners.maml import FineTuneLearner
 from bench.method import METHODS, Budget, Learner, MetaLearner, MethodConfig
+from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo
 
 

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench.data import forbid_real_data, load_dataset
+from bench.data.base import allow_real_data
 from bench.environment import environment, git_state
 from bench.errors import BenchError
 from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
@@ -71,6 +72,35 @@ def hydra_choices() -> dict[str, str]:
         return {}
 
 
+def make_probe(dataset, split: str, shape: TaskShape, n_episodes: int, seed: int, steps: int, device):  # noqa: ANN001, ANN201
+    """A Probe scoring a learner on the first ``n_episodes`` of a fixed real suite (guard lifted)."""
+    suite: list[TaskSuite] = []
+
+    def probe(learner) -> float:  # noqa: ANN001
+        with allow_real_data():
+            if not suite:
+                suite.append(TaskSuite(dataset, split, shape, n_episodes, seed))
+            result = evaluate(learner, suite[0], [steps], device, description=f"probe {split}")
+        return summarize(result.per_episode[steps])["mean"]
+
+    return probe
+
+
+def meta_train(cfg: DictConfig, method: MetaLearner, zoo, budget: Budget, seed: int):  # noqa: ANN001, ANN201
+    """Run ``method.meta_train`` inside the data-free guard (unless it declares real data); timed."""
+    generator = make_generator(seed)
+    reset_peak_memory(method.context.device)
+    synchronize(method.context.device)
+    start = time.perf_counter()
+    if method.uses_real_data:
+        learner = method.meta_train(zoo, budget, generator)
+    else:
+        with forbid_real_data(str(cfg.method.name)):
+            learner = method.meta_train(zoo, budget, generator)
+    synchronize(method.context.device)
+    return learner, time.perf_counter() - start
+
+
 def run_one(cfg: DictConfig) -> Path:
     """Run (or skip, if finished) the job described by ``cfg``; returns its run directory."""
     results = resolve_results_dir(cfg.paths.results)
@@ -87,22 +117,22 @@ def run_one(cfg: DictConfig) -> Path:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     dataset = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
     shape = task_shape(cfg)
-    suite = TaskSuite(dataset, str(cfg.task.split), shape, int(cfg.task.n_episodes), int(cfg.task.suite_seed))
+    suite_seed, primary = int(cfg.task.suite_seed), int(cfg.task.primary_steps)
+    suite = TaskSuite(dataset, str(cfg.task.split), shape, int(cfg.task.n_episodes), suite_seed)
     zoo = load_or_build_zoo(OmegaConf.to_container(cfg.zoo, resolve=True), dataset, device)
     seed = int(cfg.seed)
-    context = MethodContext(shape.n_way, shape.k_shot, dataset.image_size, dataset.channels, device, seed)
+    work_dir = run_dir / "work"
+    context = MethodContext(
+        shape.n_way, shape.k_shot, dataset.image_size, dataset.channels, device, seed, work_dir
+    )
     method = build_method(cfg, context)
+    probe_episodes = int(OmegaConf.select(cfg, "method.selection.val_episodes", default=200))
+    method.validate = make_probe(dataset, "val", shape, probe_episodes, suite_seed, primary, device)
+    method.test_probe = make_probe(
+        dataset, str(cfg.task.split), shape, probe_episodes, suite_seed, primary, device
+    )
     method_seed = derive_seed(seed, "method", cfg.method.name)
-    reset_peak_memory(device)
-    synchronize(device)
-    t0 = time.perf_counter()
-    if method.uses_real_data:
-        learner = method.meta_train(zoo, budget, make_generator(method_seed))
-    else:
-        with forbid_real_data(str(cfg.method.name)):
-            learner = method.meta_train(zoo, budget, make_generator(method_seed))
-    synchronize(device)
-    meta_train_s = time.perf_counter() - t0
+    learner, meta_train_s = meta_train(cfg, method, zoo, budget, method_seed)
     result = evaluate(
         learner,
         suite,
@@ -111,20 +141,14 @@ def run_one(cfg: DictConfig) -> Path:
         cfg.eval.limit,
         description=f"{cfg.method.name} {shape.label}",
     )
+    seeds = {"root": seed, "method": method_seed, "suite": suite_seed}
     record = make_record(
-        cfg,
-        key,
-        method,
-        learner.transductive,
-        dataset,
-        zoo,
-        suite,
-        result,
-        meta_train_s,
-        device,
-        seeds={"root": seed, "method": method_seed, "suite": int(cfg.task.suite_seed)},
+        cfg, key, method, learner.transductive, dataset, zoo, suite, result, meta_train_s, device, seeds
     )
     record.started_at = started
+    record.artifacts = [
+        str(Path(a).relative_to(run_dir)) for a in method.artifacts if Path(a).is_relative_to(run_dir)
+    ]
     write_record(run_dir, record, OmegaConf.to_yaml(cfg, resolve=True))
     make_sink(cfg.tracking, results, experiment).log_record(record, run_dir)
     log.info(
@@ -188,6 +212,7 @@ def make_record(
         zoo=zoo.summary(),
         train_stats=dict(method.train_stats),
         ci_method=CI_METHOD,
+        extra_metrics=dict(method.extra_metrics),
         transductive=transductive,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

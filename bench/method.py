@@ -9,8 +9,9 @@ a zoo, never a dataset: the harness runs it inside ``forbid_real_data`` unless t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -29,6 +30,12 @@ class Classifier(Protocol):
 
     def __call__(self, query_x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (n_query_total, n_way)."""
+
+
+#: Scores a learner on a fixed *real* suite (mean accuracy %); the harness provides it for
+#: checkpoint selection (meta-val) and the labelled reference-style test probe. It is evaluation:
+#: the harness lifts the data-free guard only inside it.
+Probe = Callable[["Learner"], float]
 
 
 class Learner(ABC):
@@ -76,6 +83,8 @@ class MethodContext:
     channels: int
     device: torch.device
     seed: int
+    #: Run-scoped scratch directory for checkpoints and artefacts (None: no resume, no files).
+    work_dir: Path | None = None
 
 
 @dataclass
@@ -97,6 +106,13 @@ class MetaLearner(ABC):
         self.cfg, self.context = cfg, context
         #: Counters filled by meta_train for the record (meta-train episodes, images synthesised...).
         self.train_stats: dict[str, float] = {}
+        #: Files (PNG, CSV) the method produced; the harness logs them as MLflow artifacts.
+        self.artifacts: list[Path] = []
+        #: Set by the harness: meta-val probe for checkpoint selection, test probe (labelled).
+        self.validate: Probe | None = None
+        self.test_probe: Probe | None = None
+        #: Extra metrics for the record (e.g. acc_test_best_of_evals), set by meta_train.
+        self.extra_metrics: dict[str, float] = {}
 
     @abstractmethod
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:

@@ -51,6 +51,10 @@ class RunRecord:
     zoo: dict[str, Any] = field(default_factory=dict)
     train_stats: dict[str, Any] = field(default_factory=dict)
     ci_method: str = ""
+    #: Labelled extra numbers, e.g. ``acc_test_best_of_evals`` (reference-style selection on test).
+    extra_metrics: dict[str, float] = field(default_factory=dict)
+    #: Files the method produced (paths relative to the run directory), mirrored to MLflow.
+    artifacts: list[str] = field(default_factory=list)
     transductive: bool = False
     started_at: str = ""
     finished_at: str = ""
@@ -108,8 +112,13 @@ def read_record(path: Path) -> RunRecord:
 
 
 def finished_run(run_dir: Path) -> bool:
-    """True when ``run_dir`` holds a finished run (done marker and a record)."""
-    return is_done(run_dir) and (run_dir / "record.json").is_file()
+    """True when ``run_dir`` holds a finished, successful run (a failed one is retried)."""
+    if not (is_done(run_dir) and (run_dir / "record.json").is_file()):
+        return False
+    try:
+        return json.loads((run_dir / "record.json").read_text()).get("status") == "ok"
+    except json.JSONDecodeError:
+        return False
 
 
 def read_records(root: Path) -> list[RunRecord]:

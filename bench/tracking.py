@@ -64,12 +64,12 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def record_metrics(record: RunRecord) -> dict[str, float]:
     """The numeric metrics MLflow gets for a record."""
-    metrics = {"acc_mean": record.acc_mean, "acc_ci95": record.acc_ci95}
+    metrics = {"acc_mean": record.acc_mean, "acc_ci95": record.acc_ci95} if record.metrics else {}
     for readout, summary in record.metrics.items():
         metrics[f"acc_mean_{readout}"] = summary["mean"]
         metrics[f"acc_ci95_{readout}"] = summary["ci95"]
-    for key, value in record.throughput.items():
-        if isinstance(value, int | float):
+    for key, value in {**record.throughput, **record.extra_metrics}.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
             metrics[key] = float(value)
     return metrics
 
@@ -136,9 +136,10 @@ class MlflowSink:
             client.log_batch(run_id, params=params[start : start + 100])
         metrics = [Metric(k, v, 0, 0) for k, v in sorted(record_metrics(record).items())]
         client.log_batch(run_id, metrics=metrics)
-        for name in ("record.json", "config.yaml", "episodes.csv"):
+        for name in ("record.json", "config.yaml", "episodes.csv", *record.artifacts):
             if (run_dir / name).is_file():
-                client.log_artifact(run_id, str(run_dir / name))
+                folder = str(Path(name).parent) if "/" in name else None
+                client.log_artifact(run_id, str(run_dir / name), artifact_path=folder)
         client.set_terminated(run_id, "FINISHED" if record.status == "ok" else "FAILED")
 
 

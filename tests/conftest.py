@@ -18,13 +18,18 @@ SMALL_GLYPHS = {"name": "glyphs", "max_classes": 260, "image_size": 32}
 TINY_ZOO = {
     "name": "tiny_conv4",
     "arch": "conv4",
-    "arch_options": {"width": 8},
+    "arch_options": {"width": 32},
     "protocol": "disjoint",
     "classes_per_member": 5,
     "n_members": 3,
     "seed": 0,
-    "recipe": {"epochs": 3, "milestones": [2]},
+    "recipe": {"epochs": 15, "milestones": [10]},
 }
+
+
+# One intra-op thread: results independent of core count, and no OpenMP spin-wait collapse when
+# another process shares the two cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -66,6 +66,9 @@ class Zoo:
     channels: int
     members: list[ZooMember]
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: Normalisation of the members' input space (facts, not data: to un-normalise inversions).
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def architectures(self) -> Counter[str]:
         """Count of members per architecture key."""
@@ -176,4 +179,6 @@ def load_or_build_zoo(
         dataset.channels,
         members,
         manifest,
+        tuple(dataset.mean),
+        tuple(dataset.std),
     )

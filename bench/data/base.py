@@ -33,6 +33,17 @@ def forbid_real_data(method_name: str) -> Iterator[None]:
         _guard.method = previous
 
 
+@contextlib.contextmanager
+def allow_real_data() -> Iterator[None]:
+    """Lift the guard for evaluation inside meta-training (checkpoint selection probes)."""
+    previous = getattr(_guard, "method", None)
+    _guard.method = None
+    try:
+        yield
+    finally:
+        _guard.method = previous
+
+
 def _check_guard(dataset_name: str) -> None:
     method = getattr(_guard, "method", None)
     if method is not None:

@@ -1,0 +1,27 @@
+"""Atomic, resumable PURER checkpoints (everything needed to continue bit-for-bit on CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.atomic import atomic_save
+from bench.errors import IntegrityError
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save into a temporary sibling, then rename (a crash never leaves a valid-looking file)."""
+    atomic_save(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """Load with ``weights_only=True``; a truncated or corrupt file is an error naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises several types for bad files
+        raise IntegrityError(
+            f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); delete it to restart "
+            "meta-training from scratch"
+        ) from error

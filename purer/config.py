@@ -1,0 +1,107 @@
+"""PURER's hyper-parameters (purer.md §13).
+
+Defaults = the CPU profile; the YAML's comments list the paper profile (60,000 meta-iterations,
+adv.start 4000, selection every 500).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.method import MethodConfig
+
+
+@dataclass
+class SynthesisConfig:
+    """The dynamic dataset: images per class (null = K + 15), Adam lr, teachers per data step."""
+
+    images_per_class: int | None = None
+    n_query: int = 15
+    lr: float = 0.25
+    teachers_per_step: int | None = None
+
+
+@dataclass
+class InversionConfig:
+    """Inversion-loss coefficients and jitter (purer.md §6.2)."""
+
+    ce: float = 1.0
+    bn: float = 0.01
+    tv: float = 1e-4
+    l2: float = 1e-5
+    jitter: int = 2
+
+
+@dataclass
+class AdversarialConfig:
+    """Curriculum + adversarial term (purer.md §7); start null = round(meta_iterations * 4000/60000)."""
+
+    enabled: bool = True
+    scale: float = 10.0
+    start: int | None = None
+    patience: int = 6
+
+
+@dataclass
+class SelectionConfig:
+    """Checkpoint selection on meta-val every ``every`` iterations over ``val_episodes`` episodes."""
+
+    every: int = 250
+    val_episodes: int = 200
+    test_probe: bool = True
+
+
+@dataclass
+class IcfilConfig:
+    """ICFIL test-time calibration (purer.md §9)."""
+
+    enabled: bool = True
+    images_per_class: int = 5
+    inversion_steps: int = 50
+    inversion_lr: float = 0.25
+    ce: float = 1.0
+    bn: float = 0.01
+    tv: float = 1e-4
+    l2: float = 1e-5
+    jitter: int = 2
+    calib_steps: int = 5
+    calib_lr: float = 0.01
+    tau: float = 0.1
+    head_steps: int = 20
+    head_lr: float = 0.1
+
+
+@dataclass
+class LegacyConfig:
+    """Switches reproducing reference-code behaviours (runs get their own leaderboard rows)."""
+
+    cumulative_node_weighting: bool = False
+
+
+@dataclass
+class PurerConfig(MethodConfig):
+    """All of PURER's hyper-parameters."""
+
+    profile: str = "cpu"
+    meta_iterations: int = 2000
+    meta_batch: int = 4
+    width: int = 32
+    init: str = "average"
+    average_head: bool = True
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    second_order: bool = True
+    outer_lr: float = 1e-3
+    outer_reduce: str = "sum"
+    curriculum: bool = True
+    checkpoint_every: int = 250
+    channels_last: bool = True
+    fold_teachers: bool = True
+    #: ``bf16``: autocast the inversion (teacher forwards) to bfloat16; fp32 is the default.
+    precision: str = "fp32"
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    adv: AdversarialConfig = field(default_factory=AdversarialConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    icfil: IcfilConfig = field(default_factory=IcfilConfig)
+    legacy: LegacyConfig = field(default_factory=LegacyConfig)

@@ -1,0 +1,78 @@
+"""Teacher forwards that also return the BN-input moments the inversion loss needs.
+
+Two implementations with the same result:
+
+- :class:`HookedTeacher` (any architecture): forward pre-hooks on every BatchNorm2d.
+- :class:`FoldedConv4Teacher` (conv4 in eval mode, the common case): each eval-mode BN is folded
+  into its conv (``y = conv(x, a*W) + a*c + beta - a*mu`` with ``a = gamma / sqrt(var + eps)``); the
+  moments of the BN input ``z`` follow exactly from those of ``y``: ``mean_z = (mean_y - shift) / a``,
+  ``var_z = var_y / a^2``. ReLU is applied after max-pooling (they commute), on 4x fewer values.
+  On the 2-core CPU this removes the BN forward/backward and most of the ReLU cost.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from purer.inversion import BNStatRecorder, batch_moments
+from zoos.architectures import Conv4
+
+Moments = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class HookedTeacher:
+    """``teacher(x) -> (logits, moments)`` via BN forward pre-hooks (any architecture)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.recorder = model, BNStatRecorder(model)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Moments]:
+        """Logits (B, n_classes) and one (mean, var) pair per BN layer."""
+        with self.recorder:
+            logits = self.model(x)
+        return logits, self.recorder.moments
+
+
+class FoldedConv4Teacher:
+    """A frozen conv4 teacher with BN folded into its convs; same logits and moments as hooked."""
+
+    def __init__(self, model: Conv4) -> None:
+        if model.training:
+            raise ValueError("fold only eval-mode teachers (BN must use running statistics)")
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        layers = list(model.features)
+        with torch.no_grad():
+            for conv, bn in zip(layers[0::4], layers[1::4], strict=True):
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                if scale.abs().min() < 1e-6:
+                    raise ValueError("BN scale ~0: folding would be unstable; use HookedTeacher")
+                shift = bn.bias - scale * bn.running_mean
+                weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+                bias = scale * conv.bias + shift
+                self.blocks.append((weight, bias, scale, shift))
+        self.global_pool = isinstance(model.pool, nn.AdaptiveMaxPool2d)
+        self.head_weight, self.head_bias = model.head.weight.detach(), model.head.bias.detach()
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Moments]:
+        """Logits (B, n_classes) and the BN-input (mean, var) of each of the 4 blocks."""
+        moments: Moments = []
+        for weight, bias, scale, shift in self.blocks:
+            y = F.conv2d(x, weight, bias, padding=1)
+            mean_y, var_y = batch_moments(y)
+            moments.append(((mean_y - shift) / scale, var_y / (scale * scale)))
+            x = F.relu(F.max_pool2d(y, 2))
+        if self.global_pool:
+            x = F.adaptive_max_pool2d(x, 1)
+        return F.linear(torch.flatten(x, 1), self.head_weight, self.head_bias), moments
+
+
+def teacher_forward(model: nn.Module, fold: bool = True) -> HookedTeacher | FoldedConv4Teacher:
+    """The fastest exact forward-with-moments available for ``model``."""
+    if fold and isinstance(model, Conv4) and not model.training:
+        try:
+            return FoldedConv4Teacher(model)
+        except ValueError:
+            pass
+    return HookedTeacher(model)

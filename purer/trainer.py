@@ -1,0 +1,294 @@
+"""ECI meta-training: one data step, then a MAML meta-batch from the detached pixels (purer.md §8).
+
+```
+for it in 1..meta_iterations:
+    data step: Adam on X with sum_i w_i * L_inv,i  (- adv.scale * L_outer on a fresh non-detached
+               pseudo task when the curriculum fired at the end of the previous iteration)
+    meta step: meta_batch pseudo tasks from X.detach(); second-order MAML; Adam on theta
+    curriculum.observe(it, mean pseudo-query accuracy)
+    every selection.every: score theta on meta-val (and the labelled test probe); checkpoint
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from bench.errors import BenchError
+from bench.learners.maml import FineTuneLearner, maml_task_loss, meta_step, module_params
+from bench.method import Budget, MetaLearner
+from bench.progress import progress_enabled
+from bench.seeding import derive_seed, make_generator
+from purer.artefacts import save_curves, save_image_grid
+from purer.checkpoint import load_checkpoint, save_checkpoint
+from purer.config import PurerConfig
+from purer.curriculum import Curriculum
+from purer.dynamic_data import DynamicDataset
+from purer.inversion import InversionWeights
+from zoos.averaging import averaged_meta_params
+from zoos.meta_model import fresh_meta_model
+from zoos.zoo import Zoo
+
+log = logging.getLogger(__name__)
+
+
+def adv_start(cfg: PurerConfig, iterations: int) -> int:
+    """``adv.start`` or the paper's fraction 4000/60000 of the schedule."""
+    return cfg.adv.start if cfg.adv.start is not None else max(1, round(iterations * 4000 / 60000))
+
+
+class PurerTrainer:
+    """Holds the whole meta-training state; :meth:`run` trains (resuming from a checkpoint)."""
+
+    def __init__(self, method: MetaLearner, cfg: PurerConfig, zoo: Zoo, budget: Budget, seed: int) -> None:
+        ctx = method.context
+        self.method, self.cfg, self.zoo, self.ctx = method, cfg, zoo, ctx
+        self.iterations = budget.meta_iterations or cfg.meta_iterations
+        self.max_seconds = budget.max_seconds
+        self.k_shot, self.n_query = ctx.k_shot, cfg.synthesis.n_query
+        per_class = cfg.synthesis.images_per_class or ctx.k_shot + cfg.synthesis.n_query
+        self.gens = {
+            name: make_generator(derive_seed(seed, "purer", name)) for name in ("pixels", "jitter", "tasks")
+        }
+        self.model = fresh_meta_model(ctx, cfg.width)
+        self._initialise(cfg, zoo)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.outer_lr)
+        self.data = DynamicDataset(
+            zoo,
+            per_class,
+            cfg.synthesis.lr,
+            ctx.device,
+            self.gens["pixels"],
+            cfg.channels_last,
+            cfg.fold_teachers,
+        )
+        self.weights = InversionWeights(**vars(cfg.inversion))
+        use_curriculum = cfg.curriculum and cfg.adv.enabled
+        self.curriculum = (
+            Curriculum(adv_start(cfg, self.iterations), cfg.adv.patience) if use_curriculum else None
+        )
+        self.it, self.history, self.test_evals = 0, [], []
+        self.best: dict[str, Any] = {"val_acc": None, "iteration": 0, "params": None}
+        self.seconds = 0.0
+
+    def _initialise(self, cfg: PurerConfig, zoo: Zoo) -> None:
+        """Averaged init (SS conv4 zoos of the meta model's width) or the random init; else raise."""
+        if cfg.precision not in ("fp32", "bf16"):
+            raise BenchError(f"purer precision {cfg.precision!r} unknown; valid: fp32, bf16")
+        if cfg.init == "random":
+            return
+        if cfg.init != "average":
+            raise BenchError(f"purer init {cfg.init!r} unknown; valid: average, random")
+        widths = sorted({int(m.spec.arch_options.get("width", 32)) for m in zoo.members})
+        if widths != [cfg.width]:
+            raise BenchError(
+                f"purer init: average needs conv4 members of the meta model's width {cfg.width}; the zoo "
+                f"has widths {widths} (set method.width or method.init=random)"
+            )
+        params = averaged_meta_params(zoo, "purer", self.ctx.n_way, cfg.average_head)
+        self.model.load_state_dict(params, strict=False)
+
+    # ----------------------------------------------------------------- one iteration
+    def data_step(self) -> dict[str, float]:
+        """One Adam step on X (inversion, plus the adversarial term when the switch fired)."""
+        ids = list(range(len(self.data.teachers)))
+        if self.cfg.synthesis.teachers_per_step and self.cfg.synthesis.teachers_per_step < len(ids):
+            ids = sorted(
+                torch.randperm(len(ids), generator=self.gens["tasks"])[
+                    : self.cfg.synthesis.teachers_per_step
+                ].tolist()
+            )
+        with torch.autocast(self.ctx.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            objective, parts = self.data.inversion_objective(
+                self.weights, self.gens["jitter"], ids, self.cfg.legacy.cumulative_node_weighting
+            )
+        adversarial = self.curriculum is not None and self.curriculum.consume()
+        if adversarial:
+            task = self.data.sample_task(
+                self.ctx.n_way, self.k_shot, self.n_query, self.gens["tasks"], detach=False
+            )
+            outer, _ = maml_task_loss(
+                self.model,
+                module_params(self.model),
+                task,
+                self.cfg.inner_steps,
+                self.cfg.inner_lr,
+                second_order=True,
+            )
+            objective = objective - self.cfg.adv.scale * outer
+            parts["adv_outer"] = float(outer.detach())
+        self.data.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        self.data.optimizer.step()
+        self.model.zero_grad(set_to_none=True)  # theta is not updated on the adversarial task
+        parts["objective"], parts["adversarial"] = float(objective.detach()), float(adversarial)
+        return parts
+
+    def meta_iteration(self) -> dict[str, Any]:
+        """Data step + meta step; raises FloatingPointError on a non-finite loss."""
+        parts = self.data_step()
+        tasks = [
+            self.data.sample_task(self.ctx.n_way, self.k_shot, self.n_query, self.gens["tasks"])
+            for _ in range(self.cfg.meta_batch)
+        ]
+        loss, acc = meta_step(
+            self.model,
+            self.optimizer,
+            tasks,
+            self.cfg.inner_steps,
+            self.cfg.inner_lr,
+            self.cfg.second_order,
+            self.cfg.outer_reduce,
+        )
+        if not (math.isfinite(loss) and math.isfinite(parts["objective"])):
+            last = self.history[-1] if self.history else {}
+            raise FloatingPointError(
+                f"purer: non-finite loss at meta-iteration {self.it + 1} (outer {loss}, data objective "
+                f"{parts['objective']}); last finite: {last}"
+            )
+        return {"outer_loss": loss, "train_acc": acc, **parts}
+
+    # ----------------------------------------------------------------- selection
+    def current_learner(self) -> FineTuneLearner:
+        """A fine-tune learner from a snapshot of the current meta model."""
+        import copy
+
+        return FineTuneLearner(copy.deepcopy(self.model), self.cfg.inner_lr)
+
+    def select(self) -> float | None:
+        """Score theta on meta-val (keep the best) and, labelled, on the test probe."""
+        val_acc = None
+        if self.method.validate is not None:
+            val_acc = self.method.validate(self.current_learner())
+            if self.best["val_acc"] is None or val_acc > self.best["val_acc"]:
+                snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best = {"val_acc": val_acc, "iteration": self.it, "params": snapshot}
+        if self.method.test_probe is not None and self.cfg.selection.test_probe:
+            self.test_evals.append(
+                {"iteration": self.it, "test_acc": self.method.test_probe(self.current_learner())}
+            )
+        return val_acc
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit."""
+        return {
+            "it": self.it,
+            "seconds": self.seconds,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "X": self.data.X.detach(),
+            "data_optimizer": self.data.optimizer.state_dict(),
+            "curriculum": self.curriculum.state_dict() if self.curriculum else None,
+            "history": self.history,
+            "test_evals": self.test_evals,
+            "best": self.best,
+            "generators": {k: g.get_state() for k, g in self.gens.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.it, self.seconds = state["it"], state["seconds"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            self.data.X.copy_(state["X"])
+        self.data.optimizer.load_state_dict(state["data_optimizer"])
+        if self.curriculum and state["curriculum"]:
+            self.curriculum.load_state_dict(state["curriculum"])
+        self.history, self.test_evals, self.best = state["history"], state["test_evals"], state["best"]
+        for name, generator in self.gens.items():
+            generator.set_state(state["generators"][name].cpu())
+
+    # ----------------------------------------------------------------- loop
+    def _paths(self) -> tuple[Path | None, Path | None]:
+        work = self.ctx.work_dir
+        return (work / "checkpoint.pt", work / "artefacts") if work else (None, None)
+
+    def _grid(self, tag: str) -> None:
+        _, art = self._paths()
+        if art is not None:
+            path = save_image_grid(
+                self.data.X,
+                self.data.images_per_class,
+                self.zoo.mean,
+                self.zoo.std,
+                art / f"synthesized_{tag}.png",
+            )
+            if path not in self.method.artifacts:
+                self.method.artifacts.append(path)
+
+    def run(self) -> None:
+        """Train to ``iterations`` (or ``max_seconds``), resuming from the checkpoint if present."""
+        checkpoint, art = self._paths()
+        if checkpoint is not None and checkpoint.exists():
+            self.load_state_dict(load_checkpoint(checkpoint, self.ctx.device))
+            log.info("purer: resumed from %s at meta-iteration %d", checkpoint, self.it)
+        if self.it == 0:
+            self._grid("start")
+        middle = self.iterations // 2
+        bar = tqdm(
+            total=self.iterations, initial=self.it, desc="purer", unit="it", disable=not progress_enabled()
+        )
+        started = time.perf_counter() - self.seconds
+        while self.it < self.iterations:
+            if self.max_seconds is not None and time.perf_counter() - started > self.max_seconds:
+                log.warning("purer: budget.max_seconds reached at meta-iteration %d", self.it)
+                break
+            row = self.meta_iteration()
+            self.it += 1
+            fired = self.curriculum.observe(self.it, row["train_acc"]) if self.curriculum else False
+            if fired:
+                log.info(
+                    "purer: curriculum switch at meta-iteration %d (%s)",
+                    self.it,
+                    self.curriculum.events[-1]["reason"],
+                )
+            row = {"iteration": self.it, **row, "switch": fired}
+            if self.it % self.cfg.selection.every == 0 or self.it == self.iterations:
+                row["val_acc"] = self.select()
+            self.history.append(row)
+            self.seconds = time.perf_counter() - started
+            if self.it == middle:
+                self._grid("middle")
+            if checkpoint is not None and (
+                self.it % self.cfg.checkpoint_every == 0 or self.it == self.iterations
+            ):
+                save_checkpoint(checkpoint, self.state_dict())
+            bar.update(1)
+            bar.set_postfix(acc=f"{row['train_acc']:.1f}", loss=f"{row['outer_loss']:.2f}")
+        bar.close()
+        self._grid("end")
+        if art is not None:
+            events = self.curriculum.events if self.curriculum else []
+            self.method.artifacts.append(save_curves(self.history, events, art / "curves.png"))
+
+    def selected_model(self) -> tuple[torch.nn.Module, int, str]:
+        """(model with the selected weights, its iteration, rule): meta-val best, else the last."""
+        if self.best["params"] is not None:
+            self.model.load_state_dict(self.best["params"])
+            return self.model, self.best["iteration"], "meta_val_best"
+        return self.model, self.it, "last"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and throughput for the record."""
+        seconds = max(self.seconds, 1e-9)
+        adversarial = sum(int(h.get("adversarial", 0)) for h in self.history)
+        return {
+            "meta_iterations": float(self.it),
+            "meta_train_episodes": float(self.it * self.cfg.meta_batch),
+            "meta_iterations_per_s": self.it / seconds,
+            "synth_images_per_s": self.it * self.data.X.shape[0] / seconds,
+            "synth_images": float(self.data.X.shape[0]),
+            "adversarial_steps": float(adversarial),
+            "curriculum_switches": float(len(self.curriculum.events) if self.curriculum else 0),
+        }

@@ -1,0 +1,201 @@
+"""PURER: curriculum trigger, ownership, weighting, adversarial step, resume, ICFIL, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.learners.maml import FineTuneLearner, maml_task_loss, module_params
+from bench.method import Budget, MethodContext
+from purer.config import PurerConfig
+from purer.curriculum import Curriculum
+from purer.icfil import IcfilLearner, supervised_contrastive
+from purer.method import Purer
+from purer.trainer import PurerTrainer
+from tests.benchmarks.purer_shapes import synthetic_conv4_zoo
+
+
+def _context(tmp_path=None) -> MethodContext:
+    return MethodContext(5, 1, 32, 3, torch.device("cpu"), 0, tmp_path)
+
+
+def _trainer(
+    cfg: PurerConfig | None = None, members: int = 3, work_dir=None, iterations: int = 4
+) -> PurerTrainer:
+    cfg = cfg or PurerConfig(meta_iterations=iterations)
+    method = Purer(cfg, _context(work_dir))
+    return PurerTrainer(
+        method, cfg, synthetic_conv4_zoo(n_members=members, n_classes=5 * members), Budget(), 0
+    )
+
+
+# ----------------------------------------------------------------------------- curriculum
+def test_forced_switch_at_start_and_after_exactly_patience_non_improving():
+    c = Curriculum(start=3, patience=6)
+    fired = [c.observe(it, acc) for it, acc in enumerate([50, 60, 10], start=1)]
+    assert fired == [False, False, True] and c.consume() and not c.consume()
+    # it 4 re-seeds best=40; its 5..10 do not beat it strictly (equal counts as not improving)
+    sequence = [40, 40, 39, 30, 40, 20, 35]
+    fired = [c.observe(it, acc) for it, acc in enumerate(sequence, start=4)]
+    assert fired == [False, False, False, False, False, False, True]
+    assert c.best is None and c.count == 0 and [e["iteration"] for e in c.events] == [3, 10]
+
+
+def test_improvement_resets_the_count_and_flag_pauses_tracking():
+    c = Curriculum(start=1, patience=2)
+    assert c.observe(1, 10.0)  # forced
+    assert not c.observe(2, 5.0)  # flag still set: tracking paused
+    c.consume()
+    assert [c.observe(it, a) for it, a in [(3, 5.0), (4, 6.0), (5, 5.0), (6, 7.0), (7, 1.0), (8, 1.0)]] == [
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+# ----------------------------------------------------------------------------- data
+def test_each_class_is_inverted_only_by_its_owner():
+    trainer = _trainer()
+    data = trainer.data
+    for i, slot in enumerate(data.teachers):
+        data.X.grad = None
+        loss, _ = data.inversion_objective(trainer.weights, torch.Generator().manual_seed(0), [i])
+        loss.backward()
+        touched = (data.X.grad.abs().flatten(1).sum(1) > 0).nonzero().flatten()
+        assert torch.equal(touched, slot.rows.sort().values)
+        assert data.y[slot.rows].unique().numel() == 5
+
+
+def test_uniform_vs_legacy_cumulative_weighting():
+    trainer = _trainer()
+    data = trainer.data
+    ids = list(range(len(data.teachers)))
+
+    def block_grads(cumulative: bool) -> list[torch.Tensor]:
+        data.X.grad = None
+        loss, _ = data.inversion_objective(trainer.weights, torch.Generator().manual_seed(1), ids, cumulative)
+        loss.backward()
+        return [data.X.grad[slot.rows].clone() for slot in data.teachers]
+
+    uniform, legacy = block_grads(False), block_grads(True)
+    m = len(ids)
+    for i, (u, lg) in enumerate(zip(uniform, legacy, strict=True)):
+        assert torch.allclose(lg, (m - i) * u, rtol=1e-4, atol=1e-7)
+
+
+def test_adversarial_step_increases_query_loss_touches_only_sampled_classes_and_not_theta():
+    cfg = PurerConfig(meta_iterations=4, channels_last=False)
+    cfg.inversion = dataclasses.replace(cfg.inversion, ce=0.0, bn=0.0, tv=0.0, l2=0.0)
+    trainer = _trainer(cfg)
+    theta_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    state = trainer.gens["tasks"].get_state()
+    task = trainer.data.sample_task(5, 1, 15, trainer.gens["tasks"], detach=False)
+    trainer.gens["tasks"].set_state(state)  # the data step samples the same task
+    params = module_params(trainer.model)
+    before = float(maml_task_loss(trainer.model, params, task, 1, 0.01)[0].detach())
+    X_before = trainer.data.X.detach().clone()
+    trainer.curriculum.flag = True
+    trainer.data_step()
+    changed = (trainer.data.X.detach() - X_before).abs().flatten(1).sum(1) > 0
+    p = trainer.data.images_per_class
+    sampled = {int(c) for c in task.classes}
+    assert {int(r) // p for r in changed.nonzero().flatten()} == sampled  # support + query images
+    trainer.gens["tasks"].set_state(state)
+    task_after = trainer.data.sample_task(5, 1, 15, trainer.gens["tasks"], detach=True)
+    after = float(maml_task_loss(trainer.model, params, task_after, 1, 0.01)[0].detach())
+    assert after > before
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, theta_before[key]), key
+
+
+def test_averaged_init_refuses_other_widths_naming_them():
+    cfg = PurerConfig(width=16)
+    with pytest.raises(BenchError, match=r"width 16; the zoo has widths \[32\]"):
+        _trainer(cfg)
+
+
+def test_non_finite_loss_stops_naming_the_iteration():
+    trainer = _trainer()
+    with torch.no_grad():
+        trainer.data.X[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="meta-iteration 1"):
+        trainer.meta_iteration()
+
+
+# ----------------------------------------------------------------------------- resume
+def test_killed_run_resumes_to_identical_state(tmp_path):
+    cfg = PurerConfig(meta_iterations=6, checkpoint_every=2)
+    cfg.adv = dataclasses.replace(cfg.adv, start=2)
+    cfg.selection = dataclasses.replace(cfg.selection, every=3)
+    straight = _trainer(cfg, work_dir=tmp_path / "a")
+    straight.run()
+
+    interrupted = _trainer(cfg, work_dir=tmp_path / "b")
+    original = interrupted.meta_iteration
+
+    def crash_after_four():
+        if interrupted.it == 4:
+            raise KeyboardInterrupt  # a kill after the iteration-4 checkpoint
+        return original()
+
+    interrupted.meta_iteration = crash_after_four
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    resumed = _trainer(cfg, work_dir=tmp_path / "b")
+    resumed.run()
+    assert resumed.it == straight.it == 6
+    assert torch.equal(resumed.data.X, straight.data.X)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert [h["outer_loss"] for h in resumed.history] == [h["outer_loss"] for h in straight.history]
+    assert (tmp_path / "a" / "artefacts" / "synthesized_end.png").is_file()
+    assert (tmp_path / "a" / "artefacts" / "curves.png").is_file()
+
+
+# ----------------------------------------------------------------------------- ICFIL
+def test_supervised_contrastive_prefers_aligned_features():
+    anchors = torch.nn.functional.normalize(torch.eye(2), dim=1)
+    labels = torch.tensor([0, 1])
+    aligned = supervised_contrastive(anchors, labels, anchors.clone(), labels, tau=0.1)
+    swapped = supervised_contrastive(anchors, labels, anchors.flip(0), labels, tau=0.1)
+    assert float(aligned) < float(swapped)
+
+
+def _toy_episode(generator: torch.Generator):
+    centres = torch.randn(5, 3, 1, 1, generator=generator) * 2
+    support = centres.repeat_interleave(2, 0) + 0.3 * torch.randn(10, 3, 32, 32, generator=generator)
+    return support, torch.arange(5).repeat_interleave(2)
+
+
+def test_icfil_is_deterministic_and_keeps_support_accuracy():
+    trainer = _trainer()
+    base = FineTuneLearner(trainer.model, inner_lr=0.01, default_steps=10)
+    cfg = dataclasses.replace(PurerConfig().icfil, inversion_steps=10)
+    learner = IcfilLearner(base, cfg, seed=0)
+    support_x, support_y = _toy_episode(torch.Generator().manual_seed(0))
+    plain = base.adapt(support_x, support_y)(support_x).argmax(1)
+    first = learner.adapt(support_x, support_y)(support_x)
+    second = learner.adapt(support_x, support_y)(support_x)
+    assert torch.equal(first, second)
+    plain_acc = float((plain == support_y).float().mean())
+    calibrated_acc = float((first.argmax(1) == support_y).float().mean())
+    assert calibrated_acc >= plain_acc
+
+
+def test_purer_returns_icfil_learner_only_when_enabled():
+    zoo = synthetic_conv4_zoo(n_members=3, n_classes=15)
+    on = Purer(PurerConfig(meta_iterations=1), _context()).meta_train(
+        zoo, Budget(), torch.Generator().manual_seed(0)
+    )
+    cfg = PurerConfig(meta_iterations=1)
+    cfg.icfil = dataclasses.replace(cfg.icfil, enabled=False)
+    off = Purer(cfg, _context()).meta_train(zoo, Budget(), torch.Generator().manual_seed(0))
+    assert isinstance(on, IcfilLearner) and isinstance(off, FineTuneLearner)
+    for key, value in off.init_params.items():
+        assert torch.equal(on.base.init_params[key], value), key

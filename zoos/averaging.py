@@ -1,0 +1,61 @@
+"""Parameter-space averaging of a same-architecture zoo (weight_average, PURER's averaged init)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from bench.errors import BenchError
+from zoos.zoo import Zoo
+
+
+def member_signature(member) -> str:  # noqa: ANN001 - ZooMember
+    """``conv4(width=32)@32px/5-way``: what must match for averaging."""
+    options = ", ".join(f"{k}={v}" for k, v in sorted(member.spec.arch_options.items()))
+    return f"{member.spec.arch}({options})@{member.spec.image_size}px/{member.spec.head_width}-way"
+
+
+def require_same_architecture(zoo: Zoo, method: str) -> None:
+    """Raise unless every member has the same arch, options, input shape and head width."""
+    signature = Counter(member_signature(m) for m in zoo.members)
+    shapes = {tuple((k, tuple(v.shape)) for k, v in m.model.state_dict().items()) for m in zoo.members}
+    if len(signature) > 1 or len(shapes) > 1:
+        described = ", ".join(f"{sig}×{n}" for sig, n in signature.most_common())
+        raise BenchError(f"{method} needs a same-architecture zoo; got {described}")
+
+
+def average_state(zoo: Zoo) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the members' state dicts (floating tensors; counters from member 0)."""
+    states = [m.model.state_dict() for m in zoo.members]
+    averaged = {}
+    for name, first in states[0].items():
+        if first.is_floating_point():
+            averaged[name] = torch.stack([s[name].float() for s in states]).mean(0)
+        else:
+            averaged[name] = first.clone()
+    return averaged
+
+
+def averaged_meta_params(zoo: Zoo, method: str, n_way: int, average_head: bool) -> dict[str, torch.Tensor]:
+    """Averaged conv4 parameters for a meta model (raises on zoos it cannot average).
+
+    Requires a same-architecture conv4 zoo whose heads are ``n_way`` wide; BN running statistics
+    are dropped (meta models normalise with batch statistics); ``average_head=False`` leaves the
+    head out (the caller keeps its fresh head).
+    """
+    require_same_architecture(zoo, method)
+    member = zoo.members[0].spec
+    if member.arch != "conv4":
+        raise BenchError(f"{method} averages into a conv4 meta model; the zoo is {member.arch}")
+    if member.head_width != n_way:
+        raise BenchError(
+            f"{method}: member heads are {member.head_width}-way but the task is {n_way}-way; "
+            f"use a zoo with classes_per_member={n_way}"
+        )
+    averaged = average_state(zoo)
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    params = {k: v for k, v in averaged.items() if not k.endswith(buffers)}
+    if not average_head:
+        params = {k: v for k, v in params.items() if not k.startswith("head.")}
+    return params
