@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 from importlib import resources
 
 import yaml
+from omegaconf import OmegaConf
 
 from bench.data import DATASETS
 from bench.method import METHODS
 from bench.overrides import group_options
+from bench.paths import cache_dir
 from bench.registry import first_doc_line
 from zoos.architectures import ARCHITECTURES
 
@@ -23,6 +27,44 @@ def _yaml_description(group: str, name: str) -> str:
     return str(nested.get("description", ""))
 
 
+def _dataset_options(name: str) -> dict[str, object]:
+    """The loader options of ``conf/dataset/<name>.yaml``, interpolations (``${oc.env:...}``) resolved."""
+    text = (resources.files("bench.conf") / "dataset" / f"{name}.yaml").read_text()
+    options = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    return {k: v for k, v in options.items() if k not in ("name", "description")}  # type: ignore[union-attr]
+
+
+def _dataset_status(name: str) -> str:
+    """Where the configured root is and its classes per split (from the YAML's loader options)."""
+    loader = DATASETS.get(name)
+    inspect = getattr(importlib.import_module(loader.__module__), "inspect_root", None)
+    if inspect is None:
+        return _cached_status(name, _dataset_options(name))
+    status = inspect(**_dataset_options(name))
+    if not status.found:
+        return f"root not found: {status.root}"
+    if status.classes_per_split is None:
+        return f"root found: {status.root}, but {status.detail}"
+    counts = "/".join(str(status.classes_per_split[s]) for s in ("train", "val", "test"))
+    return f"root found: {status.root}; train/val/test classes {counts}, {status.detail}"
+
+
+def _cached_status(name: str, options: dict[str, object]) -> str:
+    """Classes per split of a cached build with these options (datasets without a root, e.g. glyphs)."""
+    for manifest_path in sorted((cache_dir() / "datasets" / name).glob("*/manifest.json")):
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        spec = manifest.get("spec", {})
+        if all(spec.get(key) == value for key, value in options.items()):
+            counts = "/".join(str(len(manifest["splits"][s])) for s in ("train", "val", "test"))
+            return f"embedded; train/val/test classes {counts} (cached)"
+    return "embedded, generated on first use"
+
+
+def _datasets() -> list[tuple[str, str]]:
+    """(key, YAML description [root status]) per registered dataset."""
+    return [(n, f"{_yaml_description('dataset', n)} [{_dataset_status(n)}]") for n in DATASETS.names()]
+
+
 def listing() -> dict[str, list[tuple[str, str]]]:
     """Section -> [(key, one-line description)]."""
     methods = []
@@ -32,7 +74,7 @@ def listing() -> dict[str, list[tuple[str, str]]]:
             label = f"[uses real data] {label}"
         methods.append((name, label))
     return {
-        "datasets": [(n, first_doc_line(f)) for n, f in DATASETS.items()],
+        "datasets": _datasets(),
         "architectures": [(n, first_doc_line(f)) for n, f in ARCHITECTURES.items()],
         "zoos": [(n, _yaml_description("zoo", n)) for n in group_options("zoo")],
         "methods": methods,
