@@ -105,6 +105,10 @@ def run_one(cfg: DictConfig) -> Path:
     """Run (or skip, if finished) the job described by ``cfg``; returns its run directory."""
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name))
+    if cfg.get("threads") is not None:
+        if int(cfg.threads) < 1:
+            raise BenchError(f"threads must be >= 1 or null; got {cfg.threads}")
+        torch.set_num_threads(int(cfg.threads))
     key = spec_hash(run_identity(cfg, device))
     experiment = str(cfg.experiment.name)
     run_dir = results / "runs" / experiment / key

@@ -95,7 +95,7 @@ class PurerConfig(MethodConfig):
     outer_reduce: str = "sum"
     curriculum: bool = True
     checkpoint_every: int = 250
-    channels_last: bool = True
+    channels_last: bool = False
     fold_teachers: bool = True
     #: ``bf16``: autocast the inversion (teacher forwards) to bfloat16; fp32 is the default.
     precision: str = "fp32"

@@ -1,0 +1,103 @@
+"""PURER meta-iteration throughput on the CIFAR-FS-shaped configuration (13 conv4-32 teachers,
+64 classes x (K + 15) learnable 3x32x32 images, meta-batch 4, 1 second-order inner step).
+
+Measure (they run once as smoke tests otherwise)::
+
+    pytest tests/benchmarks/test_bench_purer.py --benchmark-enable --benchmark-columns=median,iqr
+
+Variants, interleaved in one process as the 2-core machine's timings drift between processes:
+
+- ``reference_like``: what the reference code does per iteration — teachers reloaded from disk and
+  deep-copied, BN statistics by hooks with ``var`` over a permuted copy, no BN folding,
+  contiguous memory format;
+- ``fp32``: dfml-bench's default path (teachers in memory, folded BN, channels_last);
+- ``bf16``: the same with the inversion step under bfloat16 autocast.
+
+The ``adversarial`` case forces the curriculum switch so the data step includes the
+second-order adversarial term.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import purer.inversion as inversion
+from bench.method import Budget
+from purer.config import PurerConfig
+from purer.method import Purer
+from purer.trainer import PurerTrainer
+from tests.benchmarks.purer_shapes import context, synthetic_conv4_zoo
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _reference_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepInversion's hook statistics, as the reference computes them."""
+    channels = x.shape[1]
+    mean = x.mean([0, 2, 3])
+    var = x.permute(1, 0, 2, 3).contiguous().view([channels, -1]).var(1, unbiased=False)
+    return mean, var
+
+
+def _trainer(variant: str, k_shot: int, device: str) -> PurerTrainer:
+    cfg = PurerConfig(meta_iterations=10**6)
+    cfg.adv.start = 10**9  # switch forced explicitly where wanted
+    if variant == "reference_like":
+        cfg.fold_teachers, cfg.channels_last = False, False
+    cfg.precision = "bf16" if variant == "bf16" else "fp32"
+    zoo = synthetic_conv4_zoo(device=device)
+    return PurerTrainer(Purer(cfg, context(k_shot, device)), cfg, zoo, Budget(), 0)
+
+
+def _reload_teachers_like_reference(trainer: PurerTrainer, blobs: list[bytes]) -> None:
+    """The reference loads every teacher checkpoint from disk and deep-copies it each iteration."""
+    for slot, blob in zip(trainer.data.teachers, blobs, strict=True):
+        model = copy.deepcopy(slot.forward.model)
+        model.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
+        slot.forward.model = model.eval()
+        slot.forward.recorder.layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k_shot", [1, 5])
+@pytest.mark.parametrize("variant", ["reference_like", "fp32", "bf16"])
+@pytest.mark.parametrize("adversarial", [False, True], ids=["plain", "adversarial"])
+def test_purer_meta_iteration(benchmark, monkeypatch, variant, k_shot, device, adversarial):
+    """One full meta-iteration: inversion step over 13 teachers + 4 MAML tasks + outer step."""
+    trainer = _trainer(variant, k_shot, device)
+    blobs = []
+    if variant == "reference_like":
+        monkeypatch.setattr(inversion, "batch_moments", _reference_moments)
+        for slot in trainer.data.teachers:
+            buffer = io.BytesIO()
+            torch.save(slot.forward.model.state_dict(), buffer)
+            blobs.append(buffer.getvalue())
+
+    def one_iteration() -> dict:
+        if blobs:
+            _reload_teachers_like_reference(trainer, blobs)
+        if adversarial and trainer.curriculum is not None:
+            trainer.curriculum.flag = True
+        row = trainer.meta_iteration()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return row
+
+    one_iteration()  # warm-up (oneDNN primitive creation)
+    benchmark.extra_info.update(
+        {
+            "variant": variant,
+            "k_shot": k_shot,
+            "device": device,
+            "teachers": 13,
+            "images": int(trainer.data.X.shape[0]),
+            "meta_batch": 4,
+            "torch": torch.__version__,
+        }
+    )
+    row = benchmark(one_iteration)
+    assert torch.isfinite(torch.tensor(row["outer_loss"]))
