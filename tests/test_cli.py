@@ -117,3 +117,34 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message
     assert not (tmp_path / "results" / "runs").exists() or not any(
         (tmp_path / "results" / "runs").rglob("record.json")
     )
+
+
+def test_purer_end_to_end_records_selection_artefacts_and_throughput(tmp_path, small_glyphs):
+    args = [
+        "experiment=smoke",
+        "method=purer",
+        "budget.meta_iterations=4",
+        "method.selection.every=2",
+        "method.selection.val_episodes=4",
+        "method.icfil.inversion_steps=3",
+        "task.n_episodes=4",
+    ]
+    done = _run("dfml-run", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = read_records(tmp_path / "results" / "runs" / "smoke")
+    assert record.method == "purer" and record.data_free and record.transductive
+    assert record.train_stats["meta_iterations"] == 4 and record.train_stats["selected_iteration"] in (2, 4)
+    assert "acc_test_best_of_evals" in record.extra_metrics
+    assert record.throughput["synth_images_per_s"] > 0 and record.throughput["meta_iterations_per_s"] > 0
+    assert {
+        "work/artefacts/synthesized_start.png",
+        "work/artefacts/curves.png",
+        "work/purer_log.json",
+    } <= set(record.artifacts)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["smoke"]).iloc[0]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "work/artefacts")}
+    assert "work/artefacts/synthesized_end.png" in artifacts
+    assert run["metrics.acc_test_best_of_evals"] == pytest.approx(
+        record.extra_metrics["acc_test_best_of_evals"]
+    )
