@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.method import MethodConfig
+from purer.inversion import InversionWeights
 
 
 @dataclass
@@ -19,17 +20,6 @@ class SynthesisConfig:
     n_query: int = 15
     lr: float = 0.25
     teachers_per_step: int | None = None
-
-
-@dataclass
-class InversionConfig:
-    """Inversion-loss coefficients and jitter (purer.md §6.2)."""
-
-    ce: float = 1.0
-    bn: float = 0.01
-    tv: float = 1e-4
-    l2: float = 1e-5
-    jitter: int = 2
 
 
 @dataclass
@@ -100,7 +90,7 @@ class PurerConfig(MethodConfig):
     #: ``bf16``: autocast the inversion (teacher forwards) to bfloat16; fp32 is the default.
     precision: str = "fp32"
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
-    inversion: InversionConfig = field(default_factory=InversionConfig)
+    inversion: InversionWeights = field(default_factory=InversionWeights)
     adv: AdversarialConfig = field(default_factory=AdversarialConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     icfil: IcfilConfig = field(default_factory=IcfilConfig)

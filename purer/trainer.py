@@ -31,7 +31,6 @@ from purer.checkpoint import load_checkpoint, save_checkpoint
 from purer.config import PurerConfig
 from purer.curriculum import Curriculum
 from purer.dynamic_data import DynamicDataset
-from purer.inversion import InversionWeights
 from zoos.averaging import averaged_meta_params
 from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo
@@ -71,7 +70,7 @@ class PurerTrainer:
             cfg.channels_last,
             cfg.fold_teachers,
         )
-        self.weights = InversionWeights(**vars(cfg.inversion))
+        self.weights = cfg.inversion
         use_curriculum = cfg.curriculum and cfg.adv.enabled
         self.curriculum = (
             Curriculum(adv_start(cfg, self.iterations), cfg.adv.patience) if use_curriculum else None
