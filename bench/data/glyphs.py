@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from bench.atomic import atomic_directory, atomic_write_json, is_done
 from bench.data import DATASETS
+from bench.data._common import content_hash
 from bench.data.base import SPLITS, ImageClassDataset
 from bench.data.glyph_render import (
     BLOCKS,
@@ -52,7 +53,7 @@ from bench.data.glyph_render import (
     split_unit,
 )
 from bench.errors import BenchError
-from bench.hashing import canonical_json, sha256_bytes, sha256_file, spec_hash, tensor_sha256
+from bench.hashing import canonical_json, sha256_file, spec_hash
 from bench.paths import cache_dir
 from bench.progress import progress_enabled
 from bench.seeding import derived_generator
@@ -148,18 +149,6 @@ def _train_stats(images: torch.Tensor, labels: torch.Tensor, train: list[int]) -
     mean = float((values * counts).sum() / counts.sum())
     var = float((values**2 * counts).sum() / counts.sum()) - mean**2
     return round(mean, 4), round(max(var, 0.0) ** 0.5, 4)
-
-
-def _content_hash(
-    images: torch.Tensor, labels: torch.Tensor, names: list[str], splits: dict[str, list[int]]
-) -> str:
-    payload = {
-        "images": tensor_sha256(images),
-        "labels": tensor_sha256(labels),
-        "class_names": names,
-        "splits": splits,
-    }
-    return sha256_bytes(canonical_json(payload).encode())
 
 
 def _build_spec(args: dict[str, Any], fonts: list[Path]) -> dict[str, Any]:
@@ -326,7 +315,7 @@ def _generate(
             "classes_per_split": {s: len(c) for s, c in splits.items()},
         },
         "normalization": {"rule": "meta-train pixel mean/std (/255), 4 decimals", "mean": mean, "std": std},
-        "content_hash": _content_hash(images, labels, names, splits),
+        "content_hash": content_hash(images, labels, names, splits),
         "generation_seconds": round(seconds, 2),
     }
     with atomic_directory(entry) as tmp:
