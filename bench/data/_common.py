@@ -366,8 +366,16 @@ def make_dataset(
     )
 
 
-def _load_entry(name: str, entry: Path, spec: dict[str, Any]) -> ImageClassDataset | None:
-    """The cached dataset, or None (after a warning and deleting ``entry``) if it is not intact."""
+DatasetMaker = Callable[[str, torch.Tensor, torch.Tensor, dict[str, Any]], ImageClassDataset]
+
+
+def load_cache_entry(
+    name: str, entry: Path, spec: dict[str, Any], make: DatasetMaker = make_dataset
+) -> ImageClassDataset | None:
+    """The cached dataset, or None (after a warning and deleting ``entry``) if it is not intact.
+
+    ``make(name, images, labels, manifest)`` builds the dataset from the verified tensors.
+    """
     data_path = entry / "data.pt"
     try:
         manifest = json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
@@ -378,7 +386,7 @@ def _load_entry(name: str, entry: Path, spec: dict[str, Any]) -> ImageClassDatas
             problem = f"sha256 {actual} != manifest sha256 {expected}"
         else:
             tensors = torch.load(data_path, weights_only=True)
-            return make_dataset(name, tensors["images"], tensors["labels"], manifest)
+            return make(name, tensors["images"], tensors["labels"], manifest)
     except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         problem = f"unreadable ({type(error).__name__}: {error})"
     log.warning("%s cache %s: %s; deleting the entry and rebuilding", name, data_path, problem)
@@ -403,7 +411,7 @@ def load_or_build(
     """
     entry = (absolute_root(cache) if cache is not None else cache_dir()) / "datasets" / name / spec_hash(spec)
     if is_done(entry):
-        dataset = _load_entry(name, entry, spec)
+        dataset = load_cache_entry(name, entry, spec)
         if dataset is not None:
             log.info("%s: loaded %d images from %s", name, dataset.images.shape[0], entry)
             return dataset

@@ -23,8 +23,7 @@ _guard = threading.local()
 
 
 @contextlib.contextmanager
-def forbid_real_data(method_name: str) -> Iterator[None]:
-    """Within this block, reading images of any real dataset raises DataFreeViolation."""
+def _guarded_by(method_name: str | None) -> Iterator[None]:
     previous = getattr(_guard, "method", None)
     _guard.method = method_name
     try:
@@ -33,15 +32,14 @@ def forbid_real_data(method_name: str) -> Iterator[None]:
         _guard.method = previous
 
 
-@contextlib.contextmanager
-def allow_real_data() -> Iterator[None]:
+def forbid_real_data(method_name: str) -> contextlib.AbstractContextManager[None]:
+    """Within this block, reading images of any real dataset raises DataFreeViolation."""
+    return _guarded_by(method_name)
+
+
+def allow_real_data() -> contextlib.AbstractContextManager[None]:
     """Lift the guard for evaluation inside meta-training (checkpoint selection probes)."""
-    previous = getattr(_guard, "method", None)
-    _guard.method = None
-    try:
-        yield
-    finally:
-        _guard.method = previous
+    return _guarded_by(None)
 
 
 def _check_guard(dataset_name: str) -> None:

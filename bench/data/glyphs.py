@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
-import shutil
 import time
 import unicodedata
 from pathlib import Path
@@ -38,7 +36,7 @@ from tqdm import tqdm
 
 from bench.atomic import atomic_directory, atomic_write_json, is_done
 from bench.data import DATASETS
-from bench.data._common import content_hash
+from bench.data._common import content_hash, load_cache_entry
 from bench.data.base import SPLITS, ImageClassDataset
 from bench.data.glyph_render import (
     BLOCKS,
@@ -53,7 +51,7 @@ from bench.data.glyph_render import (
     split_unit,
 )
 from bench.errors import BenchError
-from bench.hashing import canonical_json, sha256_file, spec_hash
+from bench.hashing import sha256_file, spec_hash
 from bench.paths import cache_dir
 from bench.progress import progress_enabled
 from bench.seeding import derived_generator
@@ -165,10 +163,13 @@ def _build_spec(args: dict[str, Any], fonts: list[Path]) -> dict[str, Any]:
     }
 
 
-def _dataset(images: torch.Tensor, labels: torch.Tensor, manifest: dict[str, Any]) -> ImageClassDataset:
+def _dataset(
+    name: str, images: torch.Tensor, labels: torch.Tensor, manifest: dict[str, Any]
+) -> ImageClassDataset:
+    """Glyphs' manifest keeps one grey mean/std, replicated to the output channels."""
     channels = manifest["spec"]["channels"]
     return ImageClassDataset(
-        name="glyphs",
+        name=name,
         images=images,
         labels=labels,
         class_names=list(manifest["class_names"]),
@@ -179,26 +180,6 @@ def _dataset(images: torch.Tensor, labels: torch.Tensor, manifest: dict[str, Any
         content_hash=manifest["content_hash"],
         manifest=manifest,
     )
-
-
-def _load_cached(entry: Path, spec: dict[str, Any]) -> ImageClassDataset | None:
-    """The cached dataset, or None (after a warning and deleting ``entry``) if it is not intact."""
-    data_path = entry / "data.pt"
-    try:
-        manifest = load_manifest(entry)
-        expected, actual = manifest["data_sha256"], sha256_file(data_path)
-        if canonical_json(manifest["spec"]) != canonical_json(spec):
-            problem = "its manifest spec differs from the requested spec"
-        elif actual != expected:
-            problem = f"sha256 {actual} != manifest sha256 {expected}"
-        else:
-            tensors = torch.load(data_path, weights_only=True)
-            return _dataset(tensors["images"], tensors["labels"], manifest)
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        problem = f"unreadable ({type(error).__name__}: {error})"
-    log.warning("glyphs cache %s: %s; deleting the entry and rebuilding", data_path, problem)
-    shutil.rmtree(entry, ignore_errors=True)
-    return None
 
 
 def load_manifest(entry: str | Path) -> dict[str, Any]:
@@ -252,7 +233,7 @@ def load_glyphs(
     spec = _build_spec(args, fonts)
     entry = (Path(cache) if cache is not None else cache_dir()) / "datasets" / "glyphs" / spec_hash(spec)
     if entry.exists():
-        dataset = _load_cached(entry, spec) if is_done(entry) else None
+        dataset = load_cache_entry("glyphs", entry, spec, _dataset) if is_done(entry) else None
         if dataset is not None:
             log.info("glyphs: loaded %d images from %s", dataset.images.shape[0], entry)
             return dataset
@@ -323,4 +304,4 @@ def _generate(
         manifest["data_sha256"] = sha256_file(tmp / "data.pt")
         atomic_write_json(tmp / "manifest.json", manifest)
     log.info("glyphs: rendered %d classes x %d in %.1f s -> %s", len(names), n, seconds, entry)
-    return _dataset(images, labels, manifest)
+    return _dataset("glyphs", images, labels, manifest)
