@@ -49,6 +49,20 @@ def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     return identity
 
 
+def train_identity(identity: dict[str, Any], cls: type[MetaLearner]) -> dict[str, Any]:
+    """The part of a run's identity that determines its *meta-training* (see MethodContext.train_dir).
+
+    Drops the method's name and ``eval_only_keys``, the evaluation-only settings (``eval``, the
+    suite size and readouts), and keys the rest by the code that meta-trains
+    (``module.qualname`` of ``meta_train``), so purer and purer_no_icfil share one training.
+    """
+    method = {k: v for k, v in identity["method"].items() if k != "name" and k not in cls.eval_only_keys}
+    task = {k: v for k, v in identity["task"].items() if k not in ("n_episodes", "test_steps", "name")}
+    trainer = f"{cls.meta_train.__module__}.{cls.meta_train.__qualname__}"
+    kept = {k: v for k, v in identity.items() if k not in ("method", "task", "eval")}
+    return {**kept, "method": method, "task": task, "meta_train": trainer}
+
+
 def task_shape(cfg: DictConfig) -> TaskShape:
     """The task shape of ``cfg.task``."""
     return TaskShape(int(cfg.task.n_way), int(cfg.task.k_shot), int(cfg.task.n_query))
@@ -109,7 +123,8 @@ def run_one(cfg: DictConfig) -> Path:
         if int(cfg.threads) < 1:
             raise BenchError(f"threads must be >= 1 or null; got {cfg.threads}")
         torch.set_num_threads(int(cfg.threads))
-    key = spec_hash(run_identity(cfg, device))
+    identity = run_identity(cfg, device)
+    key = spec_hash(identity)
     experiment = str(cfg.experiment.name)
     run_dir = results / "runs" / experiment / key
     if finished_run(run_dir) and not cfg.force:
@@ -126,8 +141,16 @@ def run_one(cfg: DictConfig) -> Path:
     zoo = load_or_build_zoo(OmegaConf.to_container(cfg.zoo, resolve=True), dataset, device)
     seed = int(cfg.seed)
     work_dir = run_dir / "work"
+    train_key = spec_hash(train_identity(identity, METHODS.get(str(cfg.method.name))))
     context = MethodContext(
-        shape.n_way, shape.k_shot, dataset.image_size, dataset.channels, device, seed, work_dir
+        shape.n_way,
+        shape.k_shot,
+        dataset.image_size,
+        dataset.channels,
+        device,
+        seed,
+        work_dir,
+        train_dir=results / "meta_train" / train_key,
     )
     method = build_method(cfg, context)
     probe_episodes = int(OmegaConf.select(cfg, "method.selection.val_episodes", default=200))

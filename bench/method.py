@@ -83,8 +83,12 @@ class MethodContext:
     channels: int
     device: torch.device
     seed: int
-    #: Run-scoped scratch directory for checkpoints and artefacts (None: no resume, no files).
+    #: Run-scoped scratch directory for artefacts (None: no files).
     work_dir: Path | None = None
+    #: Directory for meta-training state (checkpoints), keyed by the *meta-training* identity: runs
+    #: that differ only in ``eval_only_keys`` (e.g. purer vs purer_no_icfil) share it, so the second
+    #: resumes the first's finished meta-training instead of repeating it. None: no resume.
+    train_dir: Path | None = None
 
 
 @dataclass
@@ -101,6 +105,8 @@ class MetaLearner(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: Oracle baselines meta-train on real data and say so everywhere.
     uses_real_data: ClassVar[bool] = False
+    #: Config keys that change only the test-time learner, never meta-training (see train_dir).
+    eval_only_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: MethodConfig, context: MethodContext) -> None:
         self.cfg, self.context = cfg, context

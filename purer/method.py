@@ -28,6 +28,8 @@ class Purer(MetaLearner):
     """PURER: ECI meta-training on pixels inverted from the zoo + ICFIL test-time calibration."""
 
     Config = PurerConfig
+    #: ICFIL acts at test time only: purer and purer_no_icfil share one meta-training.
+    eval_only_keys = ("icfil",)
 
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
         """Meta-train on the dynamic dataset; select on meta-val; wrap with ICFIL if enabled."""

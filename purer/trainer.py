@@ -78,6 +78,7 @@ class PurerTrainer:
         self.it, self.history, self.test_evals = 0, [], []
         self.best: dict[str, Any] = {"val_acc": None, "iteration": 0, "params": None}
         self.seconds = 0.0
+        self.resumed_at = 0  # meta-iteration of the checkpoint this process started from
 
     def _initialise(self, cfg: PurerConfig, zoo: Zoo) -> None:
         """Averaged init (SS conv4 zoos of the meta model's width) or the random init; else raise."""
@@ -210,8 +211,10 @@ class PurerTrainer:
 
     # ----------------------------------------------------------------- loop
     def _paths(self) -> tuple[Path | None, Path | None]:
-        work = self.ctx.work_dir
-        return (work / "checkpoint.pt", work / "artefacts") if work else (None, None)
+        """(checkpoint, artefact dir): the checkpoint lives in the shared train_dir when given."""
+        state_dir = self.ctx.train_dir or self.ctx.work_dir
+        checkpoint = state_dir / "checkpoint.pt" if state_dir else None
+        return checkpoint, (self.ctx.work_dir / "artefacts" if self.ctx.work_dir else None)
 
     def _grid(self, tag: str) -> None:
         _, art = self._paths()
@@ -231,6 +234,7 @@ class PurerTrainer:
         checkpoint, art = self._paths()
         if checkpoint is not None and checkpoint.exists():
             self.load_state_dict(load_checkpoint(checkpoint, self.ctx.device))
+            self.resumed_at = self.it
             log.info("purer: resumed from %s at meta-iteration %d", checkpoint, self.it)
         if self.it == 0:
             self._grid("start")
@@ -290,4 +294,5 @@ class PurerTrainer:
             "synth_images": float(self.data.X.shape[0]),
             "adversarial_steps": float(adversarial),
             "curriculum_switches": float(len(self.curriculum.events) if self.curriculum else 0),
+            "resumed_at_iteration": float(self.resumed_at),
         }

@@ -148,3 +148,15 @@ def test_purer_end_to_end_records_selection_artefacts_and_throughput(tmp_path, s
     assert run["metrics.acc_test_best_of_evals"] == pytest.approx(
         record.extra_metrics["acc_test_best_of_evals"]
     )
+    # purer_no_icfil differs only in ICFIL (eval-only): it resumes purer's finished meta-training.
+    args[1] = "method=purer_no_icfil"
+    done = _run("dfml-run", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    by_method = {r.method: r for r in read_records(tmp_path / "results" / "runs" / "smoke")}
+    shared, original = by_method["purer_no_icfil"], by_method["purer"]
+    assert shared.config["method"]["icfil"]["enabled"] is False
+    assert original.train_stats["resumed_at_iteration"] == 0
+    assert shared.train_stats["resumed_at_iteration"] == 4
+    assert shared.train_stats["selected_iteration"] == original.train_stats["selected_iteration"]
+    assert shared.extra_metrics == original.extra_metrics
+    assert len(list((tmp_path / "results" / "meta_train").iterdir())) == 1
