@@ -45,6 +45,9 @@ def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     identity = {k: plain[k] for k in IDENTITY_KEYS if k in plain}
     for section in ("dataset", "zoo", "method", "task"):
         identity[section] = {k: v for k, v in identity[section].items() if k != "description"}
+    # The zoo's own ``dataset`` name is checked equal to the run's dataset (zoo_datasets), whose
+    # whole config is already in the identity; dropping it keeps keys stable across that addition.
+    identity["zoo"].pop("dataset", None)
     identity["device_type"] = device.type
     return identity
 

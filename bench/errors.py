@@ -11,5 +11,5 @@ class DataFreeViolation(RuntimeError):
     """Raised when a data-free method touches real training data during meta-training."""
 
 
-class IntegrityError(RuntimeError):
-    """A cached file whose content hash does not match its manifest."""
+class IntegrityError(BenchError):
+    """A cached or stored file that is missing, unreadable or fails its content hash (message: the fix)."""

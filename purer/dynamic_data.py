@@ -42,14 +42,14 @@ class DynamicDataset:
         channels_last: bool = False,
         fold_teachers: bool = True,
     ) -> None:
-        self.class_names = sorted({c for m in zoo.members for c in m.spec.classes})
+        self.class_names = sorted({c for m in zoo.members for c in m.class_keys})
         self.images_per_class = images_per_class
         shape = (len(self.class_names) * images_per_class, zoo.channels, zoo.image_size, zoo.image_size)
         self.channels_last, self.fold_teachers = channels_last, fold_teachers
         self.X = nn.Parameter(torch.randn(shape, generator=generator).to(device))
         self.y = torch.arange(len(self.class_names), device=device).repeat_interleave(images_per_class)
         self.optimizer = torch.optim.Adam([self.X], lr=lr)
-        self.teachers = [self._slot(m.model, m.spec.classes, device) for m in zoo.members]
+        self.teachers = [self._slot(m.model, m.class_keys, device) for m in zoo.members]
         # One gather for all teachers, then a split: autograd then builds one X-sized gradient
         # instead of one per teacher (13 X-sized zero fills and adds per data step otherwise).
         self._all_rows = torch.cat([slot.rows for slot in self.teachers])

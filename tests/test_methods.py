@@ -77,7 +77,8 @@ def test_weight_average_refuses_mixed_zoo_naming_the_mismatch(tiny_zoo, small_gl
     )
     mixed = dataclasses.replace(tiny_zoo, members=[*tiny_zoo.members, *wide.members])
     with pytest.raises(
-        BenchError, match=r"same-architecture zoo; got conv4\(width=32\).*×3, conv4\(width=4\).*×1"
+        BenchError,
+        match=r"\(SS\) zoo; zoo .* heterogeneous: conv4\(width=32\).*×3, conv4\(width=4\).*×1",
     ):
         _train("weight_average", mixed)
 

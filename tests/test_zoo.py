@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
 
-from bench.errors import BenchError
+from bench.errors import BenchError, IntegrityError
 from zoos.members import class_groups
 from zoos.spec import MemberSpec
 from zoos.zoo import load_or_build_zoo
@@ -59,17 +58,20 @@ def test_zoo_members_are_trained_cached_and_described(tiny_zoo, small_glyphs):
             assert torch.equal(v, w), k
 
 
-def test_corrupted_member_is_rebuilt_with_warning(small_glyphs, cache_root, caplog):
+def test_corrupted_member_is_an_error_naming_member_and_fix_then_repair_rebuilds(small_glyphs, cache_root):
     cfg = {**_tiny_cfg(), "name": "corrupt_me", "n_members": 1, "seed": 5}
     zoo = load_or_build_zoo(cfg, small_glyphs)
     weights = cache_root / "zoo_members" / zoo.members[0].key / "weights.pt"
     original = weights.read_bytes()
     weights.write_bytes(original[:-10] + b"0123456789")
-    with caplog.at_level(logging.WARNING):
-        rebuilt = load_or_build_zoo(cfg, small_glyphs)
-    assert "does not match manifest" in caplog.text and zoo.members[0].key in caplog.text
+    with pytest.raises(IntegrityError, match=r"member 0 .*not match.*dfml-zoo build corrupt_me --repair"):
+        load_or_build_zoo(cfg, small_glyphs)
+    rebuilt = load_or_build_zoo(cfg, small_glyphs, repair=True)
     assert weights.read_bytes() == original  # deterministic retrain on CPU
     assert rebuilt.members[0].weights_sha256 == zoo.members[0].weights_sha256
+    weights.unlink()
+    with pytest.raises(IntegrityError, match=r"weights.pt is missing"):
+        load_or_build_zoo(cfg, small_glyphs)
 
 
 def test_member_spec_round_trips_through_json(tiny_zoo):

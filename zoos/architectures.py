@@ -19,7 +19,7 @@ from bench.errors import BenchError
 from bench.registry import Registry
 
 ArchBuilder = Callable[..., nn.Module]
-ARCHITECTURES: Registry[ArchBuilder] = Registry("architecture")
+ARCHITECTURES: Registry[ArchBuilder] = Registry("architecture", discover=("zoos",))
 
 
 def init_weights(module: nn.Module, generator: torch.Generator) -> None:

@@ -22,7 +22,11 @@ def require_same_architecture(zoo: Zoo, method: str) -> None:
     shapes = {tuple((k, tuple(v.shape)) for k, v in m.model.state_dict().items()) for m in zoo.members}
     if len(signature) > 1 or len(shapes) > 1:
         described = ", ".join(f"{sig}×{n}" for sig, n in signature.most_common())
-        raise BenchError(f"{method} needs a same-architecture zoo; got {described}")
+        raise BenchError(
+            f"{method} averages parameters, so it needs a same-architecture (SS) zoo; zoo "
+            f"{zoo.name!r} is heterogeneous: {described}. Use an architecture-agnostic method "
+            "(random_init, purer with method.init=random) or an SS zoo"
+        )
 
 
 def average_state(zoo: Zoo) -> dict[str, torch.Tensor]:

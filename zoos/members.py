@@ -1,10 +1,23 @@
-"""Member protocols: which classes each zoo member is trained on.
+"""Member protocols and zoo scenarios: which classes and which architecture each member gets.
+
+Protocols (per dataset source):
 
 - ``disjoint`` (PURER): meta-train class names sorted, cut into contiguous groups of
   ``classes_per_member`` (13 members for 64 classes; the last may be smaller but keeps a
   ``classes_per_member``-wide head). ``n_members`` limits the zoo to a seeded subset of classes.
 - ``overlapping`` (PURER-Plus / FREE): ``n_members`` members, each on ``classes_per_member``
   classes drawn without replacement by a seeded generator.
+
+Scenarios (zoo config keys):
+
+- **SS**: ``arch: conv4`` + ``arch_options: {width: 32}``.
+- **SH**: ``arch: [conv4, resnet10, resnet18]`` + ``arch_assignment: cyclic`` (member i gets
+  ``arch[i mod 3]``, PURER) or ``random`` (a seeded uniform draw, BiDf-MKD); ``arch_options`` then
+  maps arch -> options, and ``recipe_by_arch`` overrides the recipe per arch (resnets: SGD).
+- **MH**: ``sources: {<name>: {dataset: <dataset config>, protocol?, n_members?, ...}}``: members
+  of each source are trained on that dataset's meta-train classes only; member indices run over
+  the sources in order (architectures assigned over the global index); global label offsets are
+  the cumulative meta-train class counts in source order (recorded in the manifest).
 """
 
 from __future__ import annotations
@@ -22,6 +35,9 @@ from zoos.architectures import ARCHITECTURES
 from zoos.spec import MemberSpec, TrainRecipe
 
 PROTOCOLS = ("disjoint", "overlapping")
+ASSIGNMENTS = ("cyclic", "random")
+#: Keys a source may set for itself; missing ones are inherited from the zoo's top level.
+SOURCE_KEYS = ("protocol", "classes_per_member", "n_members")
 
 
 def class_groups(
@@ -58,39 +74,100 @@ def class_groups(
     raise BenchError(f"unknown zoo protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
 
 
-def member_specs(cfg: Mapping[str, Any], dataset: ImageClassDataset) -> list[MemberSpec]:
-    """The member specs of zoo config ``cfg`` over ``dataset``'s meta-train classes."""
-    arch = str(cfg["arch"])
-    ARCHITECTURES.get(arch)  # did-you-mean error for unknown archs
-    per_member = int(cfg.get("classes_per_member", 5))
-    train_names = [dataset.class_names[i] for i in dataset.split_classes("train")]
-    groups = class_groups(
-        train_names,
-        str(cfg.get("protocol", "disjoint")),
-        per_member,
-        cfg.get("n_members"),
-        int(cfg.get("seed", 0)),
-    )
-    recipe_cfg = dict(cfg.get("recipe", {}))
-    if "milestones" in recipe_cfg:
-        recipe_cfg["milestones"] = tuple(recipe_cfg["milestones"])
+def is_multi_dataset(cfg: Mapping[str, Any]) -> bool:
+    """True for MH zoo configs (a ``sources`` mapping)."""
+    return bool(cfg.get("sources"))
+
+
+def assign_archs(cfg: Mapping[str, Any], n_members: int) -> list[str]:
+    """Architecture of each member (global index order): SS one arch; SH/MH cyclic or random."""
+    archs = cfg["arch"]
+    names = [str(archs)] if isinstance(archs, str) else [str(a) for a in archs]
+    if not names:
+        raise BenchError(f"zoo {cfg.get('name')!r}: arch list is empty")
+    for name in names:
+        ARCHITECTURES.get(name)  # did-you-mean error for unknown archs
+    assignment = str(cfg.get("arch_assignment", "cyclic"))
+    if assignment == "cyclic":
+        return [names[i % len(names)] for i in range(n_members)]
+    if assignment == "random":
+        draw = torch.randint(
+            len(names), (n_members,), generator=derived_generator(int(cfg.get("seed", 0)), "archs")
+        )
+        return [names[i] for i in draw.tolist()]
+    raise BenchError(f"unknown arch_assignment {assignment!r}; valid: {', '.join(ASSIGNMENTS)}")
+
+
+def arch_options(cfg: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    """Options of ``arch``: the flat dict for SS configs, the per-arch entry for arch lists."""
+    options = dict(cfg.get("arch_options") or {})
+    if isinstance(cfg["arch"], str):
+        return options
+    unknown = sorted(set(options) - {str(a) for a in cfg["arch"]})
+    if unknown:
+        raise BenchError(f"arch_options names {unknown}, not in the zoo's arch list {list(cfg['arch'])}")
+    return dict(options.get(arch) or {})
+
+
+def recipe_for(cfg: Mapping[str, Any], arch: str) -> TrainRecipe:
+    """The base ``recipe`` with ``recipe_by_arch[arch]`` applied on top."""
+    merged = {**dict(cfg.get("recipe") or {}), **dict((cfg.get("recipe_by_arch") or {}).get(arch) or {})}
+    if "milestones" in merged:
+        merged["milestones"] = tuple(merged["milestones"])
     try:
-        recipe = TrainRecipe(**recipe_cfg)
+        return TrainRecipe(**merged)
     except TypeError as error:
-        raise BenchError(f"bad zoo recipe keys {sorted(recipe_cfg)}: {error}") from error
-    return [
-        MemberSpec(
+        raise BenchError(f"bad zoo recipe keys {sorted(merged)} for {arch}: {error}") from error
+
+
+def source_groups(
+    cfg: Mapping[str, Any], datasets: Mapping[str, ImageClassDataset]
+) -> list[tuple[ImageClassDataset, list[str], int]]:
+    """(dataset, class group, head width) per member, in global member order."""
+    seed = int(cfg.get("seed", 0))
+    sources = dict(cfg["sources"]) if is_multi_dataset(cfg) else {"": {}}
+    out: list[tuple[ImageClassDataset, list[str], int]] = []
+    for name, source in sources.items():
+        dataset = datasets[name]
+        settings = {k: (source or {}).get(k, cfg.get(k)) for k in SOURCE_KEYS}
+        train_names = [dataset.class_names[i] for i in dataset.split_classes("train")]
+        per_member = int(settings["classes_per_member"] or 5)
+        protocol = str(settings["protocol"] or "disjoint")
+        groups = class_groups(train_names, protocol, per_member, settings["n_members"], seed)
+        out += [(dataset, group, per_member) for group in groups]
+    return out
+
+
+def member_specs(cfg: Mapping[str, Any], datasets: Mapping[str, ImageClassDataset]) -> list[MemberSpec]:
+    """The member specs of zoo config ``cfg``; ``datasets`` maps source name ("" for SS/SH) to data."""
+    groups = source_groups(cfg, datasets)
+    archs = assign_archs(cfg, len(groups))
+    specs = []
+    for index, ((dataset, group, head_width), arch) in enumerate(zip(groups, archs, strict=True)):
+        spec = MemberSpec(
             arch=arch,
-            arch_options=dict(cfg.get("arch_options", {})),
+            arch_options=arch_options(cfg, arch),
             dataset=dataset.name,
             dataset_hash=dataset.content_hash,
             classes=tuple(group),
             image_size=dataset.image_size,
             channels=dataset.channels,
-            head_width=per_member,
-            recipe=recipe,
+            head_width=head_width,
+            recipe=recipe_for(cfg, arch),
             seed=int(cfg.get("seed", 0)),
             index=index,
         )
-        for index, group in enumerate(groups)
-    ]
+        check_meta_train_only(spec, dataset)
+        specs.append(spec)
+    return specs
+
+
+def check_meta_train_only(spec: MemberSpec, dataset: ImageClassDataset) -> None:
+    """Raise unless every class of ``spec`` is a meta-train class of ``dataset`` (never val/test)."""
+    train = {dataset.class_names[i] for i in dataset.split_classes("train")}
+    outside = [c for c in spec.classes if c not in train]
+    if outside:
+        raise BenchError(
+            f"zoo member {spec.index} ({spec.arch}) has classes outside the meta-train split of "
+            f"{dataset.name!r}: {outside[:5]}; a zoo may only see meta-train classes"
+        )

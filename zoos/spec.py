@@ -32,6 +32,15 @@ class TrainRecipe:
     clip_norm: float = 50.0
     holdout_fraction: float = 0.2
     select: str = "final"
+    #: Random crop (zero padding image_size // 8) + horizontal flip on training batches.
+    augment: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON; ``augment`` is omitted when off so member keys from before it existed hold."""
+        data = asdict(self)
+        if not data["augment"]:
+            del data["augment"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class MemberSpec:
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (tuples become lists)."""
-        return asdict(self)
+        return {**asdict(self), "recipe": self.recipe.to_json()}
 
     @property
     def key(self) -> str:

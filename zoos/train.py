@@ -1,8 +1,9 @@
 """Pretrain one zoo member on its classes (purer.md §5).
 
 Per class, the first ``1 - holdout_fraction`` of its images (stored order) train and the rest are
-held out; labels are local (0..n-1 in the member's class order); no augmentation; the reference's
-optimisers, MultiStep schedule and gradient clipping.
+held out; labels are local (0..n-1 in the member's class order); no augmentation unless
+``recipe.augment`` (seeded random crop + flip); the reference's optimisers, MultiStep schedule and
+gradient clipping.
 """
 
 from __future__ import annotations
@@ -86,6 +87,23 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 25
     return 100.0 * correct / y.numel()
 
 
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by ``H // 8`` and a random horizontal flip, per image.
+
+    x: (B, C, H, W) normalised images (zero = the mean colour); draws come from ``generator``.
+    """
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
+    flips = torch.rand(n, generator=generator).lt(0.5).tolist()
+    crops = []
+    for image, (dy, dx), flip in zip(padded, offsets, flips, strict=True):
+        crop = image[:, dy : dy + h, dx : dx + w]
+        crops.append(crop.flip(-1) if flip else crop)
+    return torch.stack(crops)
+
+
 def train_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.device) -> TrainedMember:
     """Pretrain the member described by ``spec``; deterministic on CPU for a fixed spec."""
     recipe = spec.recipe
@@ -105,7 +123,10 @@ def train_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
         order = torch.randperm(len(train_y), generator=order_gen).to(device)
         for start in range(0, len(order), recipe.batch_size):
             batch = order[start : start + recipe.batch_size]
-            loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
+            inputs = train_x[batch]
+            if recipe.augment:
+                inputs = augment_batch(inputs, order_gen)
+            loss = F.cross_entropy(model(inputs), train_y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm)

@@ -5,8 +5,11 @@ Cache layout (under ``bench.paths.cache_dir()``)::
     zoo_members/<member_key>/{spec.json, weights.pt, member.json, done}
     zoos/<zoo_key>/manifest.json
 
-``member.json`` holds the sha256 of ``weights.pt``; a mismatch on load is logged as a warning and
-the member is rebuilt, never silently used. Weights load with ``torch.load(weights_only=True)``.
+``member.json`` holds the sha256 of ``weights.pt``; a missing file or a mismatch on load is an
+:class:`IntegrityError` naming the member and the fix (``dfml-zoo build <zoo> --repair``), never
+silently used. Weights load with ``torch.load(weights_only=True)``. Members are written atomically
+(a temporary directory renamed into place), so a killed build leaves only complete members and the
+next build trains just the missing ones.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,12 +29,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.atomic import atomic_directory, atomic_write_json, is_done
+from bench.data import load_dataset
 from bench.data.base import ImageClassDataset
+from bench.errors import BenchError, IntegrityError
 from bench.hashing import sha256_file, spec_hash
 from bench.paths import cache_dir
 from bench.progress import progress_enabled
 from zoos.architectures import build_model, count_parameters
-from zoos.members import member_specs
+from zoos.members import is_multi_dataset, member_specs
 from zoos.spec import MemberSpec
 from zoos.train import train_member
 
@@ -53,6 +59,11 @@ class ZooMember:
         """The member's spec hash."""
         return self.spec.key
 
+    @property
+    def class_keys(self) -> tuple[str, ...]:
+        """Dataset-qualified class names (``<dataset>/<class>``), unique across MH sources."""
+        return tuple(f"{self.spec.dataset}/{name}" for name in self.spec.classes)
+
 
 @dataclass
 class Zoo:
@@ -69,6 +80,20 @@ class Zoo:
     #: Normalisation of the members' input space (facts, not data: to un-normalise inversions).
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    #: Source dataset name -> global label offset (MH zoos; {dataset: 0} otherwise).
+    label_offsets: dict[str, int] = field(default_factory=dict)
+    #: Indices of the members trained (not loaded from the cache) when this Zoo was made.
+    trained_now: list[int] = field(default_factory=list)
+
+    @property
+    def datasets(self) -> list[str]:
+        """Names of the datasets the members were trained on (one unless MH)."""
+        return sorted({m.spec.dataset for m in self.members})
+
+    @property
+    def heterogeneous(self) -> bool:
+        """True when members differ in architecture or architecture options (SH / MH)."""
+        return len({(m.spec.arch, json.dumps(m.spec.arch_options, sort_keys=True)) for m in self.members}) > 1
 
     def architectures(self) -> Counter[str]:
         """Count of members per architecture key."""
@@ -82,6 +107,7 @@ class Zoo:
             "key": self.key,
             "n_members": len(self.members),
             "architectures": dict(self.architectures()),
+            "datasets": self.datasets,
             "heldout_acc_mean": sum(accs) / max(1, len(accs)),
             "heldout_acc_min": min(accs, default=float("nan")),
         }
@@ -91,32 +117,39 @@ def _member_dir(key: str) -> Path:
     return cache_dir() / "zoo_members" / key
 
 
-def _load_member(spec: MemberSpec, device: torch.device) -> ZooMember | None:
-    """The cached member, or None if absent or corrupted (then the entry is removed)."""
+def _load_member(spec: MemberSpec, device: torch.device, zoo_name: str = "") -> ZooMember | None:
+    """The cached member, None if not built yet; IntegrityError if its weights are missing/corrupt."""
     directory = _member_dir(spec.key)
     if not is_done(directory):
         return None
     info = json.loads((directory / "member.json").read_text())
-    actual = sha256_file(directory / "weights.pt")
+    fix = f"run `dfml-zoo build {zoo_name or '<zoo>'} --repair` (retrains it; weights are deterministic)"
+    weights = directory / "weights.pt"
+    if not weights.is_file():
+        raise IntegrityError(f"zoo member {spec.index} ({spec.key}): {weights} is missing; {fix}")
+    actual = sha256_file(weights)
     if actual != info["weights_sha256"]:
-        log.warning(
-            "zoo member %s: weights.pt sha256 %s does not match manifest %s; rebuilding",
-            spec.key,
-            actual,
-            info["weights_sha256"],
+        raise IntegrityError(
+            f"zoo member {spec.index} ({spec.key}): {weights} sha256 {actual[:12]}... does not match "
+            f"the manifest's {info['weights_sha256'][:12]}...; {fix}"
         )
-        shutil.rmtree(directory, ignore_errors=True)
-        return None
     model = build_model(
         spec.arch, spec.head_width, spec.image_size, spec.channels, torch.Generator(), **spec.arch_options
     )
-    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.to(device).eval().requires_grad_(False)
     return ZooMember(spec, model, info["heldout_acc"], info["train_acc"], actual, count_parameters(model))
 
 
-def _build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.device) -> None:
+def remove_member(spec: MemberSpec) -> None:
+    """Delete a member's cache entry (``--repair`` of a corrupt member)."""
+    shutil.rmtree(_member_dir(spec.key), ignore_errors=True)
+
+
+def build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.device) -> None:
+    """Train one member and store it atomically (weights, spec, sha256, held-out accuracy, time)."""
+    started = time.perf_counter()
     trained = train_member(spec, dataset, device)
     with atomic_directory(_member_dir(spec.key)) as tmp:
         (tmp / "spec.json").write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True))
@@ -129,56 +162,162 @@ def _build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.de
             "weights_sha256": sha256_file(tmp / "weights.pt"),
             "param_count": count_parameters(trained.model),
             "trained_on": str(device),
+            "train_seconds": time.perf_counter() - started,
         }
         (tmp / "member.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
-def load_or_build_zoo(
-    cfg: Mapping[str, Any], dataset: ImageClassDataset, device: torch.device | str = "cpu"
-) -> Zoo:
-    """Load every member of the zoo ``cfg`` from the cache, training the missing ones (resumable)."""
-    device = torch.device(device)
-    specs = member_specs(cfg, dataset)
+def zoo_datasets(cfg: Mapping[str, Any], dataset: ImageClassDataset) -> dict[str, ImageClassDataset]:
+    """Source name -> dataset of zoo ``cfg`` (``{"": dataset}`` for SS/SH); checks the pairing.
+
+    SS/SH zoos name the dataset they are built on (``dataset:``) and must match the run's; MH zoos
+    load every source and the run's dataset must be one of them (it is the evaluation dataset).
+    """
+    name = str(cfg.get("name"))
+    if not is_multi_dataset(cfg):
+        wanted = cfg.get("dataset")
+        if wanted is not None and str(wanted) != dataset.name:
+            raise BenchError(
+                f"zoo {name!r} is built on dataset {wanted!r}, but the run's dataset is "
+                f"{dataset.name!r}; use dataset={wanted} or a zoo of {dataset.name!r}"
+            )
+        return {"": dataset}
+    datasets: dict[str, ImageClassDataset] = {}
+    for source, spec in dict(cfg["sources"]).items():
+        loaded = load_dataset(dict(spec["dataset"]))  # cached after the first build
+        datasets[str(source)] = dataset if loaded.content_hash == dataset.content_hash else loaded
+    names = [d.name for d in datasets.values()]
+    if len(set(names)) != len(names):
+        raise BenchError(f"zoo {name!r}: MH sources must be distinct datasets; got {names}")
+    if dataset.content_hash not in {d.content_hash for d in datasets.values()}:
+        raise BenchError(
+            f"zoo {name!r} is a multi-dataset (MH) zoo over {names}; the run's dataset {dataset.name!r} "
+            f"(this configuration) is not one of them: evaluate on one of {names} with the zoo's "
+            "source configuration (dataset=...)"
+        )
+    shapes = {(d.image_size, d.channels) for d in datasets.values()}
+    if len(shapes) > 1:
+        raise BenchError(
+            f"zoo {name!r}: MH sources must share image size and channels (set image_size/channels in "
+            f"each source's dataset config); got "
+            + ", ".join(f"{d.name}={d.image_size}px x{d.channels}" for d in datasets.values())
+        )
+    return datasets
+
+
+def zoo_specs(
+    cfg: Mapping[str, Any], dataset: ImageClassDataset
+) -> tuple[list[MemberSpec], dict[str, ImageClassDataset]]:
+    """(member specs, datasets by name) of zoo ``cfg`` paired with the run's ``dataset``."""
+    by_source = zoo_datasets(cfg, dataset)
+    specs = member_specs(cfg, by_source)
+    return specs, {d.name: d for d in by_source.values()}
+
+
+def ensure_members(
+    cfg: Mapping[str, Any],
+    specs: list[MemberSpec],
+    datasets: Mapping[str, ImageClassDataset],
+    device: torch.device,
+    repair: bool = False,
+) -> tuple[list[ZooMember], list[int]]:
+    """(members, indices trained now): train the missing ones (resumable); ``repair`` corrupt ones."""
     members: list[ZooMember] = []
+    trained: list[int] = []
     bar = tqdm(specs, desc=f"zoo {cfg['name']}", unit="member", disable=not progress_enabled())
     for spec in bar:
-        member = _load_member(spec, device)
+        try:
+            member = _load_member(spec, device, str(cfg["name"]))
+        except IntegrityError:
+            if not repair:
+                raise
+            log.warning("zoo %s: member %d is corrupt; retraining it (--repair)", cfg["name"], spec.index)
+            remove_member(spec)
+            member = None
         if member is None:
-            _build_member(spec, dataset, device)
-            member = _load_member(spec, device)
+            build_member(spec, datasets[spec.dataset], device)
+            trained.append(spec.index)
+            member = _load_member(spec, device, str(cfg["name"]))
             assert member is not None
         members.append(member)
         bar.set_postfix(heldout=f"{member.heldout_acc:.1f}%")
+    return members, trained
+
+
+def make_manifest(
+    cfg: Mapping[str, Any], members: list[ZooMember], datasets: Mapping[str, ImageClassDataset]
+) -> dict[str, Any]:
+    """The zoo manifest: member specs, hashes, held-out accuracies, classes, archs, label offsets."""
+    offsets, total = {}, 0
+    for name in datasets:  # source order (MH: cifar_fs 0, mini_imagenet 64, cub 128)
+        offsets[name] = total
+        total += len(datasets[name].split_classes("train"))
     zoo_key = spec_hash({"name": cfg["name"], "members": [m.key for m in members]})
-    manifest = {
-        "name": cfg["name"],
-        "key": zoo_key,
-        "dataset": dataset.name,
-        "dataset_hash": dataset.content_hash,
-        "members": [
+    rows = []
+    for m in members:
+        train_names = [
+            datasets[m.spec.dataset].class_names[i] for i in datasets[m.spec.dataset].split_classes("train")
+        ]
+        position = {c: i for i, c in enumerate(sorted(train_names))}
+        info = json.loads((_member_dir(m.key) / "member.json").read_text())
+        rows.append(
             {
                 "index": m.spec.index,
                 "key": m.key,
                 "arch": m.spec.arch,
                 "arch_options": m.spec.arch_options,
+                "dataset": m.spec.dataset,
                 "classes": list(m.spec.classes),
+                "global_labels": [offsets[m.spec.dataset] + position[c] for c in m.spec.classes],
                 "heldout_acc": m.heldout_acc,
+                "train_acc": m.train_acc,
                 "weights_sha256": m.weights_sha256,
                 "param_count": m.param_count,
+                "train_seconds": info.get("train_seconds"),
+                "spec": m.spec.to_json(),
             }
-            for m in members
-        ],
+        )
+    return {
+        "name": cfg["name"],
+        "key": zoo_key,
+        "description": cfg.get("description", ""),
+        "datasets": {name: d.content_hash for name, d in sorted(datasets.items())},
+        "label_offsets": offsets,
+        "image_size": members[0].spec.image_size,
+        "channels": members[0].spec.channels,
+        "members": rows,
     }
-    atomic_write_json(cache_dir() / "zoos" / zoo_key / "manifest.json", manifest)
+
+
+def manifest_path(zoo_key: str) -> Path:
+    """Where the manifest of zoo ``zoo_key`` lives."""
+    return cache_dir() / "zoos" / zoo_key / "manifest.json"
+
+
+def load_or_build_zoo(
+    cfg: Mapping[str, Any],
+    dataset: ImageClassDataset,
+    device: torch.device | str = "cpu",
+    repair: bool = False,
+) -> Zoo:
+    """Load every member of the zoo ``cfg`` from the cache, training the missing ones (resumable)."""
+    device = torch.device(device)
+    specs, datasets = zoo_specs(cfg, dataset)
+    members, trained = ensure_members(cfg, specs, datasets, device, repair)
+    manifest = make_manifest(cfg, members, datasets)
+    atomic_write_json(manifest_path(manifest["key"]), manifest)
+    first = datasets[members[0].spec.dataset]
     return Zoo(
         str(cfg["name"]),
-        zoo_key,
-        dataset.name,
-        dataset.content_hash,
-        dataset.image_size,
-        dataset.channels,
+        manifest["key"],
+        "+".join(sorted(datasets)),
+        spec_hash(manifest["datasets"]) if len(datasets) > 1 else first.content_hash,
+        first.image_size,
+        first.channels,
         members,
         manifest,
         tuple(dataset.mean),
         tuple(dataset.std),
+        manifest["label_offsets"],
+        trained,
     )

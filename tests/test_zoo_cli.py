@@ -1,0 +1,165 @@
+"""dfml-zoo (build / ls / verify / card), a killed build resuming, parallel member jobs, SH/MH runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from bench.records import read_records
+
+BIN = Path(sys.executable).parent
+SMALL = ["dataset.max_classes=260"]
+TINY = [*SMALL, "zoo.n_members=4", "zoo.recipe.epochs=4", "zoo.recipe.milestones=[2]"]
+
+
+def _run(tool: str, *args: str, cwd: Path, cache: Path, wait: bool = True):  # noqa: ANN202
+    env = {**os.environ, "TQDM_DISABLE": "1", "DFML_CACHE": str(cache)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [str(BIN / tool), *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture
+def cache(tmp_path, cache_root) -> Path:
+    """A fresh zoo cache that shares the session's dataset cache (no glyph regeneration)."""
+    fresh = tmp_path / "cache"
+    fresh.mkdir()
+    (fresh / "datasets").symlink_to(cache_root / "datasets", target_is_directory=True)
+    return fresh
+
+
+def _builds(cache: Path) -> list[dict]:
+    (log,) = (cache / "zoos").glob("*/builds.json")
+    return json.loads(log.read_text())
+
+
+def test_killed_build_resumes_with_only_the_missing_members(tmp_path, cache, small_glyphs):
+    process = _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache, wait=False)
+    members = cache / "zoo_members"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(members.glob("*/done"))) < 1:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list(members.glob("*/done")))
+    assert 1 <= finished < 4, "the kill should land mid-build"
+    done = _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{4 - finished} trained" in done.stdout
+    (build,) = _builds(cache)  # the killed build never logged itself
+    assert build["trained"] == 4 - finished and build["loaded"] == finished
+    verify = _run("dfml-zoo", "verify", "glyphs_ss_conv4", cwd=tmp_path, cache=cache)
+    assert verify.returncode == 0 and verify.stdout.count(": ok") == 4
+
+
+def test_ls_card_and_verify_catch_a_corrupt_member(tmp_path, cache, small_glyphs):
+    assert _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache).returncode == 0
+    listing = _run("dfml-zoo", "ls", cwd=tmp_path, cache=cache)
+    assert "glyphs_ss_conv4" in listing.stdout and "SS, 4 members" in listing.stdout
+    assert "glyphs_sh" in listing.stdout and "not built" in listing.stdout
+    card = _run("dfml-zoo", "card", "glyphs_ss_conv4", cwd=tmp_path, cache=cache)
+    assert "scenario: **SS**" in card.stdout and "| conv4 | glyphs | 4 |" in card.stdout
+    assert "members trained" in card.stdout and "Held-out accuracy" in card.stdout
+    (weights, *_) = sorted((cache / "zoo_members").glob("*/weights.pt"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"oops")
+    verify = _run("dfml-zoo", "verify", cwd=tmp_path, cache=cache)
+    assert verify.returncode == 1 and "SHA256 MISMATCH" in verify.stdout and "--repair" in verify.stderr
+    run = _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache)
+    assert run.returncode == 2 and "does not match" in run.stderr and "--repair" in run.stderr
+    repaired = _run("dfml-zoo", "build", "glyphs_ss_conv4", "--repair", *TINY, cwd=tmp_path, cache=cache)
+    assert repaired.returncode == 0 and "1 trained" in repaired.stdout
+    assert _run("dfml-zoo", "verify", cwd=tmp_path, cache=cache).returncode == 0
+
+
+def test_unknown_zoo_is_a_did_you_mean(tmp_path, cache):
+    done = _run("dfml-zoo", "build", "glyphs_ss_conv", cwd=tmp_path, cache=cache)
+    assert done.returncode == 2 and "did you mean 'glyphs_ss_conv4'" in done.stderr
+
+
+def test_parallel_member_jobs_with_the_joblib_launcher(tmp_path, cache, small_glyphs):
+    jobs = _run(
+        "dfml-zoo-job",
+        "--multirun",
+        "zoo=glyphs_ss_conv4",
+        *TINY,
+        "member=range(0,4)",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        cwd=tmp_path,
+        cache=cache,
+    )
+    assert jobs.returncode == 0, jobs.stderr[-2000:]
+    assert len(list((cache / "zoo_members").glob("*/done"))) == 4
+    assemble = _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache)
+    assert assemble.returncode == 0 and "0 trained" in assemble.stdout
+
+
+def test_submitit_slurm_launcher_composes():
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        cfg = compose(
+            "zoo_job",
+            overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.partition == "gpu"
+
+
+SH = [*SMALL, "zoo=glyphs_sh", "zoo.n_members=3", "zoo.recipe.epochs=1", "zoo.recipe.milestones=[1]"]
+
+
+def test_sh_zoo_runs_architecture_agnostic_methods_and_weight_average_refuses(tmp_path, cache, small_glyphs):
+    common = [*SH, "experiment=smoke", "task.n_episodes=4"]
+    done = _run("dfml-run", *common, "method=random_init", cwd=tmp_path, cache=cache)
+    assert done.returncode == 0, done.stderr[-2000:]
+    purer = [
+        "method=purer",
+        "method.init=random",
+        "budget.meta_iterations=2",
+        "method.selection.every=2",
+        "method.selection.val_episodes=2",
+        "method.icfil.inversion_steps=2",
+    ]
+    done = _run("dfml-run", *common, *purer, cwd=tmp_path, cache=cache)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = {r.method: r for r in read_records(tmp_path / "results" / "runs" / "smoke")}
+    assert records["purer"].zoo["architectures"] == {"conv4": 1, "resnet10": 1, "resnet18": 1}
+    refused = _run("dfml-run", *common, "method=weight_average", cwd=tmp_path, cache=cache)
+    assert refused.returncode != 0
+    assert "needs a same-architecture (SS) zoo; zoo 'glyphs_sh' is heterogeneous" in refused.stderr
+
+
+@pytest.mark.data
+def test_mh_zoo_runs_through_dfml_run_on_one_of_its_datasets(tmp_path, cache, small_glyphs, shared_data):
+    if not (shared_data / "omniglot").is_dir():
+        pytest.skip(f"real Omniglot subsets not found at {shared_data / 'omniglot'}")
+    os.environ["DFML_OMNIGLOT_ROOT"] = str(shared_data / "omniglot")
+    mh = [
+        "zoo=mh_glyphs_omniglot",
+        "zoo.sources.glyphs.dataset.max_classes=260",
+        "zoo.sources.glyphs.n_members=1",
+        "zoo.sources.omniglot.n_members=1",
+        "zoo.recipe.epochs=1",
+        "zoo.recipe.milestones=[1]",
+        "experiment=smoke",
+        "task.n_episodes=4",
+        "method=random_init",
+    ]
+    try:
+        done = _run("dfml-run", *mh, *SMALL, cwd=tmp_path, cache=cache)
+        assert done.returncode == 0, done.stderr[-2000:]
+        (record,) = read_records(tmp_path / "results" / "runs" / "smoke")
+        assert record.zoo["datasets"] == ["glyphs", "omniglot"] and record.setting["dataset"] == "glyphs"
+        wrong = _run("dfml-run", *mh, *SMALL, "dataset.seed=5", cwd=tmp_path, cache=cache)
+        assert wrong.returncode != 0 and "multi-dataset (MH) zoo over ['glyphs', 'omniglot']" in wrong.stderr
+    finally:
+        os.environ.pop("DFML_OMNIGLOT_ROOT", None)

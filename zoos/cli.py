@@ -1,0 +1,194 @@
+"""``dfml-zoo``: build, list, verify and describe zoos.
+
+    dfml-zoo build <zoo> [--dataset D] [--device auto] [--repair] [--threads N] [key=value ...]
+    dfml-zoo ls
+    dfml-zoo verify [<zoo>]
+    dfml-zoo card <zoo> [--out card.md]
+
+``build`` trains only the members missing from the cache (a killed build resumes), writes the
+manifest, appends the wall time to the zoo's build log and writes its card. Extra ``key=value``
+arguments are Hydra overrides of the composed config (``zoo.recipe.epochs=5``,
+``dataset.root=...``). For parallel builds see ``dfml-zoo-job`` (Hydra multirun, one job per member).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bench.atomic import atomic_write_json, atomic_write_text
+from bench.errors import BenchError
+from bench.hashing import sha256_file
+from bench.overrides import group_options
+from bench.paths import cache_dir
+from bench.registry import unknown_key_message
+from bench.timing import resolve_device
+from zoos.card import render_card, scenario
+
+
+def default_dataset(zoo_cfg: DictConfig) -> str:
+    """The dataset a zoo is built on: its ``dataset`` key, or the first MH source's dataset."""
+    if zoo_cfg.get("sources"):
+        return str(next(iter(zoo_cfg.sources.values())).dataset.name)
+    if zoo_cfg.get("dataset") is None:
+        raise BenchError(f"zoo {zoo_cfg.name!r} names no dataset; pass --dataset")
+    return str(zoo_cfg.dataset)
+
+
+def compose(zoo: str, dataset: str | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """The run config with ``zoo`` (and its dataset) selected, plus Hydra ``overrides``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    valid = group_options("zoo")
+    if zoo not in valid:
+        raise BenchError(unknown_key_message("zoo", zoo, valid))
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"zoo={zoo}"])
+        chosen = dataset or default_dataset(cfg.zoo)
+        return hydra_compose("config", overrides=[f"zoo={zoo}", f"dataset={chosen}", *(overrides or [])])
+
+
+def builds_path(zoo_key: str) -> Path:
+    """The build log of a zoo (one entry per ``dfml-zoo build``)."""
+    return cache_dir() / "zoos" / zoo_key / "builds.json"
+
+
+def build(zoo: str, dataset: str | None, device: str, repair: bool, overrides: list[str]) -> Path:
+    """Build (resume) the zoo; returns the path of its card."""
+    from bench.data import load_dataset
+    from zoos.zoo import load_or_build_zoo, manifest_path
+
+    cfg = compose(zoo, dataset, overrides)
+    zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
+    data = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
+    resolved = resolve_device(device)
+    started = time.perf_counter()
+    built = load_or_build_zoo(zoo_cfg, data, resolved, repair=repair)
+    missing = len(built.trained_now)
+    entry = {
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_s": time.perf_counter() - started,
+        "trained": missing,
+        "loaded": len(built.members) - missing,
+        "device": str(resolved),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    log_path = builds_path(built.key)
+    history = json.loads(log_path.read_text()) if log_path.is_file() else []
+    atomic_write_json(log_path, [*history, entry])
+    card = write_card(json.loads(manifest_path(built.key).read_text()))
+    print(
+        f"zoo {built.name} ({built.key}): {len(built.members)} members, {missing} trained, "
+        f"{entry['wall_s']:.1f} s; manifest {manifest_path(built.key)}; card {card}"
+    )
+    return card
+
+
+def manifests() -> list[dict[str, Any]]:
+    """Every zoo manifest in the cache, newest first."""
+    paths = sorted((cache_dir() / "zoos").glob("*/manifest.json"), key=lambda p: -p.stat().st_mtime)
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def find_manifest(zoo: str) -> dict[str, Any]:
+    """The newest manifest of zoo ``zoo`` (by name or key); error with the fix when absent."""
+    for manifest in manifests():
+        if zoo in (manifest["name"], manifest["key"]):
+            return manifest
+    raise BenchError(f"zoo {zoo!r} has not been built in {cache_dir()}; run `dfml-zoo build {zoo}`")
+
+
+def write_card(manifest: dict[str, Any], out: Path | None = None) -> Path:
+    """Render the card next to the manifest (and to ``out``); returns the path written."""
+    log_path = builds_path(manifest["key"])
+    builds = json.loads(log_path.read_text()) if log_path.is_file() else []
+    text = render_card(manifest, builds)
+    path = out or cache_dir() / "zoos" / manifest["key"] / "card.md"
+    atomic_write_text(path, text)
+    return path
+
+
+def verify(zoo: str | None) -> int:
+    """Re-hash every member of the named zoo (or of every built zoo); 1 if any fails."""
+    chosen = [find_manifest(zoo)] if zoo else manifests()
+    bad = 0
+    for manifest in chosen:
+        for member in manifest["members"]:
+            weights = cache_dir() / "zoo_members" / member["key"] / "weights.pt"
+            status = "ok"
+            if not weights.is_file():
+                status = "MISSING"
+            elif sha256_file(weights) != member["weights_sha256"]:
+                status = "SHA256 MISMATCH"
+            bad += status != "ok"
+            print(f"{manifest['name']} member {member['index']:>3} {member['key']}: {status}")
+        print(f"{manifest['name']} ({manifest['key']}): {len(manifest['members'])} members checked")
+    if bad:
+        print(f"{bad} member(s) failed; fix: dfml-zoo build <zoo> --repair", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def listing() -> None:
+    """Each zoo config, and its built manifests in the cache."""
+    built: dict[str, list[dict[str, Any]]] = {}
+    for manifest in manifests():
+        built.setdefault(manifest["name"], []).append(manifest)
+    for name in group_options("zoo"):
+        found = built.get(name, [])
+        state = "not built"
+        if found:
+            m = found[0]
+            accs = [r["heldout_acc"] for r in m["members"]]
+            state = (
+                f"built {m['key']}: {scenario(m)}, {len(m['members'])} members, "
+                f"held-out {sum(accs) / len(accs):.1f}% mean"
+            )
+        print(f"  {name:<22} {state}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(prog="dfml-zoo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_build = sub.add_parser("build", help="train the missing members, write manifest and card")
+    p_build.add_argument("zoo")
+    p_build.add_argument("--dataset", help="dataset group option (default: the zoo's own)")
+    p_build.add_argument("--device", default="auto")
+    p_build.add_argument("--repair", action="store_true", help="retrain members that fail their sha256")
+    p_build.add_argument("--threads", type=int, help="torch intra-op threads")
+    p_build.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. zoo.recipe.epochs=5")
+    sub.add_parser("ls", help="zoo configs and what is built")
+    p_verify = sub.add_parser("verify", help="re-hash every member's weights")
+    p_verify.add_argument("zoo", nargs="?")
+    p_card = sub.add_parser("card", help="Markdown summary of a built zoo")
+    p_card.add_argument("zoo")
+    p_card.add_argument("--out", type=Path)
+    args, extra = parser.parse_known_args(argv)  # flags may follow the overrides
+    if extra and args.command != "build":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "build":
+            if args.threads is not None:
+                torch.set_num_threads(args.threads)
+            build(args.zoo, args.dataset, args.device, args.repair, [*args.overrides, *extra])
+        elif args.command == "ls":
+            listing()
+        elif args.command == "verify":
+            return verify(args.zoo)
+        else:
+            path = write_card(find_manifest(args.zoo), args.out)
+            print(path.read_text(), end="")
+    except BenchError as error:
+        print(f"dfml-zoo: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,60 @@
+"""``dfml-zoo-job``: a Hydra app that builds zoo members, one member per job (see conf/zoo_job.yaml).
+
+Members are independent: a multirun over ``member`` with the joblib launcher builds them in
+parallel on one machine, with the submitit launcher as SLURM jobs. Each job trains its member only
+if the cache lacks it (atomic per-member directories, so concurrent jobs never see partial files).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bench.atomic import is_done
+from bench.data import load_dataset
+from bench.errors import BenchError
+from bench.paths import cache_dir
+from bench.timing import resolve_device
+from zoos.zoo import build_member, zoo_specs
+
+log = logging.getLogger(__name__)
+
+
+def run_job(cfg: DictConfig) -> list[int]:
+    """Build member ``cfg.member`` (or every missing member); returns the indices trained."""
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
+    dataset = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
+    specs, datasets = zoo_specs(zoo_cfg, dataset)
+    if cfg.member is not None and not 0 <= int(cfg.member) < len(specs):
+        raise BenchError(
+            f"member={cfg.member} out of range: zoo {cfg.zoo.name!r} has members 0..{len(specs) - 1}"
+        )
+    chosen = specs if cfg.member is None else [specs[int(cfg.member)]]
+    device = resolve_device(str(cfg.device.name))
+    trained = []
+    for spec in chosen:
+        if is_done(cache_dir() / "zoo_members" / spec.key):
+            log.info("zoo %s member %d: cached", cfg.zoo.name, spec.index)
+            continue
+        build_member(spec, datasets[spec.dataset], device)
+        trained.append(spec.index)
+        log.info("zoo %s member %d (%s): trained", cfg.zoo.name, spec.index, spec.arch)
+    return trained
+
+
+@hydra.main(version_base="1.3", config_path="pkg://bench.conf", config_name="zoo_job")
+def _main(cfg: DictConfig) -> None:
+    try:
+        run_job(cfg)
+    except BenchError as error:
+        raise SystemExit(f"dfml-zoo-job: error: {error}") from None
+
+
+def main() -> None:
+    """Console entry point."""
+    _main()
