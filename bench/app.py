@@ -103,6 +103,11 @@ def make_probe(dataset, split: str, shape: TaskShape, n_episodes: int, seed: int
     return probe
 
 
+def attach_real_data(method: MetaLearner, dataset) -> None:  # noqa: ANN001 - ImageClassDataset
+    """Give the real dataset to oracle methods (``uses_real_data``) only; data-free ones never see it."""
+    method.real_data = dataset if method.uses_real_data else None
+
+
 def meta_train(cfg: DictConfig, method: MetaLearner, zoo, budget: Budget, seed: int):  # noqa: ANN001, ANN201
     """Run ``method.meta_train`` inside the data-free guard (unless it declares real data); timed."""
     generator = make_generator(seed)
@@ -161,6 +166,7 @@ def run_one(cfg: DictConfig) -> Path:
     method.test_probe = make_probe(
         dataset, str(cfg.task.split), shape, probe_episodes, suite_seed, primary, device
     )
+    attach_real_data(method, dataset)
     method_seed = derive_seed(seed, "method", cfg.method.name)
     learner, meta_train_s = meta_train(cfg, method, zoo, budget, method_seed)
     result = evaluate(

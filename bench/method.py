@@ -22,6 +22,7 @@ from bench.errors import BenchError
 from bench.registry import Registry
 
 if TYPE_CHECKING:
+    from bench.data.base import ImageClassDataset
     from zoos.zoo import Zoo
 
 
@@ -119,6 +120,8 @@ class MetaLearner(ABC):
         self.test_probe: Probe | None = None
         #: Extra metrics for the record (e.g. acc_test_best_of_evals), set by meta_train.
         self.extra_metrics: dict[str, float] = {}
+        #: The real dataset: set by the harness **only** for ``uses_real_data`` (oracle) methods.
+        self.real_data: ImageClassDataset | None = None
 
     @abstractmethod
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:

@@ -1,0 +1,100 @@
+"""The per-class synthetic image bank of invert-then-meta-learn baselines (dfmaml, dfprotonet).
+
+``invert_member`` runs DeepInversion on one zoo member (the shared terms of ``purer.inversion``:
+CE + BN-statistics + TV + L2 on a jittered batch, Adam on the pixels) for a support batch and a
+separate query batch per class; :class:`ClassBank` keeps the latest images of each class (keyed by
+dataset-qualified class name, so classes of different members never collide) and samples N-way
+pseudo tasks across members.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.errors import BenchError
+from bench.tasks import Episode
+from purer.inversion import InversionWeights, inversion_loss, running_targets
+from purer.teachers import teacher_forward
+from zoos.zoo import ZooMember
+
+
+def invert_batch(
+    member: ZooMember,
+    per_class: int,
+    steps: int,
+    lr: float,
+    weights: InversionWeights,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """(n_classes * per_class, C, H, W) images inverted from ``member`` (class-blocked, local order)."""
+    n_classes = len(member.spec.classes)
+    shape = (n_classes * per_class, member.spec.channels, member.spec.image_size, member.spec.image_size)
+    images = torch.randn(shape, generator=generator).to(device).requires_grad_(True)
+    labels = torch.arange(n_classes, device=device).repeat_interleave(per_class)
+    forward, targets = teacher_forward(member.model), running_targets(member.model)
+    optimizer = torch.optim.Adam([images], lr=lr)
+    for _ in range(steps):
+        loss, _ = inversion_loss(forward, targets, images, labels, weights, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return images.detach()
+
+
+class ClassBank:
+    """Latest synthetic support / query images per class: ``support[key]`` (S, C, H, W)."""
+
+    def __init__(self) -> None:
+        self.support: dict[str, torch.Tensor] = {}
+        self.query: dict[str, torch.Tensor] = {}
+        self.images_synthesised = 0
+
+    def add_member(
+        self,
+        member: ZooMember,
+        n_support: int,
+        n_query: int,
+        steps: int,
+        lr: float,
+        weights: InversionWeights,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        """Invert ``member``'s classes (a support batch and a separate query batch) into the bank."""
+        support = invert_batch(member, n_support, steps, lr, weights, generator, device)
+        query = invert_batch(member, n_query, steps, lr, weights, generator, device)
+        for local, key in enumerate(member.class_keys):
+            self.support[key] = support[local * n_support : (local + 1) * n_support]
+            self.query[key] = query[local * n_query : (local + 1) * n_query]
+        self.images_synthesised += len(support) + len(query)
+
+    @property
+    def n_classes(self) -> int:
+        """Classes currently in the bank."""
+        return len(self.support)
+
+    def sample_task(self, n_way: int, k_shot: int, n_query: int, generator: torch.Generator) -> Episode:
+        """An N-way pseudo task over the bank's classes (possibly from different members)."""
+        keys = sorted(self.support)
+        if len(keys) < n_way:
+            raise BenchError(f"the class bank holds {len(keys)} classes; an {n_way}-way task needs {n_way}")
+        chosen = torch.randperm(len(keys), generator=generator)[:n_way].tolist()
+        support, query = [], []
+        for index in chosen:
+            pool_s, pool_q = self.support[keys[index]], self.query[keys[index]]
+            if k_shot > len(pool_s) or n_query > len(pool_q):
+                raise BenchError(
+                    f"bank pools hold {len(pool_s)} support / {len(pool_q)} query images per class; "
+                    f"the task needs {k_shot} / {n_query}"
+                )
+            support.append(pool_s[torch.randperm(len(pool_s), generator=generator)[:k_shot]])
+            query.append(pool_q[torch.randperm(len(pool_q), generator=generator)[:n_query]])
+        labels = torch.arange(n_way, device=support[0].device)
+        return Episode(
+            torch.cat(support),
+            labels.repeat_interleave(k_shot),
+            torch.cat(query),
+            labels.repeat_interleave(n_query),
+            torch.tensor(chosen),
+        )

@@ -1,0 +1,64 @@
+"""ProtoNet on **real** meta-train episodes: the metric-learning ceiling (not data-free).
+
+Ref: Snell et al., "Prototypical Networks for Few-shot Learning", NeurIPS 2017 (arXiv 1703.05175);
+baselines.md §3.5. A conv4-32 embedding (batch-statistic BN, flattened features) trained with
+squared-Euclidean prototypes, Adam 1e-3, meta-batch 4, selection on meta-val. Declares
+``uses_real_data``; every table labels it "oracle (real data)".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from baselines._episodes import real_task_stream
+from bench.learners.episodic import loop_stats, meta_train_loop
+from bench.learners.protonet import ProtoNetLearner, protonet_task_loss
+from bench.method import METHODS, Budget, Learner, MetaLearner, MethodConfig
+from zoos.meta_model import fresh_meta_model
+from zoos.zoo import Zoo
+
+
+@dataclass
+class ProtoNetOracleConfig(MethodConfig):
+    """ProtoNet hyper-parameters (CPU schedule)."""
+
+    width: int = 32
+    meta_iterations: int = 2000
+    meta_batch: int = 4
+    n_query: int = 15
+    outer_lr: float = 0.001
+    select_every: int = 250
+
+
+@METHODS.register("protonet_oracle")
+class ProtoNetOracle(MetaLearner):
+    """ProtoNet on real meta-train episodes (the ceiling; uses real data)."""
+
+    Config = ProtoNetOracleConfig
+    uses_real_data = True
+
+    def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
+        """Ignore the zoo; train a conv4 embedding on real episodes; select on meta-val."""
+        cfg: ProtoNetOracleConfig = self.cfg  # type: ignore[assignment]
+        iterations = budget.meta_iterations or cfg.meta_iterations
+        model = fresh_meta_model(self.context, cfg.width)
+        sample = real_task_stream(
+            self.real_data, self.context, cfg.n_query, cfg.meta_batch, iterations, "protonet_oracle"
+        )
+        n_way = self.context.n_way
+        result = meta_train_loop(
+            model,
+            sample,
+            lambda m, task: protonet_task_loss(m.embed, task, n_way),
+            lambda m: ProtoNetLearner(m.embed),
+            iterations,
+            cfg.outer_lr,
+            cfg.select_every,
+            self.validate,
+            budget.max_seconds,
+            "protonet_oracle",
+        )
+        self.train_stats.update(loop_stats(result, cfg.meta_batch))
+        return ProtoNetLearner(model.embed)

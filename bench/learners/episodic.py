@@ -1,0 +1,107 @@
+"""The episodic meta-training loop shared by MAML- and ProtoNet-style baselines.
+
+Each iteration draws a meta-batch of episodes, sums their query losses, takes one outer Adam step,
+and every ``select_every`` iterations scores a snapshot on the harness's meta-val probe, keeping the
+best weights (selection on meta-val, never on the test split). Respects ``budget.max_seconds``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.method import Learner, Probe
+from bench.progress import progress_enabled
+from bench.tasks import Episode
+
+log = logging.getLogger(__name__)
+
+#: (model, episode) -> (query loss, query accuracy %), differentiable w.r.t. the model.
+TaskLoss = Callable[[nn.Module, Episode], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LoopResult:
+    """What the loop did: iterations run, seconds, the selected iteration and the val history."""
+
+    iterations: int = 0
+    seconds: float = 0.0
+    selected_iteration: int = 0
+    selected_val: float | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def meta_train_loop(
+    model: nn.Module,
+    sample_tasks: Callable[[int], Sequence[Episode]],
+    task_loss: TaskLoss,
+    make_learner: Callable[[nn.Module], Learner],
+    iterations: int,
+    outer_lr: float = 1e-3,
+    select_every: int = 250,
+    validate: Probe | None = None,
+    max_seconds: float | None = None,
+    description: str = "meta-train",
+    before_iteration: Callable[[int], None] | None = None,
+) -> LoopResult:
+    """Train ``model`` in place for ``iterations`` outer steps; loads the meta-val-best weights at the end.
+
+    ``sample_tasks(it)`` gives iteration ``it``'s meta-batch (it = 1..iterations);
+    ``before_iteration(it)`` runs first (e.g. refreshing a synthetic bank).
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=outer_lr)
+    result = LoopResult()
+    best_state: dict[str, torch.Tensor] | None = None
+    started = time.perf_counter()
+    bar = tqdm(range(1, iterations + 1), desc=description, unit="it", disable=not progress_enabled())
+    for it in bar:
+        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            log.warning("%s: budget.max_seconds reached at iteration %d", description, it - 1)
+            break
+        if before_iteration is not None:
+            before_iteration(it)
+        losses, accuracies = zip(*(task_loss(model, task) for task in sample_tasks(it)), strict=True)
+        outer = torch.stack(losses).sum()
+        optimizer.zero_grad(set_to_none=True)
+        outer.backward()
+        optimizer.step()
+        result.iterations = it
+        row = {
+            "iteration": float(it),
+            "loss": float(outer.detach()),
+            "acc": float(torch.stack(accuracies).mean()),
+        }
+        if validate is not None and (it % select_every == 0 or it == iterations):
+            row["val_acc"] = validate(make_learner(copy.deepcopy(model)))
+            if result.selected_val is None or row["val_acc"] > result.selected_val:
+                result.selected_val, result.selected_iteration = row["val_acc"], it
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        result.history.append(row)
+        bar.set_postfix(acc=f"{row['acc']:.1f}", loss=f"{row['loss']:.2f}")
+    result.seconds = time.perf_counter() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        result.selected_iteration = result.iterations
+    return result
+
+
+def loop_stats(result: LoopResult, meta_batch: int) -> dict[str, float]:
+    """Counters for the record: iterations, episodes, throughput, selection."""
+    seconds = max(result.seconds, 1e-9)
+    stats = {
+        "meta_iterations": float(result.iterations),
+        "meta_train_episodes": float(result.iterations * meta_batch),
+        "meta_iterations_per_s": result.iterations / seconds,
+        "selected_iteration": float(result.selected_iteration),
+    }
+    if result.selected_val is not None:
+        stats["val_acc_selected"] = float(result.selected_val)
+    return stats

@@ -1,0 +1,55 @@
+"""First-wave baselines: the class bank (inversion, cross-member tasks), oracle data access."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from baselines._bank import ClassBank, invert_batch
+from bench.app import attach_real_data
+from bench.errors import BenchError
+from bench.method import METHODS, MethodContext
+from purer.inversion import InversionWeights
+
+WEIGHTS = InversionWeights(1.0, 0.01, 1e-4, 0.0, 2)
+
+
+def test_inverted_images_are_classified_as_their_labels_by_the_member(tiny_zoo):
+    member = tiny_zoo.members[0]
+    gen = torch.Generator().manual_seed(0)
+    images = invert_batch(member, 4, 40, 0.25, WEIGHTS, gen, torch.device("cpu"))
+    assert images.shape == (20, 3, 32, 32) and not images.requires_grad
+    labels = torch.arange(5).repeat_interleave(4)
+    with torch.no_grad():
+        before = (member.model(torch.randn(20, 3, 32, 32, generator=gen)).argmax(1) == labels).float().mean()
+        after = (member.model(images).argmax(1) == labels).float().mean()
+    assert after >= 0.9 > before
+
+
+def test_bank_tasks_mix_members_with_disjoint_support_and_query(tiny_zoo):
+    bank, gen = ClassBank(), torch.Generator().manual_seed(1)
+    for member in tiny_zoo.members[:2]:
+        bank.add_member(member, 3, 15, 2, 0.25, WEIGHTS, gen, torch.device("cpu"))
+    assert bank.n_classes == 10 and bank.images_synthesised == 2 * 5 * (3 + 15)
+    owner = {key: i for i, m in enumerate(tiny_zoo.members[:2]) for key in m.class_keys}
+    keys, mixed = sorted(bank.support), 0
+    for _ in range(20):
+        task = bank.sample_task(5, 1, 15, gen)
+        assert task.support_x.shape == (5, 3, 32, 32) and task.query_x.shape == (75, 3, 32, 32)
+        mixed += len({owner[keys[int(c)]] for c in task.classes}) == 2
+        for support in task.support_x:  # support images are never also queries
+            assert not (task.query_x == support).flatten(1).all(1).any()
+    assert mixed > 0, "tasks must be able to mix classes of different members"
+    with pytest.raises(BenchError, match="needs 11"):
+        bank.sample_task(11, 1, 15, gen)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_only_oracles_are_ever_given_the_real_dataset(name, small_glyphs):
+    cls = METHODS.get(name)
+    context = MethodContext(5, 1, 32, 3, torch.device("cpu"), 0)
+    method = cls(dataclasses.replace(cls.Config(), name=name), context)
+    attach_real_data(method, small_glyphs)
+    assert (method.real_data is small_glyphs) == cls.uses_real_data == name.endswith("_oracle")
