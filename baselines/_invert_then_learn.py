@@ -32,6 +32,7 @@ class InvertThenLearnConfig(MethodConfig):
     n_query: int = 15
     outer_lr: float = 0.001
     select_every: int = 250
+    val_episodes: int = 200
     generate_interval: int = 200
     generate_iterations: int = 200
     bank_support: int = 30

@@ -34,6 +34,7 @@ class MamlOracleConfig(MethodConfig):
     second_order: bool = True
     outer_lr: float = 0.001
     select_every: int = 250
+    val_episodes: int = 200
 
 
 @METHODS.register("maml_oracle")

@@ -30,6 +30,7 @@ class ProtoNetOracleConfig(MethodConfig):
     n_query: int = 15
     outer_lr: float = 0.001
     select_every: int = 250
+    val_episodes: int = 200
 
 
 @METHODS.register("protonet_oracle")

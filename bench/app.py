@@ -161,7 +161,10 @@ def run_one(cfg: DictConfig) -> Path:
         train_dir=results / "meta_train" / train_key,
     )
     method = build_method(cfg, context)
-    probe_episodes = int(OmegaConf.select(cfg, "method.selection.val_episodes", default=200))
+    probe_episodes = int(
+        OmegaConf.select(cfg, "method.selection.val_episodes", default=None)
+        or OmegaConf.select(cfg, "method.val_episodes", default=200)
+    )
     method.validate = make_probe(dataset, "val", shape, probe_episodes, suite_seed, primary, device)
     method.test_probe = make_probe(
         dataset, str(cfg.task.split), shape, probe_episodes, suite_seed, primary, device

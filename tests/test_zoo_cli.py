@@ -114,7 +114,7 @@ def test_submitit_slurm_launcher_composes():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.partition == "gpu"
 
 
-SH = [*SMALL, "zoo=glyphs_sh", "zoo.n_members=3", "zoo.recipe.epochs=1", "zoo.recipe.milestones=[1]"]
+SH = [*SMALL, "zoo=glyphs_sh", "zoo.n_members=2", "zoo.recipe.epochs=1", "zoo.recipe.milestones=[1]"]
 
 
 def test_sh_zoo_runs_architecture_agnostic_methods_and_weight_average_refuses(tmp_path, cache, small_glyphs):
@@ -131,8 +131,14 @@ def test_sh_zoo_runs_architecture_agnostic_methods_and_weight_average_refuses(tm
     ]
     done = _run("dfml-run", *common, *purer, cwd=tmp_path, cache=cache)
     assert done.returncode == 0, done.stderr[-2000:]
+    bank = ["budget.meta_iterations=2", "method.generate_iterations=1", "method.val_episodes=2"]
+    bank += ["method.bank_support=1", "method.bank_query=2", "method.n_query=2"]
+    for method in ("dfmaml", "dfprotonet"):
+        done = _run("dfml-run", *common, f"method={method}", *bank, cwd=tmp_path, cache=cache)
+        assert done.returncode == 0, done.stderr[-2000:]
     records = {r.method: r for r in read_records(tmp_path / "results" / "runs" / "smoke")}
-    assert records["purer"].zoo["architectures"] == {"conv4": 1, "resnet10": 1, "resnet18": 1}
+    assert set(records) == {"random_init", "purer", "dfmaml", "dfprotonet"}
+    assert records["purer"].zoo["architectures"] == {"conv4": 1, "resnet10": 1}
     refused = _run("dfml-run", *common, "method=weight_average", cwd=tmp_path, cache=cache)
     assert refused.returncode != 0
     assert "needs a same-architecture (SS) zoo; zoo 'glyphs_sh' is heterogeneous" in refused.stderr
