@@ -8,6 +8,7 @@ Experiments sweep methods x tasks with Hydra multirun; the leaderboard callback 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.data import forbid_real_data, load_dataset
 from bench.data.base import allow_real_data
 from bench.environment import environment, git_state
-from bench.errors import BenchError
+from bench.errors import BenchError, DataFreeViolation
 from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
 from bench.hashing import spec_hash
 from bench.method import METHODS, Budget, MetaLearner, MethodContext, validate_method_config
@@ -150,6 +151,10 @@ def run_one(cfg: DictConfig) -> Path:
     seed = int(cfg.seed)
     work_dir = run_dir / "work"
     train_key = spec_hash(train_identity(identity, METHODS.get(str(cfg.method.name))))
+    train_dir = results / "meta_train" / train_key
+    if cfg.force:  # recompute everything: no resumed evaluation, no reused meta-training
+        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(train_dir, ignore_errors=True)
     context = MethodContext(
         shape.n_way,
         shape.k_shot,
@@ -158,7 +163,7 @@ def run_one(cfg: DictConfig) -> Path:
         device,
         seed,
         work_dir,
-        train_dir=results / "meta_train" / train_key,
+        train_dir=train_dir,
     )
     method = build_method(cfg, context)
     probe_episodes = int(
@@ -171,15 +176,20 @@ def run_one(cfg: DictConfig) -> Path:
     )
     attach_real_data(method, dataset)
     method_seed = derive_seed(seed, "method", cfg.method.name)
-    learner, meta_train_s = meta_train(cfg, method, zoo, budget, method_seed)
-    result = evaluate(
-        learner,
-        suite,
-        list(cfg.task.test_steps),
-        device,
-        cfg.eval.limit,
-        description=f"{cfg.method.name} {shape.label}",
-    )
+    try:
+        learner, meta_train_s = meta_train(cfg, method, zoo, budget, method_seed)
+        result = evaluate(
+            learner,
+            suite,
+            list(cfg.task.test_steps),
+            device,
+            cfg.eval.limit,
+            description=f"{cfg.method.name} {shape.label}",
+            progress=work_dir / "eval_progress.json",
+        )
+    except (FloatingPointError, DataFreeViolation, torch.OutOfMemoryError) as error:
+        write_failed_record(cfg, key, run_dir, started, device, error)
+        raise BenchError(f"run {experiment}/{key} failed and was recorded as such: {error}") from error
     seeds = {"root": seed, "method": method_seed, "suite": suite_seed}
     record = make_record(
         cfg, key, method, learner.transductive, dataset, zoo, suite, result, meta_train_s, device, seeds
@@ -200,6 +210,28 @@ def run_one(cfg: DictConfig) -> Path:
         result.episodes_per_s,
     )
     return run_dir
+
+
+def write_failed_record(cfg, key, run_dir, started, device, error) -> None:  # noqa: ANN001
+    """A ``status: failed`` record (no metrics) naming the error; relaunching retries the run."""
+    record = RunRecord(
+        run_key=key,
+        experiment=str(cfg.experiment.name),
+        method=str(cfg.method.name),
+        data_free=not METHODS.get(str(cfg.method.name)).uses_real_data,
+        status="failed",
+        setting={"dataset": str(cfg.dataset.name), "zoo": str(cfg.zoo.name), "task": str(cfg.task.name)},
+        config=OmegaConf.to_container(cfg, resolve=True),
+        choices=hydra_choices(),
+        seeds={"root": int(cfg.seed)},
+        hashes=git_state(),
+        environment=environment(device),
+        started_at=started,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        error=f"{type(error).__name__}: {error}",
+    )
+    write_record(run_dir, record, OmegaConf.to_yaml(cfg, resolve=True))
+    log.error("%s: recorded as failed: %s", key, record.error)
 
 
 def make_record(

@@ -7,14 +7,18 @@ episode on the same suite, so their CI is much tighter than comparing two indepe
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from bench.atomic import atomic_write_json
 from bench.errors import BenchError
 from bench.method import Learner
 from bench.progress import progress_enabled
@@ -22,6 +26,7 @@ from bench.tasks import TaskSuite
 from bench.timing import synchronize
 
 CI_METHOD = "1.96*std(ddof=0)/sqrt(n) over episodes"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +60,22 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     return summarize([x - y for x, y in zip(a, b, strict=True)])
 
 
+def _resume(
+    progress: Path | None, suite: TaskSuite, readouts: list[int]
+) -> tuple[dict[int, list[float]], float]:
+    """Per-episode results and seconds saved by an interrupted evaluation of the same suite."""
+    empty: dict[int, list[float]] = {s: [] for s in readouts}
+    if progress is None or not progress.is_file():
+        return empty, 0.0
+    saved = json.loads(progress.read_text())
+    if saved.get("suite") != suite.content_hash or saved.get("readouts") != readouts:
+        log.warning("ignoring %s: it belongs to another suite or readout list", progress)
+        return empty, 0.0
+    per_episode = {int(k): list(v) for k, v in saved["per_episode"].items()}
+    log.info("resuming evaluation at episode %d from %s", len(per_episode[readouts[0]]), progress)
+    return per_episode, float(saved["seconds"])
+
+
 def evaluate(
     learner: Learner,
     suite: TaskSuite,
@@ -62,19 +83,28 @@ def evaluate(
     device: torch.device | str = "cpu",
     limit: int | None = None,
     description: str = "eval",
+    progress: Path | None = None,
+    save_every: int = 25,
 ) -> EvalResult:
     """Run ``learner`` on the first ``limit`` (default all) episodes of ``suite``.
 
     Each episode adapts once; ``adapt_readouts`` yields a classifier per readout step count.
+    With ``progress``, the per-episode results are saved atomically every ``save_every`` episodes
+    and a rerun continues after the last saved episode (episodes are independent and seeded, so
+    the final list is identical to an uninterrupted run's).
     """
     readouts = sorted({int(s) for s in readouts})
     if not readouts or readouts[0] < 0:
         raise BenchError(f"test_steps must be a non-empty list of integers >= 0; got {readouts}")
     n = len(suite) if limit is None else min(limit, len(suite))
-    per_episode: dict[int, list[float]] = {s: [] for s in readouts}
-    bar = tqdm(range(n), desc=description, unit="ep", disable=not progress_enabled())
+    per_episode, seconds_before = _resume(progress, suite, readouts)
+    first = min(len(per_episode[readouts[0]]), n)
+    per_episode = {s: v[:first] for s, v in per_episode.items()}
+    bar = tqdm(
+        range(first, n), desc=description, unit="ep", disable=not progress_enabled(), initial=first, total=n
+    )
     synchronize(device)
-    start = time.perf_counter()
+    start = time.perf_counter() - seconds_before
     for index in bar:
         episode = suite.episode(index, device)
         classifiers = learner.adapt_readouts(episode.support_x, episode.support_y, readouts)
@@ -85,5 +115,8 @@ def evaluate(
             per_episode[steps].append(100.0 * correct / len(episode.query_y))
         if index % 25 == 0:
             bar.set_postfix(acc=f"{sum(per_episode[readouts[-1]]) / (index + 1):.1f}")
+        if progress is not None and ((index + 1) % save_every == 0 or index + 1 == n):
+            payload = {"suite": suite.content_hash, "readouts": readouts, "per_episode": per_episode}
+            atomic_write_json(progress, {**payload, "seconds": time.perf_counter() - start})
     synchronize(device)
     return EvalResult(per_episode, time.perf_counter() - start, n)

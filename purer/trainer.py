@@ -247,7 +247,12 @@ class PurerTrainer:
             if self.max_seconds is not None and time.perf_counter() - started > self.max_seconds:
                 log.warning("purer: budget.max_seconds reached at meta-iteration %d", self.it)
                 break
-            row = self.meta_iteration()
+            try:
+                row = self.meta_iteration()
+            except FloatingPointError as error:
+                saved = self.it - self.it % self.cfg.checkpoint_every
+                kept = f"{checkpoint} (meta-iteration {saved}) is kept" if checkpoint else "no checkpoint"
+                raise FloatingPointError(f"{error}; {kept}") from None
             self.it += 1
             fired = self.curriculum.observe(self.it, row["train_acc"]) if self.curriculum else False
             if fired:

@@ -69,6 +69,11 @@ def meta_train_loop(
             before_iteration(it)
         losses, accuracies = zip(*(task_loss(model, task) for task in sample_tasks(it)), strict=True)
         outer = torch.stack(losses).sum()
+        if not torch.isfinite(outer):
+            last = result.history[-1] if result.history else {}
+            raise FloatingPointError(
+                f"{description}: non-finite loss {float(outer)} at iteration {it}; last finite: {last}"
+            )
         optimizer.zero_grad(set_to_none=True)
         outer.backward()
         optimizer.step()

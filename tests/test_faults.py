@@ -1,0 +1,169 @@
+"""Faults survived: kill -9 during PURER meta-training and evaluation, non-finite losses, failed records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.evaluate import evaluate
+from bench.learners.maml import FineTuneLearner
+from bench.method import MethodContext
+from bench.records import read_records
+from bench.tasks import TaskShape, TaskSuite
+from purer.config import PurerConfig
+from tests.test_purer import _trainer
+from zoos.meta_model import fresh_meta_model
+
+BIN = Path(sys.executable).parent
+
+
+def _dfml_run(*args: str, cwd: Path, wait: bool = True):  # noqa: ANN202
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [str(BIN / "dfml-run"), *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _kill_when(process: subprocess.Popen, appears: Path, pattern: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not list(appears.glob(pattern)):
+        if process.poll() is not None:
+            raise AssertionError(
+                "the run finished before it could be killed: " + process.stderr.read().decode()
+            )
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _record(results: Path) -> dict:
+    (path,) = (results / "runs" / "smoke").glob("*/record.json")
+    return json.loads(path.read_text())
+
+
+PURER = [
+    "experiment=smoke",
+    "method=purer",
+    "budget.meta_iterations=16",
+    "method.checkpoint_every=4",
+    "method.selection.every=8",
+    "method.selection.val_episodes=4",
+    "method.icfil.inversion_steps=2",
+    "task.n_episodes=4",
+    "tracking=none",
+]
+
+
+def test_kill_9_during_purer_meta_training_then_rerun_gives_the_identical_record(tmp_path, small_glyphs):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight.mkdir(), killed.mkdir()
+    assert _dfml_run(*PURER, cwd=straight).returncode == 0
+    process = _dfml_run(*PURER, cwd=killed, wait=False)
+    _kill_when(process, killed / "results" / "meta_train", "*/checkpoint.pt")
+    assert not list((killed / "results" / "runs" / "smoke").glob("*/record.json"))
+    done = _dfml_run(*PURER, cwd=killed)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _record(straight / "results"), _record(killed / "results")
+    assert 0 < b["train_stats"]["resumed_at_iteration"] < 16
+    assert a["per_episode"] == b["per_episode"] and a["metrics"] == b["metrics"]
+    assert a["extra_metrics"] == b["extra_metrics"]
+    assert a["train_stats"]["selected_iteration"] == b["train_stats"]["selected_iteration"]
+
+
+EVAL = ["experiment=smoke", "method=random_init", "task=5w1s", "task.n_episodes=100", "tracking=none"]
+
+
+def test_kill_9_during_evaluation_resumes_after_the_last_saved_episode(tmp_path, small_glyphs):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight.mkdir(), killed.mkdir()
+    assert _dfml_run(*EVAL, cwd=straight).returncode == 0
+    process = _dfml_run(*EVAL, cwd=killed, wait=False)
+    _kill_when(process, killed / "results" / "runs" / "smoke", "*/work/eval_progress.json")
+    (progress,) = (killed / "results" / "runs" / "smoke").glob("*/work/eval_progress.json")
+    saved = len(json.loads(progress.read_text())["per_episode"]["10"])
+    assert 0 < saved < 100
+    done = _dfml_run(*EVAL, cwd=killed)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _record(straight / "results")["per_episode"] == _record(killed / "results")["per_episode"]
+
+
+class _Crashing(FineTuneLearner):
+    """A learner that dies at a given episode count (a kill during evaluation, in-process)."""
+
+    def __init__(self, base: FineTuneLearner, die_after: int) -> None:
+        super().__init__(base.model, base.inner_lr)
+        self.calls, self.die_after = 0, die_after
+
+    def adapt_readouts(self, support_x, support_y, steps):  # noqa: ANN001, ANN201
+        self.calls += 1
+        if self.calls > self.die_after:
+            raise KeyboardInterrupt
+        return super().adapt_readouts(support_x, support_y, steps)
+
+
+def test_evaluation_resume_is_identical_and_skips_saved_episodes(tmp_path, small_glyphs):
+    suite = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 60, seed=3)
+    context = MethodContext(5, 1, 32, 3, torch.device("cpu"), 0)
+    learner = FineTuneLearner(fresh_meta_model(context, 8), 0.01)
+    clean = evaluate(learner, suite, [1, 10])
+    progress = tmp_path / "eval_progress.json"
+    crashing = _Crashing(learner, die_after=37)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(crashing, suite, [1, 10], progress=progress, save_every=25)
+    resumed_learner = _Crashing(learner, die_after=10**6)
+    resumed = evaluate(resumed_learner, suite, [1, 10], progress=progress, save_every=25)
+    assert resumed_learner.calls == 60 - 25
+    assert resumed.per_episode == clean.per_episode
+    other = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 60, seed=4)
+    assert evaluate(learner, other, [1, 10], progress=progress).n_episodes == 60  # stale file ignored
+
+
+def test_non_finite_loss_stops_naming_iteration_last_losses_and_kept_checkpoint(tmp_path):
+    cfg = PurerConfig(meta_iterations=8, checkpoint_every=2)
+    trainer = _trainer(cfg, work_dir=tmp_path)
+    original = trainer.meta_iteration
+
+    def poisoned():  # noqa: ANN202
+        if trainer.it == 5:
+            trainer.data.X.data[0, 0, 0, 0] = float("nan")
+        return original()
+
+    trainer.meta_iteration = poisoned
+    with pytest.raises(FloatingPointError, match=r"meta-iteration 6 .*last finite: \{'iteration': 5.*"):
+        trainer.run()
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["it"] == 4 and torch.isfinite(checkpoint["X"]).all()
+
+
+def test_a_failed_run_is_recorded_as_failed_and_retried(tmp_path, small_glyphs, monkeypatch):
+    from hydra import compose, initialize_config_module
+
+    from bench.app import run_one
+    from bench.errors import BenchError
+    from purer.method import Purer
+
+    def explode(self, zoo, budget, gen):  # noqa: ANN001, ANN202
+        raise FloatingPointError("purer: non-finite loss at meta-iteration 3; last finite: {...}")
+
+    monkeypatch.setattr(Purer, "meta_train", explode)
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["experiment=smoke", "method=purer", "tracking=none", f"paths.results={tmp_path}"],
+        )
+    with pytest.raises(BenchError, match="failed and was recorded as such.*meta-iteration 3"):
+        run_one(cfg)
+    (record,) = read_records(tmp_path / "runs" / "smoke")
+    assert record.status == "failed" and "FloatingPointError" in record.error and not record.metrics
+    with pytest.raises(BenchError):  # not skipped as finished: relaunching retries it
+        run_one(cfg)
