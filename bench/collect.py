@@ -24,6 +24,25 @@ def collect_experiment(
     return write_leaderboard(records, results / "leaderboards", experiment, reference)
 
 
+def sync_mlflow(results: Path, experiment: str) -> tuple[int, int]:
+    """Upload the experiment's records not yet in the MLflow store; (uploaded, failed)."""
+    from bench.tracking import MlflowSink, ensure_store, tracking_uri
+
+    sink = MlflowSink(tracking_uri(None, results), experiment)
+    if sink.uri.startswith("sqlite:///"):
+        ensure_store(sink.uri)
+    uploaded = failed = 0
+    for record in read_records(results / "runs" / experiment):
+        run_dir = results / "runs" / experiment / record.run_key
+        if sink.synced(run_dir):
+            continue
+        if sink.log_record(record, run_dir):
+            uploaded += 1
+        else:
+            failed += 1
+    return uploaded, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     parser = argparse.ArgumentParser(prog="dfml-collect", description=__doc__)
@@ -31,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="results", help="results directory (default: ./results)")
     parser.add_argument("--reference", default=REFERENCE, help="method for paired differences")
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="what to print")
+    parser.add_argument(
+        "--sync-mlflow",
+        action="store_true",
+        help="upload records missing from the MLflow store ($MLFLOW_TRACKING_URI or results/mlflow.db)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     results = Path(args.results).expanduser().resolve()
@@ -45,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                 from bench.registry import unknown_key_message
 
                 raise BenchError(unknown_key_message("experiment with records", name, available))
+            if args.sync_mlflow:
+                uploaded, failed = sync_mlflow(results, name)
+                print(f"{name}: {uploaded} run(s) uploaded to MLflow, {failed} still unreachable")
             table, markdown = collect_experiment(results, name, args.reference)
             print(markdown if args.format == "md" else table.to_csv(index=False, float_format="%.4f"))
     except BenchError as error:

@@ -3,34 +3,41 @@
 experiment = the table id, run name = the run key; params = the flattened config; tags = Hydra
 choices, git sha, zoo hash, device; metrics = ``acc_mean``, ``acc_ci95`` (+ per readout) and
 throughput; artifacts = the record, the config and the per-episode CSV. If the tracking server
-cannot be reached the run still completes: a warning names the URI and the record stays on disk.
+cannot be reached the run still completes: a warning names the URI and the record stays on disk;
+``dfml-collect <experiment> --sync-mlflow`` uploads the runs whose ``mlflow_run.json`` marker is
+missing for the current URI (a run already in the store under its run key is not uploaded twice).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.atomic import atomic_write_json
 from bench.records import RunRecord
 
 log = logging.getLogger(__name__)
+#: Per-run marker: the tracking URI and MLflow run id the record was mirrored to.
+MARKER = "mlflow_run.json"
 
 
 class Sink(Protocol):
     """Where finished records are mirrored."""
 
-    def log_record(self, record: RunRecord, run_dir: Path) -> None:
-        """Mirror one record."""
+    def log_record(self, record: RunRecord, run_dir: Path) -> bool:
+        """Mirror one record; False if the store could not be reached."""
 
 
 class NullSink:
     """Tracking off (``tracking=none``)."""
 
-    def log_record(self, record: RunRecord, run_dir: Path) -> None:
+    def log_record(self, record: RunRecord, run_dir: Path) -> bool:
         """Do nothing."""
+        return True
 
 
 def tracking_uri(configured: str | None, results_dir: Path) -> str:
@@ -43,10 +50,20 @@ def tracking_uri(configured: str | None, results_dir: Path) -> str:
     return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
 
 
+def bounded_http_retries() -> None:
+    """Cap MLflow's HTTP retries (default 7, exponential backoff: minutes on a closed port).
+
+    An unreachable server must not stall a run; user-set ``MLFLOW_HTTP_REQUEST_*`` values win.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def ensure_store(uri: str) -> None:
     """Create the tracking store (SQLite schema) once, before parallel jobs race to create it."""
     import mlflow
 
+    bounded_http_retries()
     mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
@@ -98,18 +115,48 @@ class MlflowSink:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri, self.experiment = uri, experiment
 
-    def log_record(self, record: RunRecord, run_dir: Path) -> None:
-        """Create one MLflow run mirroring ``record``; warn (never fail the run) if unreachable."""
+    def log_record(self, record: RunRecord, run_dir: Path) -> bool:
+        """Create one MLflow run mirroring ``record``; warn (never fail the run) if unreachable.
+
+        On success writes ``run_dir/mlflow_run.json`` (uri, run id), which ``dfml-collect
+        --sync-mlflow`` uses to find the runs still missing from a store. Returns success.
+        """
+        bounded_http_retries()
         try:
-            self._log(record, run_dir)
+            run_id = self._existing_run(record) or self._log(record, run_dir)
         except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
             log.warning(
-                "MLflow at %s unreachable or failing (%s: %s); record kept at %s",
+                "MLflow at %s unreachable or failing (%s: %s); record kept at %s; upload it later "
+                "with: dfml-collect %s --sync-mlflow",
                 self.uri,
                 type(error).__name__,
-                error,
+                str(error).splitlines()[0][:300] if str(error) else "",
                 run_dir / "record.json",
+                record.experiment,
             )
+            return False
+        atomic_write_json(
+            run_dir / MARKER, {"uri": self.uri, "run_id": run_id, "experiment": self.experiment}
+        )
+        return True
+
+    def synced(self, run_dir: Path) -> bool:
+        """True when ``run_dir``'s record is known to be in this store."""
+        marker = run_dir / MARKER
+        return marker.is_file() and json.loads(marker.read_text()).get("uri") == self.uri
+
+    def _existing_run(self, record: RunRecord) -> str | None:
+        """The id of a run already named ``record.run_key`` in the experiment (no duplicate uploads)."""
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=self.uri)
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            return None
+        found = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.run_key = '{record.run_key}'", max_results=1
+        )
+        return found[0].info.run_id if found else None
 
     def _artifact_location(self) -> str | None:
         """Artifacts of a SQLite store go next to the DB (not into the working directory)."""
@@ -118,7 +165,7 @@ class MlflowSink:
         db_path = Path(self.uri.removeprefix("sqlite:///"))
         return (db_path.parent / "mlartifacts" / self.experiment).resolve().as_uri()
 
-    def _log(self, record: RunRecord, run_dir: Path) -> None:
+    def _log(self, record: RunRecord, run_dir: Path) -> str:
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=self.uri)
@@ -141,6 +188,7 @@ class MlflowSink:
                 folder = str(Path(name).parent) if "/" in name else None
                 client.log_artifact(run_id, str(run_dir / name), artifact_path=folder)
         client.set_terminated(run_id, "FINISHED" if record.status == "ok" else "FAILED")
+        return run_id
 
 
 def make_sink(cfg: Mapping[str, Any], results_dir: Path, experiment: str) -> Sink:
