@@ -8,6 +8,7 @@ Experiments sweep methods x tasks with Hydra multirun; the leaderboard callback 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -304,6 +305,12 @@ def main() -> None:
 
     try:
         check_group_overrides(sys.argv[1:])
+        # Hydra creates its output dir under paths.results before any job runs: check it first.
+        results = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("paths.results=")]
+        if results and "," not in results[-1]:
+            resolve_results_dir(results[-1])
+        elif not results:
+            resolve_results_dir(os.environ.get("DFML_RESULTS", "results"))
     except BenchError as error:
         raise SystemExit(f"dfml-run: error: {error}") from None
     _hydra_main()

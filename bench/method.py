@@ -138,7 +138,9 @@ def validate_method_config(cls: type[MetaLearner], raw: Mapping[str, Any]) -> Me
         merged = OmegaConf.merge(schema, OmegaConf.create(dict(raw)))
     except OmegaConfBaseException as error:
         valid = ", ".join(f.name for f in fields(cls.Config))
+        where = f"method.{error.full_key}: " if getattr(error, "full_key", None) else ""
+        message = " ".join(str(error.msg).split())
         raise BenchError(
-            f"bad config for method {raw.get('name')!r}: {error.msg}; valid keys: {valid}"
+            f"bad config for method {raw.get('name')!r}: {where}{message}; valid keys: {valid}"
         ) from error
     return OmegaConf.to_object(merged)  # type: ignore[return-value]

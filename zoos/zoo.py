@@ -182,6 +182,12 @@ def zoo_datasets(cfg: Mapping[str, Any], dataset: ImageClassDataset) -> dict[str
                 f"{dataset.name!r}; use dataset={wanted} or a zoo of {dataset.name!r}"
             )
         return {"": dataset}
+    declared = [str(spec["dataset"]["name"]) for spec in dict(cfg["sources"]).values()]
+    if dataset.name not in declared:  # cheap check before loading any source
+        raise BenchError(
+            f"zoo {name!r} is a multi-dataset (MH) zoo over {declared}; the run's dataset "
+            f"{dataset.name!r} is not one of them: evaluate on one of {declared} (dataset=...)"
+        )
     datasets: dict[str, ImageClassDataset] = {}
     for source, spec in dict(cfg["sources"]).items():
         loaded = load_dataset(dict(spec["dataset"]))  # cached after the first build

@@ -1,0 +1,112 @@
+"""Bad input: each case is a one-line actionable error, a non-zero exit, and no record written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+SMOKE = ["experiment=smoke", "method=random_init", "task.n_episodes=2", "tracking=none"]
+
+CASES = {
+    "unknown method": (
+        ["method=weight_avrage"],
+        r"unknown method 'weight_avrage'; did you mean 'weight_average'",
+    ),
+    "unknown dataset": (["dataset=omniglott"], r"unknown dataset 'omniglott'; did you mean 'omniglot'"),
+    "unknown zoo": (["zoo=glyphs_ss_conv"], r"unknown zoo 'glyphs_ss_conv'; did you mean 'glyphs_ss_conv4'"),
+    "unknown experiment": (["experiment=omniglt"], r"unknown experiment 'omniglt'; did you mean 'omniglot'"),
+    "unknown tracking": (["tracking=sqlit"], r"unknown tracking 'sqlit'; did you mean 'sqlite'"),
+    "unknown arch": (["zoo.arch=conv44"], r"unknown architecture 'conv44'; did you mean 'conv4'"),
+    "n_way too large": (["task.n_way=500"], r"n_way=500 is larger than the \d+ classes"),
+    "zero shots": (["task.k_shot=0"], r"must all be >= 1; got .*k_shot=0"),
+    "shots exceed class size": (
+        ["task.k_shot=30"],
+        r"k_shot \+ n_query = 30 \+ 15 = 45 exceeds the 20 images",
+    ),
+    "wrong type": (
+        ["method.inner_lr=fast"],
+        r"bad config for method .random_init.: method.inner_lr: .*valid keys",
+    ),
+    "zero budget": (["budget.meta_iterations=0"], r"budget.meta_iterations must be > 0 or null; got 0"),
+    "negative seconds": (["budget.max_seconds=-5"], r"budget.max_seconds must be > 0 or null; got -5"),
+    "zero threads": (["threads=0"], r"threads must be >= 1 or null; got 0"),
+    "missing dataset root": (
+        [
+            "dataset=omniglot",
+            "zoo=omniglot_ss_conv4",
+            "~dataset.max_classes",
+            "dataset.root=/nonexistent/omniglot",
+        ],
+        r"omniglot.*/nonexistent/omniglot",
+    ),
+    "mh zoo for another dataset": (
+        ["zoo=mh_paper"],
+        r"multi-dataset \(MH\) zoo over .*'glyphs' is not one of them",
+    ),
+    "zoo of another dataset": (
+        ["zoo=cifar_fs_ss_conv4"],
+        r"built on dataset 'cifar_fs'.*use dataset=cifar_fs",
+    ),
+    "option of another dataset": (
+        ["dataset=omniglot", "zoo=omniglot_ss_conv4"],
+        r"dataset 'omniglot' has no option\(s\) \['max_classes'\]; valid: root",
+    ),
+    "cuda without a gpu": (["device=cuda"], r"CUDA is not available; use device=cpu"),
+    "bad test_steps": (["task.test_steps=[-1]"], r"test_steps must be a non-empty list of integers >= 0"),
+}
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TQDM_DISABLE": "1", "HYDRA_FULL_ERROR": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [str(BIN / "dfml-run"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_actionable_line_and_writes_nothing(case, tmp_path, small_glyphs):
+    if case == "cuda without a gpu":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    overrides, pattern = CASES[case]
+    done = _run([*SMOKE, *overrides], tmp_path)
+    assert done.returncode != 0
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()]
+    assert errors, done.stdout[-1500:] + done.stderr[-1500:]
+    import re
+
+    assert any(re.search(pattern, line) for line in errors), "\n".join(errors)[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not list((tmp_path / "results").rglob("record.json"))
+
+
+def test_unwritable_results_dir_is_named(tmp_path, small_glyphs):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    done = _run([*SMOKE, f"paths.results={blocker}/results"], tmp_path)
+    assert done.returncode != 0 and f"results dir '{blocker}/results' cannot be created" in done.stderr
+
+
+def test_truncated_checkpoint_and_corrupt_member_name_the_file_and_the_fix(tmp_path, small_glyphs):
+    purer = [
+        "experiment=smoke",
+        "method=purer_no_icfil",
+        "budget.meta_iterations=2",
+        "method.selection.val_episodes=2",
+        "task.n_episodes=2",
+        "tracking=none",
+    ]
+    assert _run(purer, tmp_path).returncode == 0
+    (checkpoint,) = (tmp_path / "results" / "meta_train").glob("*/checkpoint.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    done = _run([*purer, "method=purer"], tmp_path)
+    assert done.returncode != 0 and f"checkpoint {checkpoint} is unreadable" in done.stderr
+    assert "delete it" in done.stderr
