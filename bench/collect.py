@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.leaderboard import REFERENCE, write_leaderboard
+from bench.leaderboard import REFERENCE, latex_table, write_leaderboard
 from bench.records import read_records
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiments", nargs="*", help="experiment names (default: all with records)")
     parser.add_argument("--results", default="results", help="results directory (default: ./results)")
     parser.add_argument("--reference", default=REFERENCE, help="method for paired differences")
-    parser.add_argument("--format", choices=("md", "csv"), default="md", help="what to print")
+    parser.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print")
     parser.add_argument(
         "--sync-mlflow",
         action="store_true",
@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                 uploaded, failed = sync_mlflow(results, name)
                 print(f"{name}: {uploaded} run(s) uploaded to MLflow, {failed} still unreachable")
             table, markdown = collect_experiment(results, name, args.reference)
-            print(markdown if args.format == "md" else table.to_csv(index=False, float_format="%.4f"))
+            if args.format == "latex":
+                print(latex_table(table, name))
+            else:
+                print(markdown if args.format == "md" else table.to_csv(index=False, float_format="%.4f"))
     except BenchError as error:
         print(f"dfml-collect: error: {error}", file=sys.stderr)
         return 2

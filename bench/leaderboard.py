@@ -208,4 +208,47 @@ def write_leaderboard(
     markdown = markdown_table(table, table_id)
     atomic_write_text(out_dir / f"{table_id}.csv", table.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(out_dir / f"{table_id}.md", markdown)
+    if not table.empty:
+        from bench.plots import accuracy_figure, save_figure, scale_figure
+
+        save_figure(accuracy_figure(table, table_id), out_dir / f"{table_id}.png")
+        sizes = {r.setting["zoo"]: int(r.zoo.get("n_members", 0)) for r in records if r.status == "ok"}
+        if (
+            len({(d, z) for d, z in zip(table["dataset"], table["zoo"], strict=True)}) > 1
+            and len(set(sizes.values())) > 1
+        ):
+            save_figure(scale_figure(table, sizes, table_id), out_dir / f"{table_id}_scale.png")
     return table, markdown
+
+
+def latex_table(table: pd.DataFrame, title: str) -> str:
+    """The accuracy pivot as a LaTeX ``tabular`` (booktabs) per (dataset, zoo, profile), for papers."""
+    blocks = []
+    for (dataset, zoo, profile), part in table.groupby(["dataset", "zoo", "profile"], sort=True):
+        pivot = _pivot(part, "acc_mean", "acc_ci95", signed=False)
+        columns = " & ".join(_latex_escape(c) for c in pivot.columns)
+        lines = [
+            f"% {title}: dataset {dataset}, zoo {zoo}, profile {profile}; mean $\\pm$ 95\\% CI",
+            "\\begin{tabular}{l" + "c" * len(pivot.columns) + "}",
+            "\\toprule",
+            f"Method & {columns} \\\\",
+            "\\midrule",
+        ]
+        for method, row in pivot.iterrows():
+            cells = " & ".join(_latex_escape(str(v)).replace("±", "$\\pm$") for v in row)
+            lines.append(f"{_latex_escape(str(method))} & {cells} \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for char, escaped in (
+        ("\\", "\\textbackslash{}"),
+        ("_", "\\_"),
+        ("%", "\\%"),
+        ("&", "\\&"),
+        ("#", "\\#"),
+    ):
+        text = text.replace(char, escaped)
+    return text.replace("·", "$\\cdot$")

@@ -54,3 +54,36 @@ def test_failed_runs_are_not_counted():
     first = records[0]
     hit = table[(table.method == first.method) & (table.task == first.setting["task"])]
     assert set(hit.n_seeds) == {1}
+
+
+def test_plot_png_and_latex_table(tmp_path):
+    from PIL import Image
+
+    from bench.leaderboard import latex_table
+
+    table, _ = write_leaderboard(read_records(RUNS), tmp_path, "golden")
+    with Image.open(tmp_path / "golden.png") as image:
+        assert image.format == "PNG" and image.size[0] > 400
+    latex = latex_table(table, "golden")
+    assert "\\begin{tabular}" in latex and "\\toprule" in latex and latex.count("\\end{tabular}") >= 1
+    assert (
+        "random\\_init &" in latex and "$\\pm$" in latex and "maml\\_oracle (oracle: uses real data)" in latex
+    )
+    assert "5w1s $\\cdot$ 1 step (paper)" in latex
+
+
+def test_scale_plot_when_zoos_of_one_dataset_differ_in_size(tmp_path):
+    import dataclasses
+
+    records = [r for r in fixture_records() if r.status == "ok"]
+    bigger = [
+        dataclasses.replace(
+            r,
+            run_key=r.run_key + "b",
+            setting={**r.setting, "zoo": "glyphs_scale_100"},
+            zoo={**r.zoo, "n_members": 100},
+        )
+        for r in records
+    ]
+    write_leaderboard(records + bigger, tmp_path, records[0].experiment)
+    assert (tmp_path / f"{records[0].experiment}_scale.png").is_file()
