@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 
@@ -160,3 +161,43 @@ def test_purer_end_to_end_records_selection_artefacts_and_throughput(tmp_path, s
     assert shared.train_stats["selected_iteration"] == original.train_stats["selected_iteration"]
     assert shared.extra_metrics == original.extra_metrics
     assert len(list((tmp_path / "results" / "meta_train").iterdir())) == 1
+
+
+def test_four_parallel_joblib_jobs_share_one_sqlite_store(tmp_path, small_glyphs):
+    args = [
+        "experiment=smoke",
+        "method=random_init,weight_average",
+        "task=5w1s,5w5s",
+        "task.n_episodes=6",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "threads=1",
+    ]
+    done = _run("dfml-run", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_records(tmp_path / "results" / "runs" / "smoke")
+    cells = sorted((r.method, r.setting["task"]) for r in records)
+    assert cells == sorted({(m, t) for m in ("random_init", "weight_average") for t in ("5w1s", "5w5s")})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert sorted(runs["tags.mlflow.runName"]) == sorted(r.run_key for r in records)  # each exactly once
+    table = pd.read_csv(tmp_path / "results" / "leaderboards" / "smoke.csv")
+    for record in records:
+        row = table[
+            (table.method == record.method)
+            & (table.task == record.setting["task"])
+            & (table.test_steps == 10)
+        ]
+        assert row.iloc[0].acc_mean == pytest.approx(record.metrics["steps_10"]["mean"], abs=1e-3)
+
+
+def test_submitit_slurm_launcher_composes_for_dfml_run():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=600"],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.timeout_min == 600
