@@ -1,0 +1,54 @@
+"""The README's "Adding a baseline" example, run as written: one file + one YAML -> a leaderboard row."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _block(readme: str, first_line: str) -> str:
+    """The fenced code block whose first line is ``first_line`` (without that line)."""
+    for block in re.findall(r"```[a-z]*\n(.*?)```", readme, flags=re.S):
+        if block.startswith(first_line + "\n"):
+            return block[len(first_line) + 1 :]
+    raise AssertionError(f"README has no code block starting with {first_line!r}")
+
+
+def test_readme_baseline_example_runs_and_reaches_the_leaderboard(tmp_path, small_glyphs):
+    readme = (ROOT / "README.md").read_text()
+    module = ROOT / "baselines" / "first_member.py"
+    config = ROOT / "bench" / "conf" / "method" / "first_member.yaml"
+    assert not module.exists() and not config.exists(), "the example must not be committed"
+    module.write_text(_block(readme, "# baselines/first_member.py"))
+    config.write_text(_block(readme, "# bench/conf/method/first_member.yaml"))
+    try:
+        env = {**os.environ, "TQDM_DISABLE": "1"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        done = subprocess.run(
+            [
+                str(BIN / "dfml-run"),
+                "experiment=smoke",
+                "method=random_init,first_member",
+                "task.n_episodes=4",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "| first_member" in done.stdout and "| random_init" in done.stdout
+        lint = subprocess.run(
+            [str(BIN / "ruff"), "check", str(module)], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert lint.returncode == 0, lint.stdout  # the example follows the project's style rules
+    finally:
+        module.unlink(missing_ok=True)
+        config.unlink(missing_ok=True)
