@@ -1,0 +1,84 @@
+"""A crash between write and rename never leaves a file that later code reads as valid.
+
+``os.replace`` is made to fail and the clean-up of temporary files is disabled, so the leftovers
+are exactly what a ``kill -9`` at that instant would leave; then the readers are run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import bench.atomic as atomic
+from bench.leaderboard import write_leaderboard
+from bench.records import finished_run, read_records, write_record
+from purer.checkpoint import load_checkpoint, save_checkpoint
+from tests.fixtures.make_leaderboard_fixture import fake_record
+from zoos.zoo import load_or_build_zoo, manifest_path
+
+
+class Crash(BaseException):
+    """The process dies here."""
+
+
+@pytest.fixture
+def crash_on_rename(monkeypatch):
+    def replace(src, dst):  # noqa: ANN001, ANN202
+        raise Crash(f"killed between writing {src} and renaming it to {dst}")
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda *a, **k: None)  # a dead process cleans nothing
+    monkeypatch.setattr(atomic.Path, "unlink", lambda *a, **k: None)
+
+
+def test_record(tmp_path, crash_on_rename):
+    run_dir = tmp_path / "runs" / "exp" / "key"
+    with pytest.raises(Crash):
+        write_record(run_dir, fake_record("random_init", True, 30.0, "5w1s", 0), "cfg: 1\n")
+    assert not finished_run(run_dir) and read_records(tmp_path / "runs") == []
+
+
+def test_checkpoint(tmp_path, crash_on_rename):
+    with pytest.raises(Crash):
+        save_checkpoint(tmp_path / "checkpoint.pt", {"it": 5, "X": torch.zeros(2)})
+    assert not (tmp_path / "checkpoint.pt").exists()  # a resume starts from scratch, never from junk
+    assert list(tmp_path.glob(".checkpoint.pt.*.tmp"))
+
+
+def test_checkpoint_overwrite_keeps_the_previous_valid_one(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "checkpoint.pt", {"it": 4})
+    monkeypatch.setattr(atomic.os, "replace", lambda *a: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        save_checkpoint(tmp_path / "checkpoint.pt", {"it": 8})
+    assert load_checkpoint(tmp_path / "checkpoint.pt", torch.device("cpu"))["it"] == 4
+
+
+def test_leaderboard(tmp_path, crash_on_rename):
+    with pytest.raises(Crash):
+        write_leaderboard([fake_record("random_init", True, 30.0, "5w1s", 0)], tmp_path, "exp")
+    assert not (tmp_path / "exp.md").exists() and not (tmp_path / "exp.csv").exists()
+
+
+def test_zoo_member_and_manifest(small_glyphs, cache_root, crash_on_rename):
+    cfg = {"name": "crashy", "arch": "conv4", "arch_options": {"width": 4}, "n_members": 1, "seed": 9}
+    cfg["recipe"] = {"epochs": 1, "milestones": [1]}
+    with pytest.raises(Crash):
+        load_or_build_zoo(cfg, small_glyphs)
+    leftovers = list((cache_root / "zoo_members").glob(".*.tmp"))
+    assert leftovers and all((d / "done").exists() for d in leftovers)  # complete, but never renamed
+    names = [json.loads(p.read_text())["name"] for p in (cache_root / "zoos").glob("*/manifest.json")]
+    assert "crashy" not in names
+
+
+def test_zoo_manifest_write_crash_after_members(small_glyphs, cache_root, monkeypatch):
+    cfg = {"name": "crashy2", "arch": "conv4", "arch_options": {"width": 4}, "n_members": 1, "seed": 10}
+    cfg["recipe"] = {"epochs": 1, "milestones": [1]}
+    zoo = load_or_build_zoo(cfg, small_glyphs)  # members and manifest written normally
+    path = manifest_path(zoo.key)
+    before = path.read_text()
+    monkeypatch.setattr(atomic.os, "replace", lambda *a: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        load_or_build_zoo(cfg, small_glyphs)
+    assert path.read_text() == before  # the old manifest is intact, not half-written
