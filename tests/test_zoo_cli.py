@@ -158,14 +158,29 @@ def test_mh_zoo_runs_through_dfml_run_on_one_of_its_datasets(tmp_path, cache, sm
         "zoo.recipe.milestones=[1]",
         "experiment=smoke",
         "task.n_episodes=4",
-        "method=random_init",
     ]
     try:
-        done = _run("dfml-run", *mh, *SMALL, cwd=tmp_path, cache=cache)
+        done = _run("dfml-run", *mh, *SMALL, "method=random_init", cwd=tmp_path, cache=cache)
         assert done.returncode == 0, done.stderr[-2000:]
-        (record,) = read_records(tmp_path / "results" / "runs" / "smoke")
-        assert record.zoo["datasets"] == ["glyphs", "omniglot"] and record.setting["dataset"] == "glyphs"
-        wrong = _run("dfml-run", *mh, *SMALL, "dataset.seed=5", cwd=tmp_path, cache=cache)
+        tiny = ["budget.meta_iterations=2", "method.val_episodes=2", "method.n_query=2"]
+        bank = [*tiny, "method.generate_iterations=1", "method.bank_support=1", "method.bank_query=2"]
+        purer = ["budget.meta_iterations=2", "method.init=random", "method.selection.val_episodes=2"]
+        for extra in (
+            ["method=dfmaml", *bank],
+            ["method=dfprotonet", *bank],
+            ["method=purer_no_icfil", *purer],
+        ):
+            done = _run("dfml-run", *mh, *SMALL, *extra, cwd=tmp_path, cache=cache)
+            assert done.returncode == 0, done.stderr[-2000:]
+        records = read_records(tmp_path / "results" / "runs" / "smoke")
+        assert {r.method for r in records} == {"random_init", "dfmaml", "dfprotonet", "purer_no_icfil"}
+        for record in records:
+            assert record.zoo["datasets"] == ["glyphs", "omniglot"] and record.setting["dataset"] == "glyphs"
+        refused = _run("dfml-run", *mh, *SMALL, "method=weight_average", cwd=tmp_path, cache=cache)
+        assert refused.returncode != 0 and "heterogeneous" in refused.stderr
+        wrong = _run(
+            "dfml-run", *mh, *SMALL, "method=random_init", "dataset.seed=5", cwd=tmp_path, cache=cache
+        )
         assert wrong.returncode != 0 and "multi-dataset (MH) zoo over ['glyphs', 'omniglot']" in wrong.stderr
     finally:
         os.environ.pop("DFML_OMNIGLOT_ROOT", None)
