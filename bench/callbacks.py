@@ -37,6 +37,13 @@ class LeaderboardCallback(Callback):
             results, str(config.experiment.name), str(config.experiment.get("reference", "random_init"))
         )
         print(markdown, flush=True)
+        if config.tracking.name != "none":
+            from bench.tracking import log_leaderboard, tracking_uri
+
+            name = str(config.experiment.name)
+            folder = results / "leaderboards"
+            files = [folder / f"{name}{suffix}" for suffix in (".md", ".csv", ".png", "_scale.png")]
+            log_leaderboard(tracking_uri(config.tracking.uri, results), name, files)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Single run: prepare the store."""

@@ -191,6 +191,37 @@ class MlflowSink:
         return run_id
 
 
+def log_leaderboard(uri: str, experiment: str, files: list[Path]) -> None:
+    """Attach the leaderboard files (md, csv, png) to a run named ``leaderboard`` of the experiment.
+
+    The run is created once (tag ``kind=leaderboard``) and its artifacts are overwritten on each
+    collect; failures only warn (the files are on disk).
+    """
+    bounded_http_retries()
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return  # no runs were ever logged to this experiment
+        runs = client.search_runs(
+            [found.experiment_id], filter_string="tags.kind = 'leaderboard'", max_results=1
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+        else:
+            run_id = client.create_run(
+                found.experiment_id, run_name="leaderboard", tags={"kind": "leaderboard"}
+            ).info.run_id
+            client.set_terminated(run_id, "FINISHED")
+        for path in files:
+            if path.is_file():
+                client.log_artifact(run_id, str(path))
+    except Exception as error:  # noqa: BLE001 - tracking must never fail a collect
+        log.warning("leaderboard not mirrored to MLflow at %s (%s: %s)", uri, type(error).__name__, error)
+
+
 def make_sink(cfg: Mapping[str, Any], results_dir: Path, experiment: str) -> Sink:
     """The sink named by ``cfg.name`` (``sqlite``/``mlflow`` or ``none``)."""
     from bench.errors import BenchError

@@ -49,9 +49,14 @@ def test_smoke_run_writes_records_leaderboard_and_mlflow(smoke_results):
     assert (results / "leaderboards" / "smoke.csv").is_file() and (
         results / "leaderboards" / "smoke.md"
     ).is_file()
+    assert (results / "leaderboards" / "smoke.png").is_file()
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["smoke"])
+    board = runs[runs["tags.kind"] == "leaderboard"]
+    runs = runs[runs["tags.kind"] != "leaderboard"]
     assert sorted(runs["tags.mlflow.runName"]) == sorted(r.run_key for r in records)
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(board.iloc[0]["run_id"])}
+    assert {"smoke.md", "smoke.csv", "smoke.png"} <= files
 
 
 def test_relaunch_skips_finished_runs_and_force_reruns_one(smoke_results):
@@ -180,6 +185,7 @@ def test_four_parallel_joblib_jobs_share_one_sqlite_store(tmp_path, small_glyphs
     assert cells == sorted({(m, t) for m in ("random_init", "weight_average") for t in ("5w1s", "5w5s")})
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["smoke"])
+    runs = runs[runs["tags.kind"] != "leaderboard"]
     assert sorted(runs["tags.mlflow.runName"]) == sorted(r.run_key for r in records)  # each exactly once
     table = pd.read_csv(tmp_path / "results" / "leaderboards" / "smoke.csv")
     for record in records:
