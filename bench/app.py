@@ -18,7 +18,7 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bench.data import forbid_real_data, load_dataset
 from bench.data.base import allow_real_data
@@ -125,8 +125,32 @@ def meta_train(cfg: DictConfig, method: MetaLearner, zoo, budget: Budget, seed: 
     return learner, time.perf_counter() - start
 
 
+def with_method_overrides(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``method_overrides[<method>]`` merged into ``cfg.method``.
+
+    Experiments sweep several methods; settings that only one method has (PURER's teacher subset,
+    ``init: random`` for heterogeneous zoos) go in ``method_overrides`` keyed by method name. The
+    merged method config is what the run key and the record see, exactly as if it had been set with
+    ``method.<key>=`` on the command line.
+    """
+    overrides = OmegaConf.select(cfg, "method_overrides", default=None) or {}
+    unknown = sorted(set(overrides) - set(METHODS.names()))
+    if unknown:
+        from bench.registry import unknown_key_message
+
+        raise BenchError(unknown_key_message("method in method_overrides", unknown[0], METHODS.names()))
+    name = str(cfg.method.name)
+    if name not in overrides:
+        return cfg
+    merged = cfg.copy()
+    with open_dict(merged):
+        merged.method = OmegaConf.merge(cfg.method, overrides[name])
+    return merged
+
+
 def run_one(cfg: DictConfig) -> Path:
     """Run (or skip, if finished) the job described by ``cfg``; returns its run directory."""
+    cfg = with_method_overrides(cfg)
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name))
     if cfg.get("threads") is not None:

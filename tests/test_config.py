@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -50,7 +51,7 @@ def test_method_yaml_validates(name):
         (["task=5w2s"], r"unknown task '5w2s'; did you mean"),
         (["method=random_init,purer9"], r"unknown method 'purer9'"),
         (["+experiment=defualt"], r"unknown experiment 'defualt'; did you mean 'default'"),
-        (["zoo=glyphs_ss"], r"unknown zoo 'glyphs_ss'; did you mean 'glyphs_ss_conv4'"),
+        (["zoo=glyphs_ss"], r"unknown zoo 'glyphs_ss'; did you mean .*'glyphs_ss_conv4'"),
     ],
 )
 def test_unknown_group_options_get_did_you_mean(argv, pattern):
@@ -68,3 +69,23 @@ def test_valid_and_non_group_overrides_pass():
             "hydra.mode=RUN",
         ]
     )
+
+
+def test_method_overrides_reach_only_their_method_and_equal_a_command_line_override():
+    from hydra import compose, initialize_config_module
+
+    from bench.app import run_identity, with_method_overrides
+    from bench.hashing import spec_hash
+
+    device = torch.device("cpu")
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        swept = compose("config", overrides=["experiment=omniglot", "method=purer"])
+        explicit = compose(
+            "config",
+            overrides=["experiment=omniglot", "method=purer", "method.synthesis.teachers_per_step=13"],
+        )
+        other = compose("config", overrides=["experiment=omniglot", "method=random_init"])
+    merged = with_method_overrides(swept)
+    assert merged.method.synthesis.teachers_per_step == 13
+    assert spec_hash(run_identity(merged, device)) == spec_hash(run_identity(explicit, device))
+    assert with_method_overrides(other).method == other.method
