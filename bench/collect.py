@@ -21,7 +21,20 @@ def collect_experiment(
 ) -> tuple[pd.DataFrame, str]:
     """Build the leaderboard of one experiment from its records under ``results/runs``."""
     records = read_records(results / "runs" / experiment)
-    return write_leaderboard(records, results / "leaderboards", experiment, reference)
+    paper = experiment_paper_block(experiment)
+    return write_leaderboard(records, results / "leaderboards", experiment, reference, paper)
+
+
+def experiment_paper_block(experiment: str) -> dict | None:
+    """The ``paper:`` block of ``bench/conf/experiment/<experiment>.yaml``, if any."""
+    from importlib import resources
+
+    import yaml
+
+    path = resources.files("bench.conf") / "experiment" / f"{experiment}.yaml"
+    if not path.is_file():
+        return None
+    return (yaml.safe_load(path.read_text()) or {}).get("paper")
 
 
 def sync_mlflow(results: Path, experiment: str) -> tuple[int, int]:

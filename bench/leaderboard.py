@@ -201,11 +201,20 @@ def markdown_table(table: pd.DataFrame, title: str) -> str:
 
 
 def write_leaderboard(
-    records: Sequence[RunRecord], out_dir: Path, table_id: str, reference: str = REFERENCE
+    records: Sequence[RunRecord],
+    out_dir: Path,
+    table_id: str,
+    reference: str = REFERENCE,
+    paper: dict | None = None,
 ) -> tuple[pd.DataFrame, str]:
-    """Write ``<out_dir>/<table_id>.csv`` and ``.md`` atomically; return (table, markdown)."""
+    """Write ``<out_dir>/<table_id>.csv`` and ``.md`` atomically; return (table, markdown).
+
+    With ``paper`` (an experiment's ``paper:`` block) the markdown ends with paper | ours | Δ.
+    """
     table = tidy_table([r for r in records if r.experiment == table_id], reference)
     markdown = markdown_table(table, table_id)
+    if paper is not None:
+        markdown += "\n" + paper_comparison(table, paper)
     atomic_write_text(out_dir / f"{table_id}.csv", table.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(out_dir / f"{table_id}.md", markdown)
     if not table.empty:
@@ -219,6 +228,36 @@ def write_leaderboard(
         ):
             save_figure(scale_figure(table, sizes, table_id), out_dir / f"{table_id}_scale.png")
     return table, markdown
+
+
+def paper_comparison(table: pd.DataFrame, paper: dict) -> str:
+    """Markdown ``paper | ours | Δ`` for the published numbers of an experiment's ``paper:`` block.
+
+    ``paper = {source, readout, results: {method: {task: [mean, ci95]}}}``; ours = the readout
+    with ``readout`` test steps (PURER's protocol: 1). Every published cell is flagged unverified.
+    """
+    readout = int(paper.get("readout", 1))
+    lines = [
+        f"Published numbers ({paper.get('source', 'unknown source')}; **unverified**) vs ours, "
+        f"{readout}-step readout:",
+        "",
+        "| method | setting | paper | ours | Δ (ours − paper) |",
+        "|---|---|---|---|---|",
+    ]
+    for method, cells in sorted((paper.get("results") or {}).items()):
+        for task, (mean, ci) in sorted(cells.items()):
+            hit = table[
+                (table["method"] == method) & (table["task"] == task) & (table["test_steps"] == readout)
+            ]
+            if hit.empty:
+                ours, delta = "X", "—"
+            else:
+                row = hit.iloc[0]
+                ours, delta = f"{row.acc_mean:.2f} ± {row.acc_ci95:.2f}", f"{row.acc_mean - mean:+.2f}"
+            lines.append(f"| {method} | {task} | {mean:.2f} ± {ci:.2f} | {ours} | {delta} |")
+    if len(lines) == 4:
+        lines.append("| — | — | not transcribed yet | | |")
+    return "\n".join(lines) + "\n"
 
 
 def latex_table(table: pd.DataFrame, title: str) -> str:

@@ -110,3 +110,22 @@ def test_truncated_checkpoint_and_corrupt_member_name_the_file_and_the_fix(tmp_p
     done = _run([*purer, "method=purer"], tmp_path)
     assert done.returncode != 0 and f"checkpoint {checkpoint} is unreadable" in done.stderr
     assert "delete it" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "experiment", ["paper_ss_cifar_fs", "paper_ss_mini", "paper_sh_cifar_fs", "paper_mh"]
+)
+def test_paper_experiments_start_and_fail_with_the_missing_data_message(experiment, tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1", "DFML_DATA": str(tmp_path / "no-data")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [str(BIN / "dfml-run"), f"experiment={experiment}", "tracking=none"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert str(tmp_path / "no-data") in done.stderr and "dfml-run: error:" in done.stderr
+    assert not list((tmp_path / "results").rglob("record.json"))

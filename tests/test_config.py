@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -89,3 +91,31 @@ def test_method_overrides_reach_only_their_method_and_equal_a_command_line_overr
     assert merged.method.synthesis.teachers_per_step == 13
     assert spec_hash(run_identity(merged, device)) == spec_hash(run_identity(explicit, device))
     assert with_method_overrides(other).method == other.method
+
+
+@pytest.mark.parametrize("experiment", sorted(group_options("experiment")))
+def test_every_experiment_composes_with_known_methods(experiment):
+    from hydra import compose, initialize_config_module
+
+    from bench.method import METHODS
+
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params or {}
+    methods = str(params.get("method", cfg.method.name)).split(",")
+    assert set(methods) <= set(METHODS.names()), methods
+    assert set(cfg.get("method_overrides") or {}) <= set(METHODS.names())
+
+
+def test_paper_block_prints_paper_ours_delta():
+    from bench.collect import experiment_paper_block
+    from bench.leaderboard import paper_comparison, tidy_table
+    from tests.fixtures.make_leaderboard_fixture import fixture_records
+
+    block = experiment_paper_block("paper_ss_cifar_fs")
+    assert block["results"]["purer"]["5w1s"] == [38.66, 0.78] and block["readout"] == 1
+    text = paper_comparison(tidy_table(fixture_records()), block)
+    assert "**unverified**" in text and "| purer | 5w1s | 38.66 ± 0.78 | X | — |" in text
+    assert re.search(
+        r"\| random_init \| 5w1s \| 28.59 ± 0.56 \| \d+\.\d\d ± \d+\.\d\d \| [+-]\d+\.\d\d \|", text
+    )
