@@ -39,6 +39,11 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 90) -> Non
     raise AssertionError(f"mlflow server at {url} not ready after {timeout} s")
 
 
+def _sync(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [str(BIN / "dfml-collect"), "smoke", "--sync-mlflow"]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_unreachable_server_then_sync_uploads_to_a_real_server(tmp_path, small_glyphs):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -73,24 +78,10 @@ def test_unreachable_server_then_sync_uploads_to_a_real_server(tmp_path, small_g
     )
     try:
         _wait_ready(url, server)
-        sync = subprocess.run(
-            [str(BIN / "dfml-collect"), "smoke", "--sync-mlflow"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        sync = _sync(tmp_path, env)
         assert sync.returncode == 0, sync.stderr[-2000:]
         assert "1 run(s) uploaded" in sync.stdout
-        again = subprocess.run(
-            [str(BIN / "dfml-collect"), "smoke", "--sync-mlflow"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        again = _sync(tmp_path, env)
         assert "0 run(s) uploaded" in again.stdout  # nothing uploaded twice
         mlflow.set_tracking_uri(url)
         runs = mlflow.search_runs(experiment_names=["smoke"])

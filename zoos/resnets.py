@@ -124,15 +124,30 @@ def _check_size(arch: str, image_size: int, minimum: int) -> None:
         raise BenchError(f"{arch} needs image_size >= {minimum}; got {image_size}")
 
 
+def _teacher_resnet(
+    arch: str,
+    blocks: tuple[int, ...],
+    n_classes: int,
+    image_size: int,
+    channels: int,
+    generator: torch.Generator,
+    reference_stem: bool,
+) -> nn.Module:
+    """Build and initialise PURER's teacher ResNet with ``blocks`` per stage."""
+    _check_size(arch, image_size, 8)
+    model = ResNet(blocks, n_classes, channels, reference_stem)
+    init_weights(model, generator)
+    return model
+
+
 @ARCHITECTURES.register("resnet10")
 def resnet10(
     n_classes: int, image_size: int, channels: int, generator: torch.Generator, reference_stem: bool = True
 ) -> nn.Module:
     """PURER's resnet10 (blocks 1,1,1,1); ``reference_stem`` keeps the stem without ReLU/max-pool."""
-    _check_size("resnet10", image_size, 8)
-    model = ResNet((1, 1, 1, 1), n_classes, channels, reference_stem)
-    init_weights(model, generator)
-    return model
+    return _teacher_resnet(
+        "resnet10", (1, 1, 1, 1), n_classes, image_size, channels, generator, reference_stem
+    )
 
 
 @ARCHITECTURES.register("resnet18")
@@ -140,10 +155,9 @@ def resnet18(
     n_classes: int, image_size: int, channels: int, generator: torch.Generator, reference_stem: bool = True
 ) -> nn.Module:
     """PURER's resnet18 (blocks 2,2,2,2); ``reference_stem`` keeps the stem without ReLU/max-pool."""
-    _check_size("resnet18", image_size, 8)
-    model = ResNet((2, 2, 2, 2), n_classes, channels, reference_stem)
-    init_weights(model, generator)
-    return model
+    return _teacher_resnet(
+        "resnet18", (2, 2, 2, 2), n_classes, image_size, channels, generator, reference_stem
+    )
 
 
 @ARCHITECTURES.register("resnet12")
