@@ -1,14 +1,18 @@
-"""Episode streams for meta-training baselines: real meta-train episodes (oracles only)."""
+"""Real meta-train episodes for the oracle baselines, and their shared training driver."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from torch import nn
+
 from bench.data.base import ImageClassDataset
 from bench.errors import BenchError
-from bench.method import MethodContext
+from bench.learners.episodic import TaskLoss, loop_stats, meta_train_loop
+from bench.method import Budget, Learner, MetaLearner, MethodContext
 from bench.seeding import derive_seed
 from bench.tasks import Episode, TaskShape, TaskSuite
+from zoos.meta_model import fresh_meta_model
 
 
 def real_task_stream(
@@ -30,3 +34,42 @@ def real_task_stream(
         return [suite.episode(start + j, context.device) for j in range(meta_batch)]
 
     return sample
+
+
+def train_on_real_episodes(
+    method: MetaLearner,
+    budget: Budget,
+    task_loss: TaskLoss,
+    make_learner: Callable[[nn.Module], Learner],
+) -> nn.Module:
+    """Meta-train a fresh conv4 on real episodes with meta-val selection; fills ``train_stats``.
+
+    ``method.cfg`` provides ``width``, ``meta_iterations``, ``meta_batch``, ``n_query``,
+    ``outer_lr`` and ``select_every``.
+    """
+    cfg = method.cfg
+    name = str(cfg.name)
+    iterations = budget.meta_iterations or cfg.meta_iterations  # type: ignore[attr-defined]
+    model = fresh_meta_model(method.context, cfg.width)  # type: ignore[attr-defined]
+    sample = real_task_stream(
+        method.real_data,
+        method.context,
+        cfg.n_query,
+        cfg.meta_batch,
+        iterations,
+        name,  # type: ignore[attr-defined]
+    )
+    result = meta_train_loop(
+        model,
+        sample,
+        task_loss,
+        make_learner,
+        iterations,
+        cfg.outer_lr,  # type: ignore[attr-defined]
+        cfg.select_every,  # type: ignore[attr-defined]
+        method.validate,
+        budget.max_seconds,
+        name,
+    )
+    method.train_stats.update(loop_stats(result, cfg.meta_batch))  # type: ignore[attr-defined]
+    return model

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from baselines._episodes import real_task_stream
-from bench.learners.episodic import loop_stats, meta_train_loop
+from baselines._episodes import train_on_real_episodes
 from bench.learners.maml import FineTuneLearner, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner, MethodConfig
-from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo
 
 
@@ -47,26 +45,9 @@ class MamlOracle(MetaLearner):
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
         """Ignore the zoo; meta-train a fresh conv4 on real episodes; select on meta-val."""
         cfg: MamlOracleConfig = self.cfg  # type: ignore[assignment]
-        iterations = budget.meta_iterations or cfg.meta_iterations
-        model = fresh_meta_model(self.context, cfg.width)
-        sample = real_task_stream(
-            self.real_data, self.context, cfg.n_query, cfg.meta_batch, iterations, "maml_oracle"
-        )
 
         def loss(m: torch.nn.Module, task):  # noqa: ANN001, ANN202
             return maml_task_loss(m, module_params(m), task, cfg.inner_steps, cfg.inner_lr, cfg.second_order)
 
-        result = meta_train_loop(
-            model,
-            sample,
-            loss,
-            lambda m: FineTuneLearner(m, cfg.inner_lr),
-            iterations,
-            cfg.outer_lr,
-            cfg.select_every,
-            self.validate,
-            budget.max_seconds,
-            "maml_oracle",
-        )
-        self.train_stats.update(loop_stats(result, cfg.meta_batch))
+        model = train_on_real_episodes(self, budget, loss, lambda m: FineTuneLearner(m, cfg.inner_lr))
         return FineTuneLearner(model, cfg.inner_lr)

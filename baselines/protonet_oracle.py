@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from baselines._episodes import real_task_stream
-from bench.learners.episodic import loop_stats, meta_train_loop
+from baselines._episodes import train_on_real_episodes
 from bench.learners.protonet import ProtoNetLearner, protonet_task_loss
 from bench.method import METHODS, Budget, Learner, MetaLearner, MethodConfig
-from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo
 
 
@@ -42,24 +40,11 @@ class ProtoNetOracle(MetaLearner):
 
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
         """Ignore the zoo; train a conv4 embedding on real episodes; select on meta-val."""
-        cfg: ProtoNetOracleConfig = self.cfg  # type: ignore[assignment]
-        iterations = budget.meta_iterations or cfg.meta_iterations
-        model = fresh_meta_model(self.context, cfg.width)
-        sample = real_task_stream(
-            self.real_data, self.context, cfg.n_query, cfg.meta_batch, iterations, "protonet_oracle"
-        )
         n_way = self.context.n_way
-        result = meta_train_loop(
-            model,
-            sample,
+        model = train_on_real_episodes(
+            self,
+            budget,
             lambda m, task: protonet_task_loss(m.embed, task, n_way),
             lambda m: ProtoNetLearner(m.embed),
-            iterations,
-            cfg.outer_lr,
-            cfg.select_every,
-            self.validate,
-            budget.max_seconds,
-            "protonet_oracle",
         )
-        self.train_stats.update(loop_stats(result, cfg.meta_batch))
         return ProtoNetLearner(model.embed)
