@@ -68,6 +68,16 @@ def train_identity(identity: dict[str, Any], cls: type[MetaLearner]) -> dict[str
     return {**kept, "method": method, "task": task, "meta_train": trainer}
 
 
+def seed_name(cls: type[MetaLearner]) -> str:
+    """The name a method's seed derives from: the key of the class whose ``meta_train`` it runs.
+
+    Runs that share a meta-training (purer, purer_no_icfil) thus share its seed, and the shared
+    checkpoint is the same whichever of them trains first.
+    """
+    owner = next(c for c in cls.__mro__ if "meta_train" in vars(c))
+    return next((name for name, entry in METHODS.items() if entry is owner), str(cls.__name__))
+
+
 def task_shape(cfg: DictConfig) -> TaskShape:
     """The task shape of ``cfg.task``."""
     return TaskShape(int(cfg.task.n_way), int(cfg.task.k_shot), int(cfg.task.n_query))
@@ -200,7 +210,7 @@ def run_one(cfg: DictConfig) -> Path:
         dataset, str(cfg.task.split), shape, probe_episodes, suite_seed, primary, device
     )
     attach_real_data(method, dataset)
-    method_seed = derive_seed(seed, "method", cfg.method.name)
+    method_seed = derive_seed(seed, "method", seed_name(METHODS.get(str(cfg.method.name))))
     try:
         learner, meta_train_s = meta_train(cfg, method, zoo, budget, method_seed)
         result = evaluate(

@@ -165,6 +165,7 @@ def test_purer_end_to_end_records_selection_artefacts_and_throughput(tmp_path, s
     assert original.train_stats["resumed_at_iteration"] == 0
     assert shared.train_stats["resumed_at_iteration"] == 4
     assert shared.train_stats["selected_iteration"] == original.train_stats["selected_iteration"]
+    assert shared.seeds["method"] == original.seeds["method"]  # one training, whichever runs first
     assert shared.extra_metrics == original.extra_metrics
     assert len(list((tmp_path / "results" / "meta_train").iterdir())) == 1
 
