@@ -8,11 +8,10 @@ from torch import nn
 
 from bench.data.base import ImageClassDataset
 from bench.errors import BenchError
-from bench.learners.episodic import TaskLoss, loop_stats, meta_train_loop
+from bench.learners.episodic import EpisodicConfig, TaskLoss, train_episodic
 from bench.method import Budget, Learner, MetaLearner, MethodContext
 from bench.seeding import derive_seed
 from bench.tasks import Episode, TaskShape, TaskSuite
-from zoos.meta_model import fresh_meta_model
 
 
 def real_task_stream(
@@ -42,34 +41,11 @@ def train_on_real_episodes(
     task_loss: TaskLoss,
     make_learner: Callable[[nn.Module], Learner],
 ) -> nn.Module:
-    """Meta-train a fresh conv4 on real episodes with meta-val selection; fills ``train_stats``.
-
-    ``method.cfg`` provides ``width``, ``meta_iterations``, ``meta_batch``, ``n_query``,
-    ``outer_lr`` and ``select_every``.
-    """
-    cfg = method.cfg
-    name = str(cfg.name)
-    iterations = budget.meta_iterations or cfg.meta_iterations  # type: ignore[attr-defined]
-    model = fresh_meta_model(method.context, cfg.width)  # type: ignore[attr-defined]
+    """Meta-train a fresh conv4 on real episodes with meta-val selection; fills ``train_stats``."""
+    cfg: EpisodicConfig = method.cfg  # type: ignore[assignment]
+    iterations = budget.meta_iterations or cfg.meta_iterations
     sample = real_task_stream(
-        method.real_data,
-        method.context,
-        cfg.n_query,
-        cfg.meta_batch,
-        iterations,
-        name,  # type: ignore[attr-defined]
+        method.real_data, method.context, cfg.n_query, cfg.meta_batch, iterations, cfg.name
     )
-    result = meta_train_loop(
-        model,
-        sample,
-        task_loss,
-        make_learner,
-        iterations,
-        cfg.outer_lr,  # type: ignore[attr-defined]
-        cfg.select_every,  # type: ignore[attr-defined]
-        method.validate,
-        budget.max_seconds,
-        name,
-    )
-    method.train_stats.update(loop_stats(result, cfg.meta_batch))  # type: ignore[attr-defined]
+    model, _ = train_episodic(method, budget, iterations, sample, task_loss, make_learner)
     return model

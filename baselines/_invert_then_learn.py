@@ -14,25 +14,17 @@ import torch
 from torch import nn
 
 from baselines._bank import ClassBank
-from bench.learners.episodic import TaskLoss, loop_stats, meta_train_loop
-from bench.method import Budget, Learner, MetaLearner, MethodConfig
+from bench.learners.episodic import EpisodicConfig, TaskLoss, train_episodic
+from bench.method import Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
 from purer.inversion import InversionWeights
-from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo
 
 
 @dataclass
-class InvertThenLearnConfig(MethodConfig):
+class InvertThenLearnConfig(EpisodicConfig):
     """Bank and meta-training hyper-parameters shared by dfmaml and dfprotonet."""
 
-    width: int = 32
-    meta_iterations: int = 2000
-    meta_batch: int = 4
-    n_query: int = 15
-    outer_lr: float = 0.001
-    select_every: int = 250
-    val_episodes: int = 200
     generate_interval: int = 200
     generate_iterations: int = 200
     bank_support: int = 30
@@ -83,21 +75,7 @@ def invert_then_learn(
             bank.sample_task(ctx.n_way, ctx.k_shot, cfg.n_query, gens["tasks"]) for _ in range(cfg.meta_batch)
         ]
 
-    model = fresh_meta_model(ctx, cfg.width)
-    result = meta_train_loop(
-        model,
-        sample,
-        task_loss,
-        make_learner,
-        iterations,
-        cfg.outer_lr,
-        cfg.select_every,
-        method.validate,
-        budget.max_seconds,
-        name,
-        before_iteration=refresh,
-    )
-    method.train_stats.update(loop_stats(result, cfg.meta_batch))
+    model, result = train_episodic(method, budget, iterations, sample, task_loss, make_learner, refresh)
     method.train_stats.update(
         {
             "member_inversions": float(len(inverted)),

@@ -14,25 +14,19 @@ from dataclasses import dataclass
 import torch
 
 from baselines._episodes import train_on_real_episodes
+from bench.learners.episodic import EpisodicConfig
 from bench.learners.maml import FineTuneLearner, maml_task_loss, module_params
-from bench.method import METHODS, Budget, Learner, MetaLearner, MethodConfig
+from bench.method import METHODS, Budget, Learner, MetaLearner
 from zoos.zoo import Zoo
 
 
 @dataclass
-class MamlOracleConfig(MethodConfig):
+class MamlOracleConfig(EpisodicConfig):
     """MAML hyper-parameters (baselines.md §2 shared defaults; CPU schedule)."""
 
-    width: int = 32
-    meta_iterations: int = 2000
-    meta_batch: int = 4
-    n_query: int = 15
     inner_lr: float = 0.01
     inner_steps: int = 5
     second_order: bool = True
-    outer_lr: float = 0.001
-    select_every: int = 250
-    val_episodes: int = 200
 
 
 @METHODS.register("maml_oracle")

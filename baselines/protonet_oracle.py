@@ -13,22 +13,15 @@ from dataclasses import dataclass
 import torch
 
 from baselines._episodes import train_on_real_episodes
+from bench.learners.episodic import EpisodicConfig
 from bench.learners.protonet import ProtoNetLearner, protonet_task_loss
-from bench.method import METHODS, Budget, Learner, MetaLearner, MethodConfig
+from bench.method import METHODS, Budget, Learner, MetaLearner
 from zoos.zoo import Zoo
 
 
 @dataclass
-class ProtoNetOracleConfig(MethodConfig):
+class ProtoNetOracleConfig(EpisodicConfig):
     """ProtoNet hyper-parameters (CPU schedule)."""
-
-    width: int = 32
-    meta_iterations: int = 2000
-    meta_batch: int = 4
-    n_query: int = 15
-    outer_lr: float = 0.001
-    select_every: int = 250
-    val_episodes: int = 200
 
 
 @METHODS.register("protonet_oracle")

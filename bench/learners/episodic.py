@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench.method import Learner, Probe
+from bench.method import Budget, Learner, MetaLearner, MethodConfig, Probe
 from bench.progress import progress_enabled
 from bench.tasks import Episode
 
@@ -110,3 +110,50 @@ def loop_stats(result: LoopResult, meta_batch: int) -> dict[str, float]:
     if result.selected_val is not None:
         stats["val_acc_selected"] = float(result.selected_val)
     return stats
+
+
+@dataclass
+class EpisodicConfig(MethodConfig):
+    """Meta-training fields shared by the episodic baselines (conv4 meta model, CPU schedule)."""
+
+    width: int = 32
+    meta_iterations: int = 2000
+    meta_batch: int = 4
+    n_query: int = 15
+    outer_lr: float = 0.001
+    select_every: int = 250
+    val_episodes: int = 200
+
+
+def train_episodic(
+    method: MetaLearner,
+    budget: Budget,
+    iterations: int,
+    sample_tasks: Callable[[int], Sequence[Episode]],
+    task_loss: TaskLoss,
+    make_learner: Callable[[nn.Module], Learner],
+    before_iteration: Callable[[int], None] | None = None,
+) -> tuple[nn.Module, LoopResult]:
+    """Train a fresh conv4 meta model with :func:`meta_train_loop`; fills ``method.train_stats``.
+
+    ``method.cfg`` is an :class:`EpisodicConfig` (width, outer lr, selection cadence, meta-batch).
+    """
+    from zoos.meta_model import fresh_meta_model
+
+    cfg: EpisodicConfig = method.cfg  # type: ignore[assignment]
+    model = fresh_meta_model(method.context, cfg.width)
+    result = meta_train_loop(
+        model,
+        sample_tasks,
+        task_loss,
+        make_learner,
+        iterations,
+        cfg.outer_lr,
+        cfg.select_every,
+        method.validate,
+        budget.max_seconds,
+        str(cfg.name),
+        before_iteration=before_iteration,
+    )
+    method.train_stats.update(loop_stats(result, cfg.meta_batch))
+    return model, result
