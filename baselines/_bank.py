@@ -43,12 +43,29 @@ def invert_batch(
 
 
 class ClassBank:
-    """Latest synthetic support / query images per class: ``support[key]`` (S, C, H, W)."""
+    """Synthetic support / query pools per class: ``support[key]`` (S, C, H, W).
 
-    def __init__(self) -> None:
+    Each class keeps its last ``capacity`` inverted batches (1 = only the latest, dfmaml; BiDf-MKD's
+    replay memory keeps 20); the pools are their concatenation.
+    """
+
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise BenchError(f"bank capacity must be >= 1 batch per class; got {capacity}")
+        self.capacity = capacity
         self.support: dict[str, torch.Tensor] = {}
         self.query: dict[str, torch.Tensor] = {}
+        self._batches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.images_synthesised = 0
+
+    def add_class(self, key: str, support: torch.Tensor, query: torch.Tensor) -> None:
+        """Append one batch of ``key``'s images (support (S, C, H, W), query (Q, C, H, W))."""
+        batches = self._batches.setdefault(key, [])
+        batches.append((support, query))
+        del batches[: -self.capacity]
+        self.support[key] = batches[0][0] if len(batches) == 1 else torch.cat([b[0] for b in batches])
+        self.query[key] = batches[0][1] if len(batches) == 1 else torch.cat([b[1] for b in batches])
+        self.images_synthesised += len(support) + len(query)
 
     def add_member(
         self,
@@ -65,9 +82,11 @@ class ClassBank:
         support = invert_batch(member, n_support, steps, lr, weights, generator, device)
         query = invert_batch(member, n_query, steps, lr, weights, generator, device)
         for local, key in enumerate(member.class_keys):
-            self.support[key] = support[local * n_support : (local + 1) * n_support]
-            self.query[key] = query[local * n_query : (local + 1) * n_query]
-        self.images_synthesised += len(support) + len(query)
+            self.add_class(
+                key,
+                support[local * n_support : (local + 1) * n_support],
+                query[local * n_query : (local + 1) * n_query],
+            )
 
     @property
     def n_classes(self) -> int:

@@ -14,7 +14,16 @@ from bench.tasks import TaskShape, TaskSuite
 from zoos.zoo import Zoo, load_or_build_zoo
 
 #: Cost knobs shrunk for the contract run when a method's config has them (keeps it to seconds).
-SMOKE_KNOBS = {"generate_iterations": 2, "bank_support": 4, "bank_query": 15, "select_every": 1}
+SMOKE_KNOBS = {
+    "generate_iterations": 2,
+    "bank_support": 4,
+    "bank_query": 15,
+    "select_every": 1,
+    "kd_inner_steps": 2,
+    "zo_directions": 10,
+    "ngf": 8,
+    "nz": 16,
+}
 
 CONTEXT = MethodContext(n_way=5, k_shot=1, image_size=32, channels=3, device=torch.device("cpu"), seed=0)
 

@@ -1,0 +1,294 @@
+"""BiDf-MKD's meta-training, shared by ``bidfmkd`` (white-box) and ``bidfmkd_zo`` (black-box).
+
+Ref: Hu et al., "Learning to Learn from APIs: Black-Box Data-Free Meta-Learning", ICML 2023
+(arXiv 2305.18413); Trustworthy-DFML ``method/bidfmkd.py``. baselines.md §3.8, re-implemented:
+
+1. **Inversion** of one random member: a freshly initialised generator and latent codes (Adam 1e-3,
+   betas 0.5/0.999, ``generate_iterations`` steps) make ``bank_support`` + ``bank_query`` images per
+   class that the member labels as that class (CE). White-box: true gradients. Black-box: the member
+   is only a query-counting ``logits(x)`` API and the image gradient is the zero-order estimate,
+   reaching the generator through the surrogate ⟨ĝ, x⟩. After ``boundary_start`` iterations the
+   query images also move towards teacher-student disagreement on images where both agree
+   (white-box: per-image KL; black-box: L1 between logits).
+2. **Bi-level KD** on the new member's task (one outer step): inner ``kd_inner_steps`` SGD steps
+   matching the student to the teacher on the synthetic support, outer the same matching on the
+   synthetic query (``kd_loss``: ``kl`` on log-probabilities by default, ``kl_prob_legacy`` = the
+   reference's KL on probabilities).
+3. **Replay** between inversions: second-order MAML with hard-label CE on bank tasks that mix classes
+   across members (a bank keeping ``bank_capacity`` batches per class). The next member is inverted
+   after ``patience`` iterations without a new best replay training accuracy.
+
+Checkpoints are selected on the harness's meta-val probe; the learner fine-tunes at test.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from baselines._bank import ClassBank
+from baselines._generator import fresh_generator
+from baselines._kd import KD_LOSSES, KDEpisode, bilevel_kd_loss
+from baselines._zero_order import QueryCountingTeacher, zero_order_gradient
+from bench.errors import BenchError
+from bench.learners.episodic import EpisodicConfig, train_episodic
+from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
+from bench.method import Budget, Learner, MetaLearner
+from bench.seeding import derive_seed, make_generator
+from zoos.zoo import Zoo, ZooMember
+
+
+@dataclass
+class BiDfMkdConfig(EpisodicConfig):
+    """BiDf-MKD hyper-parameters (paper values in the YAML comments; CPU schedule by default)."""
+
+    inner_lr: float = 0.01
+    inner_steps: int = 5
+    second_order: bool = True
+    kd_inner_steps: int = 10
+    kd_loss: str = "kl"
+    kd_temperature: float = 1.0
+    nz: int = 256
+    ngf: int = 64
+    generator_lr: float = 0.001
+    generate_iterations: int = 200
+    bank_support: int = 30
+    bank_query: int = 30
+    bank_capacity: int = 20
+    patience: int = 200
+    boundary_start: int | None = None
+    boundary_weight: float = 1.0
+
+
+@dataclass
+class BiDfMkdZoConfig(BiDfMkdConfig):
+    """Zero-order estimator settings of the black-box variant."""
+
+    zo_directions: int = 100
+    zo_mu: float = 0.005
+    zo_chunks: int = 5
+
+
+class BiDfMkdBase(MetaLearner):
+    """The BiDf-MKD loop; subclasses fix ``black_box``."""
+
+    black_box: bool = False
+
+    def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
+        """Invert / distil / replay for the scheduled iterations; meta-val selection; fine-tune learner."""
+        cfg: BiDfMkdConfig = self.cfg  # type: ignore[assignment]
+        ctx = self.context
+        if cfg.kd_loss not in KD_LOSSES:
+            raise BenchError(f"method.kd_loss={cfg.kd_loss!r} is not one of: {', '.join(KD_LOSSES)}")
+        small = [
+            f"member {m.spec.index} ({len(m.spec.classes)})"
+            for m in zoo.members
+            if len(m.spec.classes) < ctx.n_way
+        ]
+        if small:
+            raise BenchError(
+                f"{cfg.name} distils one member's task at a time, so every member needs >= {ctx.n_way} "
+                f"classes for {ctx.n_way}-way tasks; too few in: {', '.join(small[:5])}"
+            )
+        iterations = budget.meta_iterations or cfg.meta_iterations
+        boundary_start = (
+            cfg.boundary_start if cfg.boundary_start is not None else round(iterations * 4000 / 60000)
+        )
+        gens = {
+            k: make_generator(derive_seed(ctx.seed, str(cfg.name), k)) for k in ("members", "synth", "tasks")
+        }
+        bank = ClassBank(cfg.bank_capacity)
+        state = {"kd_task": None, "best": -1.0, "stale": 0, "accs": [], "model": None}
+        stats = {"member_inversions": 0.0, "teacher_queries": 0.0, "inversion_seconds": 0.0, "kd_steps": 0.0}
+
+        def before(it: int) -> None:
+            if state["accs"]:  # replay accuracy of the previous iteration drives the patience
+                acc = sum(state["accs"]) / len(state["accs"])
+                state["best"], state["stale"] = (
+                    (acc, 0) if acc > state["best"] else (state["best"], state["stale"] + 1)
+                )
+                state["accs"] = []
+            if it > 1 and state["stale"] < cfg.patience:
+                return
+            index = int(torch.randint(len(zoo.members), (1,), generator=gens["members"]))
+            started = time.perf_counter()
+            member = zoo.members[index]
+            pools = self._invert(zoo, member, state["model"], it > boundary_start, gens["synth"], stats)
+            stats["inversion_seconds"] += time.perf_counter() - started
+            stats["member_inversions"] += 1
+            for local, key in enumerate(member.class_keys):
+                bank.add_class(key, pools["support"][local], pools["query"][local])
+            state["kd_task"], state["best"], state["stale"] = pools, -1.0, 0
+
+        def sample(_it: int) -> list:
+            pools, state["kd_task"] = state["kd_task"], None
+            if pools is not None:
+                stats["kd_steps"] += 1
+                return [self._kd_episode(pools, gens["tasks"]) for _ in range(cfg.meta_batch)]
+            return [
+                bank.sample_task(ctx.n_way, ctx.k_shot, cfg.n_query, gens["tasks"])
+                for _ in range(cfg.meta_batch)
+            ]
+
+        def loss(model: torch.nn.Module, task):  # noqa: ANN001, ANN202
+            state["model"] = model
+            params = module_params(model)
+            if isinstance(task, KDEpisode):
+                return bilevel_kd_loss(
+                    model,
+                    params,
+                    task,
+                    cfg.kd_inner_steps,
+                    cfg.inner_lr,
+                    cfg.kd_loss,
+                    cfg.kd_temperature,
+                    cfg.second_order,
+                )
+            value, acc = maml_task_loss(model, params, task, cfg.inner_steps, cfg.inner_lr, cfg.second_order)
+            state["accs"].append(float(acc))
+            return value, acc
+
+        model, result = train_episodic(
+            self, budget, iterations, sample, loss, lambda m: FineTuneLearner(m, cfg.inner_lr), before
+        )
+        seconds = max(result.seconds, 1e-9)
+        self.train_stats.update(stats)
+        self.train_stats.update(
+            {
+                "inversion_steps": stats["member_inversions"] * 2 * cfg.generate_iterations,
+                "synth_images": float(bank.images_synthesised),
+                "synth_images_per_s": bank.images_synthesised / seconds,
+                "bank_classes": float(bank.n_classes),
+                "boundary_start": float(boundary_start),
+                "black_box": float(self.black_box),
+            }
+        )
+        return FineTuneLearner(model, cfg.inner_lr)
+
+    def _invert(
+        self,
+        zoo: Zoo,
+        member: ZooMember,
+        student: torch.nn.Module | None,
+        boundary: bool,
+        generator: torch.Generator,
+        stats: dict[str, float],
+    ) -> dict[str, list[torch.Tensor]]:
+        """Per-class images and teacher logits: {"support": [(S, C, H, W)] * n_classes, "support_t": ...}."""
+        cfg: BiDfMkdConfig = self.cfg  # type: ignore[assignment]
+        n_classes = len(member.spec.classes)
+        pools: dict[str, list[torch.Tensor]] = {}
+        for part, per_class in (("support", cfg.bank_support), ("query", cfg.bank_query)):
+            use_boundary = boundary and part == "query" and student is not None and cfg.boundary_weight > 0
+            images, logits = self._synthesize(
+                zoo, member, n_classes, per_class, student if use_boundary else None, generator, stats
+            )
+            pools[part] = list(images.split(per_class))
+            pools[f"{part}_t"] = list(logits.split(per_class))
+        return pools
+
+    def _synthesize(
+        self,
+        zoo: Zoo,
+        member: ZooMember,
+        n_classes: int,
+        per_class: int,
+        student: torch.nn.Module | None,
+        generator: torch.Generator,
+        stats: dict[str, float],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (n_classes*per_class, C, H, W), teacher logits) from a fresh generator (class-blocked)."""
+        cfg: BiDfMkdConfig = self.cfg  # type: ignore[assignment]
+        device = self.context.device
+        net = fresh_generator(
+            cfg.nz, cfg.ngf, zoo.image_size, zoo.channels, zoo.mean, zoo.std, generator, device
+        )
+        n = n_classes * per_class
+        z = torch.randn(n, cfg.nz, generator=generator).to(device).requires_grad_(True)
+        labels = torch.arange(n_classes, device=device).repeat_interleave(per_class)
+        optimizer = torch.optim.Adam([*net.parameters(), z], lr=cfg.generator_lr, betas=(0.5, 0.999))
+        frozen = None if student is None else {k: v.detach() for k, v in module_params(student).items()}
+        api = QueryCountingTeacher(member.model)
+        for _ in range(cfg.generate_iterations):
+            x = net(z)
+            if self.black_box:
+                loss = self._zero_order_loss(api, x, labels, student, frozen, generator)
+            else:
+                logits = member.model(x)
+                stats["teacher_queries"] += n
+                loss = F.cross_entropy(logits, labels)
+                if frozen is not None:
+                    s_logits = forward(student, frozen, x)
+                    agree = (logits.argmax(1) == s_logits.argmax(1)).float().detach()
+                    kl = F.kl_div(
+                        F.log_softmax(s_logits, 1),
+                        F.log_softmax(logits, 1),
+                        reduction="none",
+                        log_target=True,
+                    )
+                    loss = loss - cfg.boundary_weight * (agree * kl.sum(1)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            images = net(z)
+        teacher_logits = api.logits(images)
+        stats["teacher_queries"] += api.queries
+        return images, teacher_logits
+
+    def _zero_order_loss(
+        self,
+        api: QueryCountingTeacher,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        student: torch.nn.Module | None,
+        frozen: dict[str, torch.Tensor] | None,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Surrogate whose x-gradient is the ZO estimate of the teacher terms (+ the exact student term)."""
+        cfg: BiDfMkdZoConfig = self.cfg  # type: ignore[assignment]
+        s_logits = None if frozen is None else forward(student, frozen, x)
+        s_fixed = None if s_logits is None else s_logits.detach()
+        agree = None
+
+        def per_image(images: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+            t = api.logits(images)
+            value = F.cross_entropy(t, labels[source], reduction="none")
+            if s_fixed is not None:
+                value = value - cfg.boundary_weight * agree[source] * (t - s_fixed[source]).abs().sum(1)
+            return value
+
+        if s_fixed is not None:
+            t_now = api.logits(x)
+            agree = (t_now.argmax(1) == s_fixed.argmax(1)).float()
+        g = zero_order_gradient(per_image, x.detach(), cfg.zo_directions, cfg.zo_mu, cfg.zo_chunks, generator)
+        surrogate = (g * x).sum() / x.shape[0]
+        if s_logits is not None:  # the student is ours: its part of the boundary term is exact
+            surrogate = surrogate - cfg.boundary_weight * (agree * (t_now - s_logits).abs().sum(1)).mean()
+        return surrogate
+
+    def _kd_episode(self, pools: dict[str, list[torch.Tensor]], generator: torch.Generator) -> KDEpisode:
+        """An N-way KD task from the freshly inverted member (teacher logits restricted to its classes)."""
+        ctx, cfg = self.context, self.cfg
+        chosen = torch.randperm(len(pools["support"]), generator=generator)[: ctx.n_way].tolist()
+        parts: dict[str, list[torch.Tensor]] = {"sx": [], "st": [], "qx": [], "qt": []}
+        for c in chosen:
+            s = torch.randperm(len(pools["support"][c]), generator=generator)[: ctx.k_shot]
+            q = torch.randperm(len(pools["query"][c]), generator=generator)[: cfg.n_query]
+            parts["sx"].append(pools["support"][c][s])
+            parts["st"].append(pools["support_t"][c][s][:, chosen])
+            parts["qx"].append(pools["query"][c][q])
+            parts["qt"].append(pools["query_t"][c][q][:, chosen])
+        labels = torch.arange(ctx.n_way, device=ctx.device)
+        return KDEpisode(
+            torch.cat(parts["sx"]),
+            labels.repeat_interleave(ctx.k_shot),
+            torch.cat(parts["qx"]),
+            labels.repeat_interleave(cfg.n_query),
+            torch.tensor(chosen),
+            torch.cat(parts["st"]),
+            torch.cat(parts["qt"]),
+        )

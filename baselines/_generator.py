@@ -1,0 +1,78 @@
+"""The DCGAN-like image generator of generator-based DFML baselines (BiDf-MKD, and later TDS/FREE/TGR).
+
+baselines.md §3.8: a latent code z (nz) -> linear -> (2·ngf, s/4, s/4) -> BN -> 2x upsample ->
+conv 3x3 -> BN -> LeakyReLU(0.2) -> 2x upsample -> conv 3x3 -> BN -> LeakyReLU(0.2) -> conv 3x3 ->
+sigmoid, i.e. images in [0, 1], then normalised with the zoo's published mean/std so every model sees
+its usual input space. Image sizes not divisible by 4 (Omniglot's 28 is; 84 is) are reached by a
+final bilinear resize. Ref: the CMI/BiDf-MKD generator (Fang et al., IJCAI 2021, arXiv 2105.08584).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Generator(nn.Module):
+    """z (B, nz) -> normalised images (B, channels, image_size, image_size)."""
+
+    def __init__(
+        self,
+        nz: int,
+        ngf: int,
+        image_size: int,
+        channels: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
+        super().__init__()
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean/std need {channels} channels; got {len(mean)} / {len(std)}")
+        self.image_size, self.init_size = image_size, max(1, image_size // 4)
+        self.project = nn.Linear(nz, 2 * ngf * self.init_size**2)
+        self.blocks = nn.Sequential(
+            nn.BatchNorm2d(2 * ngf),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * ngf, 2 * ngf, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * ngf),
+            nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=False),
+            nn.BatchNorm2d(ngf),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(ngf, channels, 3, padding=1),
+            nn.Sigmoid(),
+        )
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, C, H, W) for latent codes z (B, nz)."""
+        h = self.project(z).view(z.shape[0], -1, self.init_size, self.init_size)
+        images = self.blocks(h)
+        if images.shape[-1] != self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear")
+        return (images - self.mean) / self.std
+
+
+def fresh_generator(
+    nz: int,
+    ngf: int,
+    image_size: int,
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    generator: torch.Generator,
+    device: torch.device,
+) -> Generator:
+    """A newly initialised :class:`Generator` (weights drawn from ``generator``: reproducible)."""
+    net = Generator(nz, ngf, image_size, channels, mean, std)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                bound = 1.0 / max(1, module.weight[0].numel()) ** 0.5
+                module.weight.uniform_(-bound, bound, generator=generator)
+                if module.bias is not None:
+                    module.bias.uniform_(-bound, bound, generator=generator)
+    return net.to(device)

@@ -1,0 +1,140 @@
+"""BiDf-MKD pieces: KD losses, the zero-order estimator, the generator, black-box member access."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines._generator import fresh_generator
+from baselines._kd import kd_loss
+from baselines._zero_order import zero_order_gradient
+from bench.errors import BenchError
+from bench.method import METHODS, Budget, MethodContext
+from zoos.zoo import Zoo
+
+CPU = torch.device("cpu")
+
+
+def test_kl_is_the_textbook_kl_and_the_legacy_loss_is_not():
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen)
+    p_t, p_s = t.softmax(1), s.softmax(1)
+    by_hand = (p_t * (p_t.log() - p_s.log())).sum(1).mean()
+    assert torch.allclose(kd_loss(s, t, "kl"), by_hand, atol=1e-6)
+    assert torch.allclose(kd_loss(t, t, "kl"), torch.tensor(0.0), atol=1e-6)
+    legacy = kd_loss(s, t, "kl_prob_legacy")
+    assert torch.allclose(legacy, F.kl_div(p_s, p_t, reduction="batchmean"))
+    assert not torch.allclose(legacy, by_hand, atol=1e-3)
+    scaled = (F.softmax(t / 4, 1) * (F.log_softmax(t / 4, 1) - F.log_softmax(s / 4, 1))).sum(1).mean() * 16
+    assert torch.allclose(kd_loss(s, t, "kl", temperature=4.0), scaled, atol=1e-5)
+    with pytest.raises(ValueError, match="kl_prob_legacy"):
+        kd_loss(s, t, "kl_probs")
+
+
+def test_zero_order_gradient_estimates_the_true_gradient_from_counted_queries():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 1, 4, 4, generator=gen)
+    target = torch.randn(3, 1, 4, 4, generator=gen)
+    calls = []
+
+    def loss(images, source):  # smooth per-image loss; true gradient 2 (x - target)
+        calls.append(len(images))
+        return ((images - target[source]) ** 2).flatten(1).sum(1)
+
+    estimate = zero_order_gradient(loss, x, directions=2000, mu=1e-3, chunks=5, generator=gen)
+    true = 2 * (x - target)
+    cosine = F.cosine_similarity(estimate.flatten(1), true.flatten(1), dim=1)
+    assert cosine.min() > 0.95, cosine
+    assert sum(calls) == 3 * (1 + 2000)
+    with pytest.raises(ValueError, match="multiple of chunks"):
+        zero_order_gradient(loss, x, directions=10, mu=1e-3, chunks=3, generator=gen)
+
+
+@pytest.mark.parametrize("size", [28, 30, 32])
+def test_generator_makes_normalised_images_of_the_zoo_size(size):
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    net = fresh_generator(16, 8, size, 3, mean, std, torch.Generator().manual_seed(0), CPU)
+    again = fresh_generator(16, 8, size, 3, mean, std, torch.Generator().manual_seed(0), CPU)
+    pairs = zip(net.state_dict().values(), again.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)  # seeded initialisation
+    images = net(torch.randn(4, 16))
+    assert images.shape == (4, 3, size, size)
+    raw = images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5  # sigmoid range before normalisation
+
+
+class _NoGradMember(nn.Module):
+    """Wraps a member so that any gradient request through it fails the test."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.requires_grad:
+            raise AssertionError("bidfmkd_zo asked for a gradient through a member")
+        return self.model(x)
+
+
+def _black_box(zoo: Zoo) -> Zoo:
+    return dataclasses.replace(
+        zoo, members=[dataclasses.replace(m, model=_NoGradMember(m.model)) for m in zoo.members]
+    )
+
+
+def _method(name: str, **changes):  # noqa: ANN003, ANN202
+    cls = METHODS.get(name)
+    smoke = {"generate_iterations": 2, "bank_support": 3, "bank_query": 15, "kd_inner_steps": 2, "ngf": 8}
+    smoke.update({"select_every": 10**6, "nz": 16})
+    if name.endswith("_zo"):
+        smoke.update({"zo_directions": 10, "zo_chunks": 5})
+    smoke.update(changes)
+    cfg = dataclasses.replace(cls.Config(), name=name, **smoke)
+    return cls(cfg, MethodContext(5, 1, 32, 3, CPU, 0))
+
+
+def test_bidfmkd_zo_only_queries_members_and_counts_every_query(tiny_zoo):
+    wrapped = _black_box(tiny_zoo)
+    method = _method("bidfmkd_zo", boundary_start=10**6)
+    learner = method.meta_train(wrapped, Budget(meta_iterations=3), torch.Generator().manual_seed(0))
+    stats, n_cls = method.train_stats, 5
+    # per inversion and part: steps * images * (1 + q) ZO queries + one final labelling query
+    per_part = lambda per_class: 2 * n_cls * per_class * (1 + 10) + n_cls * per_class  # noqa: E731
+    assert stats["member_inversions"] >= 1
+    assert stats["teacher_queries"] == stats["member_inversions"] * (per_part(3) + per_part(15))
+    assert stats["black_box"] == 1.0 and stats["kd_steps"] == stats["member_inversions"]
+    episode_x = torch.randn(5, 3, 32, 32)
+    assert learner.adapt(episode_x, torch.arange(5))(torch.randn(10, 3, 32, 32)).shape == (10, 5)
+    with pytest.raises(AssertionError, match="gradient through a member"):  # the wrapper does bite
+        _method("bidfmkd").meta_train(wrapped, Budget(meta_iterations=1), torch.Generator().manual_seed(0))
+
+
+def test_bidfmkd_zo_boundary_queries_run_black_box(tiny_zoo):
+    wrapped = _black_box(tiny_zoo)
+    method = _method("bidfmkd_zo", boundary_start=0, patience=0)
+    method.meta_train(wrapped, Budget(meta_iterations=4), torch.Generator().manual_seed(0))
+    assert method.train_stats["member_inversions"] >= 2  # the second one synthesises boundary queries
+
+
+def test_bidfmkd_inverts_the_next_member_when_replay_accuracy_stalls(tiny_zoo):
+    patient = _method("bidfmkd", patience=100)
+    patient.meta_train(tiny_zoo, Budget(meta_iterations=5), torch.Generator().manual_seed(0))
+    impatient = _method("bidfmkd", patience=0)  # 0: a new member every iteration
+    impatient.meta_train(tiny_zoo, Budget(meta_iterations=5), torch.Generator().manual_seed(0))
+    assert patient.train_stats["member_inversions"] == 1 == patient.train_stats["kd_steps"]
+    assert impatient.train_stats["member_inversions"] == 5
+    assert impatient.train_stats["teacher_queries"] > patient.train_stats["teacher_queries"]
+
+
+def test_bidfmkd_refuses_members_with_fewer_classes_than_the_task(tiny_zoo):
+    cls = METHODS.get("bidfmkd")
+    method = cls(dataclasses.replace(cls.Config(), name="bidfmkd"), MethodContext(6, 1, 32, 3, CPU, 0))
+    with pytest.raises(BenchError, match="needs >= 6 classes"):
+        method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
+    bad = _method("bidfmkd", kd_loss="kl_probs")
+    with pytest.raises(BenchError, match="kl_prob_legacy"):
+        bad.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
