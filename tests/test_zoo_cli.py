@@ -136,12 +136,20 @@ def test_sh_zoo_runs_architecture_agnostic_methods_and_weight_average_refuses(tm
     for method in ("dfmaml", "dfprotonet"):
         done = _run("dfml-run", *common, f"method={method}", *bank, cwd=tmp_path, cache=cache)
         assert done.returncode == 0, done.stderr[-2000:]
+    generator = [*bank, "method.ngf=4", "method.nz=8", "method.kd_inner_steps=1"]
+    for method, extra in (("bidfmkd", []), ("bidfmkd_zo", ["method.zo_directions=5"])):
+        done = _run("dfml-run", *common, f"method={method}", *generator, *extra, cwd=tmp_path, cache=cache)
+        assert done.returncode == 0, done.stderr[-2000:]
     records = {r.method: r for r in read_records(tmp_path / "results" / "runs" / "smoke")}
-    assert set(records) == {"random_init", "purer", "dfmaml", "dfprotonet"}
+    assert set(records) == {"random_init", "purer", "dfmaml", "dfprotonet", "bidfmkd", "bidfmkd_zo"}
     assert records["purer"].zoo["architectures"] == {"conv4": 1, "resnet10": 1}
-    refused = _run("dfml-run", *common, "method=weight_average", cwd=tmp_path, cache=cache)
-    assert refused.returncode != 0
-    assert "needs a same-architecture (SS) zoo; zoo 'glyphs_sh' is heterogeneous" in refused.stderr
+    assert records["bidfmkd_zo"].train_stats["teacher_queries"] > 0
+    for method in ("weight_average", "ota"):  # parameter-space methods refuse a mixed-architecture zoo
+        refused = _run("dfml-run", *common, f"method={method}", cwd=tmp_path, cache=cache)
+        assert refused.returncode != 0
+        assert f"{method} averages parameters, so it needs a same-architecture (SS) zoo; zoo 'glyphs_sh'" in (
+            refused.stderr
+        )
 
 
 @pytest.mark.data

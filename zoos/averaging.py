@@ -41,13 +41,8 @@ def average_state(zoo: Zoo) -> dict[str, torch.Tensor]:
     return averaged
 
 
-def averaged_meta_params(zoo: Zoo, method: str, n_way: int, average_head: bool) -> dict[str, torch.Tensor]:
-    """Averaged conv4 parameters for a meta model (raises on zoos it cannot average).
-
-    Requires a same-architecture conv4 zoo whose heads are ``n_way`` wide; BN running statistics
-    are dropped (meta models normalise with batch statistics); ``average_head=False`` leaves the
-    head out (the caller keeps its fresh head).
-    """
+def check_averageable(zoo: Zoo, method: str, n_way: int) -> None:
+    """Raise unless the zoo can be fused into a conv4 meta model: SS conv4 with ``n_way``-wide heads."""
     require_same_architecture(zoo, method)
     member = zoo.members[0].spec
     if member.arch != "conv4":
@@ -57,9 +52,22 @@ def averaged_meta_params(zoo: Zoo, method: str, n_way: int, average_head: bool) 
             f"{method}: member heads are {member.head_width}-way but the task is {n_way}-way; "
             f"use a zoo with classes_per_member={n_way}"
         )
-    averaged = average_state(zoo)
+
+
+def meta_params(averaged: dict[str, torch.Tensor], average_head: bool) -> dict[str, torch.Tensor]:
+    """Meta-model parameters from a fused member state.
+
+    BN running statistics are dropped (meta models use batch statistics); ``average_head=False``
+    leaves the head out (the caller keeps its fresh head).
+    """
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     params = {k: v for k, v in averaged.items() if not k.endswith(buffers)}
     if not average_head:
         params = {k: v for k, v in params.items() if not k.startswith("head.")}
     return params
+
+
+def averaged_meta_params(zoo: Zoo, method: str, n_way: int, average_head: bool) -> dict[str, torch.Tensor]:
+    """Element-wise averaged conv4 parameters for a meta model (raises on zoos it cannot average)."""
+    check_averageable(zoo, method, n_way)
+    return meta_params(average_state(zoo), average_head)
