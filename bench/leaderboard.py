@@ -124,9 +124,56 @@ def tidy_table(records: Sequence[RunRecord], reference: str = REFERENCE) -> pd.D
     table["reference"] = reference
     table["delta_vs_reference"] = [d["mean"] if d else float("nan") for d in deltas]
     table["delta_ci95"] = [d["ci95"] if d else float("nan") for d in deltas]
+    averages = dataset_averages(table)
+    if not averages.empty:
+        table = pd.concat([table, averages], ignore_index=True)
     table["_order"] = table["method"].map(lambda m: _method_rank(m, table, reference))
     table = table.sort_values(["_order", "method", "dataset", "zoo", "task", "test_steps"])
     return table.drop(columns="_order")[columns].reset_index(drop=True)
+
+
+AVERAGE_PREFIX = "average over "
+
+
+def dataset_averages(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows averaging each (method, task, readout) over the datasets of a multi-dataset (MH) table.
+
+    Only for (table, zoo, profile) groups evaluated on >= 2 datasets, and only for methods that have
+    every dataset. The datasets' suites are independent, so the CI of the mean is
+    sqrt(sum ci_d^2) / n_datasets (same for the paired difference). ``dataset`` is
+    ``average over <d1>, <d2>``.
+    """
+    rows = []
+    for (name, zoo, profile), part in table.groupby(["table", "zoo", "profile"], sort=False):
+        datasets = sorted(set(part["dataset"]))
+        if len(datasets) < 2:
+            continue
+        for (method, task, steps), cells in part.groupby(["method", "task", "test_steps"], sort=False):
+            if sorted(cells["dataset"]) != datasets:
+                continue
+            k = len(datasets)
+            rows.append(
+                {
+                    "table": name,
+                    "method": method,
+                    "dataset": AVERAGE_PREFIX + ", ".join(datasets),
+                    "zoo": zoo,
+                    "task": task,
+                    "test_steps": steps,
+                    "profile": profile,
+                    "data_free": bool(cells["data_free"].all()),
+                    "acc_mean": cells["acc_mean"].mean(),
+                    "acc_ci95": (cells["acc_ci95"] ** 2).sum() ** 0.5 / k,
+                    "n_episodes": int(cells["n_episodes"].min()),
+                    "n_seeds": int(cells["n_seeds"].min()),
+                    "episodes_per_s": cells["episodes_per_s"].mean(),
+                    "reference": cells["reference"].iloc[0],
+                    "delta_vs_reference": cells["delta_vs_reference"].mean(),
+                    "delta_ci95": (cells["delta_ci95"] ** 2).sum() ** 0.5 / k,
+                    "run_keys": ";".join(sorted(set(";".join(cells["run_keys"]).split(";")))),
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def _method_rank(method: str, table: pd.DataFrame, reference: str) -> int:
@@ -171,12 +218,18 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
     return frame
 
 
+def _sections(table: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
+    """(dataset, zoo, profile) blocks in name order, dataset averages after the datasets."""
+    groups = list(table.groupby(["dataset", "zoo", "profile"], sort=True))
+    return sorted(groups, key=lambda item: (item[0][0].startswith(AVERAGE_PREFIX), item[0]))
+
+
 def markdown_table(table: pd.DataFrame, title: str) -> str:
     """The formatted leaderboard: accuracy pivot, paired-difference pivot and a footer."""
     if table.empty:
         return f"# {title}\n\nNo finished runs.\n"
     lines = [f"# Leaderboard: {title}", ""]
-    for (dataset, zoo, profile), part in table.groupby(["dataset", "zoo", "profile"], sort=True):
+    for (dataset, zoo, profile), part in _sections(table):
         n_eps = sorted(set(part["n_episodes"].astype(int)))
         n_seeds = sorted(set(part["n_seeds"].astype(int)))
         lines += [
@@ -263,7 +316,7 @@ def paper_comparison(table: pd.DataFrame, paper: dict) -> str:
 def latex_table(table: pd.DataFrame, title: str) -> str:
     """The accuracy pivot as a LaTeX ``tabular`` (booktabs) per (dataset, zoo, profile), for papers."""
     blocks = []
-    for (dataset, zoo, profile), part in table.groupby(["dataset", "zoo", "profile"], sort=True):
+    for (dataset, zoo, profile), part in _sections(table):
         pivot = _pivot(part, "acc_mean", "acc_ci95", signed=False)
         columns = " & ".join(_latex_escape(c) for c in pivot.columns)
         lines = [

@@ -87,3 +87,34 @@ def test_scale_plot_when_zoos_of_one_dataset_differ_in_size(tmp_path):
     ]
     write_leaderboard(records + bigger, tmp_path, records[0].experiment)
     assert (tmp_path / f"{records[0].experiment}_scale.png").is_file()
+
+
+def test_multi_dataset_tables_get_a_dataset_average_for_methods_run_on_every_dataset():
+    import copy
+
+    records = fixture_records()
+    second = []
+    for record in records:
+        if record.method == "maml_oracle":  # left out on the second dataset: no average row for it
+            continue
+        twin = copy.deepcopy(record)
+        twin.setting["dataset"], twin.run_key = "omniglot", record.run_key + "-o"
+        for summary in twin.metrics.values():
+            summary["mean"] += 10.0
+        second.append(twin)
+    table = tidy_table(records + second)
+    average = table[table.dataset == "average over glyphs, omniglot"]
+    assert set(average.method) == {"random_init", "weight_average"}
+    row = average[
+        (average.method == "weight_average") & (average.task == "5w5s") & (average.test_steps == 10)
+    ]
+    parts = table[(table.method == "weight_average") & (table.task == "5w5s") & (table.test_steps == 10)]
+    parts = parts[parts.dataset != row.iloc[0].dataset]
+    assert row.iloc[0].acc_mean == pytest.approx(parts.acc_mean.mean())
+    assert row.iloc[0].acc_ci95 == pytest.approx((parts.acc_ci95**2).sum() ** 0.5 / 2)
+    assert row.iloc[0].acc_mean == pytest.approx(parts.acc_mean.min() + 5.0)
+    from bench.leaderboard import markdown_table
+
+    markdown = markdown_table(table, "golden")
+    assert "## dataset `average over glyphs, omniglot`" in markdown
+    assert tidy_table(records)[lambda t: t.dataset.str.startswith("average")].empty
