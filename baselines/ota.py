@@ -98,6 +98,7 @@ class Ota(MetaLearner):
     """Align every member's neurons to the anchor by OT, average, fine-tune on each support set."""
 
     Config = OtaConfig
+    same_architecture_only = True
 
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
         """Fuse the SS conv4 zoo into a conv4 meta model; raises on heterogeneous zoos."""

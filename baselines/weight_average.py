@@ -34,6 +34,7 @@ class WeightAverage(MetaLearner):
     """Average the same-architecture zoo weights, then fine-tune on the support set."""
 
     Config = WeightAverageConfig
+    same_architecture_only = True
 
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
         """Average the zoo into a conv4 meta model; raises on heterogeneous zoos."""

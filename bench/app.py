@@ -33,6 +33,7 @@ from bench.seeding import derive_seed, make_generator
 from bench.tasks import TaskShape, TaskSuite
 from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, synchronize
 from bench.tracking import make_sink
+from zoos.averaging import refuse_mixed_architecture_config
 from zoos.zoo import load_or_build_zoo
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,8 @@ def run_one(cfg: DictConfig) -> Path:
         )
         return run_dir
     budget = Budget(cfg.budget.meta_iterations, cfg.budget.max_seconds)
+    if METHODS.get(str(cfg.method.name)).same_architecture_only:  # refuse before building the zoo
+        refuse_mixed_architecture_config(OmegaConf.to_container(cfg.zoo, resolve=True), str(cfg.method.name))
     started = datetime.now(UTC).isoformat(timespec="seconds")
     dataset = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
     shape = task_shape(cfg)

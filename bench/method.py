@@ -106,6 +106,8 @@ class MetaLearner(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: Oracle baselines meta-train on real data and say so everywhere.
     uses_real_data: ClassVar[bool] = False
+    #: Parameter-space methods (weight_average, ota): refused up front for mixed-architecture zoos.
+    same_architecture_only: ClassVar[bool] = False
     #: Config keys that change only the test-time learner, never meta-training (see train_dir).
     eval_only_keys: ClassVar[tuple[str, ...]] = ()
 

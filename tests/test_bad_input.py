@@ -56,6 +56,15 @@ CASES = {
         ["dataset=omniglot", "zoo=omniglot_ss_conv4"],
         r"dataset 'omniglot' has no option\(s\) \['max_classes'\]; valid: root",
     ),
+    "ota on a mixed-architecture zoo": (
+        ["zoo=glyphs_sh", "method=ota"],
+        r"ota averages parameters, so it needs a same-architecture \(SS\) zoo; zoo 'glyphs_sh' is "
+        r"heterogeneous: zoo.arch=\['conv4', 'resnet10', 'resnet18'\]",
+    ),
+    "weight_average on a mixed-architecture zoo": (
+        ["zoo=glyphs_sh", "method=weight_average"],
+        r"weight_average averages parameters, so it needs a same-architecture \(SS\) zoo",
+    ),
     "cuda without a gpu": (["device=cuda"], r"CUDA is not available; use device=cpu"),
     "bad test_steps": (["task.test_steps=[-1]"], r"test_steps must be a non-empty list of integers >= 0"),
 }

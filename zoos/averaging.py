@@ -16,6 +16,18 @@ def member_signature(member) -> str:  # noqa: ANN001 - ZooMember
     return f"{member.spec.arch}({options})@{member.spec.image_size}px/{member.spec.head_width}-way"
 
 
+def refuse_mixed_architecture_config(zoo_cfg: dict, method: str) -> None:
+    """Raise before any member is built when a zoo config lists several architectures (SH / MH)."""
+    archs = zoo_cfg.get("arch")
+    names = [archs] if isinstance(archs, str) else list(archs or [])
+    if len(set(map(str, names))) > 1:
+        raise BenchError(
+            f"{method} averages parameters, so it needs a same-architecture (SS) zoo; zoo "
+            f"{zoo_cfg.get('name')!r} is heterogeneous: zoo.arch={names}. Use an architecture-agnostic "
+            "method (random_init, purer with method.init=random) or an SS zoo"
+        )
+
+
 def require_same_architecture(zoo: Zoo, method: str) -> None:
     """Raise unless every member has the same arch, options, input shape and head width."""
     signature = Counter(member_signature(m) for m in zoo.members)
