@@ -18,6 +18,18 @@ from purer.teachers import teacher_forward
 from zoos.zoo import ZooMember
 
 
+def require_member_classes(zoo, n_way: int, method: str) -> None:  # noqa: ANN001 - Zoo
+    """Raise unless every member holds >= ``n_way`` classes (methods that distil one member's task)."""
+    small = [
+        f"member {m.spec.index} ({len(m.spec.classes)})" for m in zoo.members if len(m.spec.classes) < n_way
+    ]
+    if small:
+        raise BenchError(
+            f"{method} distils one member's task at a time, so every member needs >= {n_way} classes "
+            f"for {n_way}-way tasks; too few in: {', '.join(small[:5])}"
+        )
+
+
 def invert_batch(
     member: ZooMember,
     per_class: int,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from baselines._bank import ClassBank
+from baselines._bank import ClassBank, require_member_classes
 from baselines._generator import fresh_generator
 from baselines._kd import KD_LOSSES, KDEpisode, bilevel_kd_loss
 from baselines._zero_order import QueryCountingTeacher, zero_order_gradient
@@ -83,16 +83,7 @@ class BiDfMkdBase(MetaLearner):
         ctx = self.context
         if cfg.kd_loss not in KD_LOSSES:
             raise BenchError(f"method.kd_loss={cfg.kd_loss!r} is not one of: {', '.join(KD_LOSSES)}")
-        small = [
-            f"member {m.spec.index} ({len(m.spec.classes)})"
-            for m in zoo.members
-            if len(m.spec.classes) < ctx.n_way
-        ]
-        if small:
-            raise BenchError(
-                f"{cfg.name} distils one member's task at a time, so every member needs >= {ctx.n_way} "
-                f"classes for {ctx.n_way}-way tasks; too few in: {', '.join(small[:5])}"
-            )
+        require_member_classes(zoo, ctx.n_way, str(cfg.name))
         iterations = budget.meta_iterations or cfg.meta_iterations
         boundary_start = (
             cfg.boundary_start if cfg.boundary_start is not None else round(iterations * 4000 / 60000)

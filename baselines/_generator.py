@@ -76,3 +76,35 @@ def fresh_generator(
                 if module.bias is not None:
                     module.bias.uniform_(-bound, bound, generator=generator)
     return net.to(device)
+
+
+class ConditionalGenerator(nn.Module):
+    """G(z, y): a :class:`Generator` fed [z, embedding(y)]; z (B, nz), y (B,) -> (B, C, H, W) normalised."""
+
+    def __init__(self, n_classes: int, nz: int, body: Generator) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_classes, nz)
+        self.body = body
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Normalised images for latent codes z (B, nz) and labels y (B,) in 0..n_classes-1."""
+        return self.body(torch.cat([z, self.embedding(y)], dim=1))
+
+
+def fresh_conditional_generator(
+    n_classes: int,
+    nz: int,
+    ngf: int,
+    image_size: int,
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    generator: torch.Generator,
+    device: torch.device,
+) -> ConditionalGenerator:
+    """A newly initialised :class:`ConditionalGenerator` (seeded: reproducible)."""
+    body = fresh_generator(2 * nz, ngf, image_size, channels, mean, std, generator, device)
+    net = ConditionalGenerator(n_classes, nz, body)
+    with torch.no_grad():
+        net.embedding.weight.normal_(generator=generator)
+    return net.to(device)
