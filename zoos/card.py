@@ -85,5 +85,9 @@ def render_card(manifest: dict[str, Any], builds: list[dict[str, Any]]) -> str:
     ]
     for m in members:
         shown = ", ".join(m["classes"][:5]) + (" ..." if len(m["classes"]) > 5 else "")
-        lines.append(f"- {m['index']}: {m['arch']}, {m['dataset']}, {m['heldout_acc']:.1f} %: {shown}")
+        flag = (m.get("spec", {}).get("extra") or {}).get("untrusted")
+        marker = f" **untrusted: {flag}**" if flag else ""
+        lines.append(
+            f"- {m['index']}: {m['arch']}, {m['dataset']}, {m['heldout_acc']:.1f} %{marker}: {shown}"
+        )
     return "\n".join(lines) + "\n"

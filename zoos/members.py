@@ -18,12 +18,22 @@ Scenarios (zoo config keys):
   of each source are trained on that dataset's meta-train classes only; member indices run over
   the sources in order (architectures assigned over the global index); global label offsets are
   the cumulative meta-train class counts in source order (recorded in the manifest).
+
+Robustness (TDS's untrustworthy-member scenario): ``untrusted: {fraction, kind}`` marks a seeded
+``round(fraction * n)`` subset of members as untrustworthy (recorded in each spec's ``extra``, so
+only those members' keys change):
+
+- ``relabelled``: trained on its classes' images under a seeded permutation of its labels, so the
+  class it claims as label i is really another one (a member whose label map is wrong);
+- ``untrained``: never trained (its random initialisation), shipped as if it were a member;
+- ``mixed``: the selected members alternate relabelled / untrained.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,6 +45,7 @@ from zoos.architectures import ARCHITECTURES
 from zoos.spec import MemberSpec, TrainRecipe
 
 PROTOCOLS = ("disjoint", "overlapping")
+UNTRUSTED_KINDS = ("relabelled", "untrained", "mixed")
 ASSIGNMENTS = ("cyclic", "random")
 #: Keys a source may set for itself; missing ones are inherited from the zoo's top level.
 SOURCE_KEYS = ("protocol", "classes_per_member", "n_members")
@@ -159,7 +170,37 @@ def member_specs(cfg: Mapping[str, Any], datasets: Mapping[str, ImageClassDatase
         )
         check_meta_train_only(spec, dataset)
         specs.append(spec)
-    return specs
+    return mark_untrusted(cfg, specs)
+
+
+def mark_untrusted(cfg: Mapping[str, Any], specs: list[MemberSpec]) -> list[MemberSpec]:
+    """Specs with ``extra["untrusted"]`` (and a label permutation) set on a seeded subset (see module doc)."""
+    block = cfg.get("untrusted")
+    if not block:
+        return specs
+    fraction, kind = float(block.get("fraction", 0.0)), str(block.get("kind", "mixed"))
+    if not 0.0 <= fraction <= 1.0:
+        raise BenchError(f"zoo.untrusted.fraction must be in [0, 1]; got {fraction}")
+    if kind not in UNTRUSTED_KINDS:
+        raise BenchError(f"zoo.untrusted.kind={kind!r} is not one of: {', '.join(UNTRUSTED_KINDS)}")
+    count = round(fraction * len(specs))
+    seed = int(cfg.get("seed", 0))
+    chosen = sorted(
+        torch.randperm(len(specs), generator=derived_generator(seed, "untrusted"))[:count].tolist()
+    )
+    out = list(specs)
+    for rank, index in enumerate(chosen):
+        spec = specs[index]
+        this = kind if kind != "mixed" else UNTRUSTED_KINDS[rank % 2]
+        extra: dict[str, Any] = {**spec.extra, "untrusted": this}
+        if this == "relabelled":  # a derangement: no class keeps its label
+            gen = derived_generator(seed, "relabel", index)
+            perm = torch.randperm(spec.head_width, generator=gen)
+            while spec.head_width > 1 and bool((perm == torch.arange(spec.head_width)).any()):
+                perm = torch.randperm(spec.head_width, generator=gen)
+            extra["label_permutation"] = perm.tolist()
+        out[index] = replace(spec, extra=extra)
+    return out
 
 
 def check_meta_train_only(spec: MemberSpec, dataset: ImageClassDataset) -> None:

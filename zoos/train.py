@@ -39,7 +39,7 @@ def member_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train_x, train_y, holdout_x, holdout_y) for the member's classes, normalised, on ``device``.
 
-    Shapes: x (n, C, H, W) float32, y (n,) int64 local labels.
+    Shapes: x (n, C, H, W) float32, y (n,) int64 local labels (permuted for a relabelled member).
     """
     name_to_index = {name: i for i, name in enumerate(dataset.class_names)}
     train_split = set(dataset.split_classes("train"))
@@ -54,7 +54,8 @@ def member_tensors(
         rows = dataset.class_rows(index)
         n_train = max(1, round(rows.numel() * (1 - spec.recipe.holdout_fraction)))
         images = dataset.normalize(dataset.read_rows(rows), device)
-        labels = torch.full((rows.numel(),), local, dtype=torch.long, device=device)
+        label = spec.extra["label_permutation"][local] if "label_permutation" in spec.extra else local
+        labels = torch.full((rows.numel(),), label, dtype=torch.long, device=device)
         parts["tx"].append(images[:n_train])
         parts["ty"].append(labels[:n_train])
         parts["hx"].append(images[n_train:])
@@ -118,7 +119,8 @@ def train_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
     order_gen = make_generator(derive_seed(spec.seed, "member-batches", spec.index))
     best_state, best_acc = None, -1.0
-    for _epoch in range(recipe.epochs):
+    epochs = 0 if spec.extra.get("untrusted") == "untrained" else recipe.epochs  # shipped untrained
+    for _epoch in range(epochs):
         model.train()
         order = torch.randperm(len(train_y), generator=order_gen).to(device)
         for start in range(0, len(order), recipe.batch_size):

@@ -1,0 +1,64 @@
+"""TDS's untrustworthy members: a seeded subset relabelled (deranged label map) or shipped untrained."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from tests.conftest import TINY_ZOO
+from zoos.card import render_card
+from zoos.members import member_specs
+from zoos.train import member_tensors
+from zoos.zoo import load_or_build_zoo
+
+UNTRUSTED = {**TINY_ZOO, "name": "tiny_untrusted", "untrusted": {"fraction": 0.67, "kind": "mixed"}}
+
+
+def test_a_seeded_subset_is_marked_and_the_others_keep_their_keys(small_glyphs):
+    plain = member_specs(TINY_ZOO, {"": small_glyphs})
+    marked = member_specs(UNTRUSTED, {"": small_glyphs})
+    kinds = [s.extra.get("untrusted") for s in marked]
+    assert sorted(k for k in kinds if k) == ["relabelled", "untrained"]  # round(0.67 * 3) = 2, alternating
+    for before, after in zip(plain, marked, strict=True):
+        assert (before.key == after.key) == (after.extra.get("untrusted") is None)
+    relabelled = next(s for s in marked if s.extra.get("untrusted") == "relabelled")
+    perm = relabelled.extra["label_permutation"]
+    assert sorted(perm) == list(range(5)) and all(p != i for i, p in enumerate(perm))  # a derangement
+    assert [s.key for s in member_specs(UNTRUSTED, {"": small_glyphs})] == [s.key for s in marked]
+    _, labels, _, _ = member_tensors(relabelled, small_glyphs, torch.device("cpu"))
+    assert set(labels.tolist()) == set(range(5)) and labels[0].item() == perm[0]
+
+
+def test_built_untrusted_members_mislead_on_their_claimed_classes(small_glyphs):
+    zoo = load_or_build_zoo(UNTRUSTED, small_glyphs, "cpu")
+    by_kind = {m.spec.extra.get("untrusted"): m for m in zoo.members}
+    trusted, relabelled, untrained = by_kind[None], by_kind["relabelled"], by_kind["untrained"]
+    claimed_acc = {}
+    for name, member in (("trusted", trusted), ("relabelled", relabelled), ("untrained", untrained)):
+        spec = member.spec
+        x, y, _, _ = member_tensors(spec, small_glyphs, torch.device("cpu"))
+        claimed = torch.arange(5).repeat_interleave(len(y) // 5)  # images are class-blocked, local order
+        with torch.no_grad():
+            predicted = member.model(x).argmax(1)
+        claimed_acc[name] = float((predicted == claimed).float().mean())
+    assert claimed_acc["trusted"] > 0.9
+    assert claimed_acc["relabelled"] < 0.2 and relabelled.heldout_acc > 0.5  # confident, in its own label map
+    assert claimed_acc["untrained"] < 0.5
+    card = render_card(zoo.manifest, [])
+    assert card.count("**untrusted: relabelled**") == 1 and card.count("**untrusted: untrained**") == 1
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"fraction": 1.5}, r"zoo.untrusted.fraction must be in \[0, 1\]; got 1.5"),
+        (
+            {"fraction": 0.2, "kind": "evil"},
+            r"zoo.untrusted.kind='evil' is not one of: relabelled, untrained, mixed",
+        ),
+    ],
+)
+def test_bad_untrusted_settings_are_named(block, message, small_glyphs):
+    with pytest.raises(BenchError, match=message):
+        member_specs({**TINY_ZOO, "untrusted": block}, {"": small_glyphs})
