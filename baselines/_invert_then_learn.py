@@ -7,6 +7,7 @@ samples N-way tasks whose classes may come from different members.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,9 +54,12 @@ def invert_then_learn(
     weights = InversionWeights(cfg.ce, cfg.bn, cfg.tv, cfg.l2, cfg.jitter)
     bank, inverted = ClassBank(), []
 
+    seconds = [0.0]
+
     def refresh(it: int) -> None:
         due = (it - 1) % cfg.generate_interval == 0
         while due or bank.n_classes < ctx.n_way:
+            started = time.perf_counter()
             index = int(torch.randint(len(zoo.members), (1,), generator=gens["members"]))
             bank.add_member(
                 zoo.members[index],
@@ -68,6 +72,7 @@ def invert_then_learn(
                 ctx.device,
             )
             inverted.append(index)
+            seconds[0] += time.perf_counter() - started
             due = False
 
     def sample(_it: int) -> list:
@@ -79,6 +84,7 @@ def invert_then_learn(
     method.train_stats.update(
         {
             "member_inversions": float(len(inverted)),
+            "inversion_seconds_per_member": seconds[0] / max(len(inverted), 1),
             "inversion_steps": float(2 * cfg.generate_iterations * len(inverted)),
             "synth_images": float(bank.images_synthesised),
             "synth_images_per_s": bank.images_synthesised / max(result.seconds, 1e-9),

@@ -23,6 +23,9 @@ SMOKE_KNOBS = {
     "zo_directions": 10,
     "ngf": 8,
     "nz": 16,
+    "warmup_epochs": 1,
+    "adapt_steps": 2,
+    "images_per_class": 16,
 }
 
 CONTEXT = MethodContext(n_way=5, k_shot=1, image_size=32, channels=3, device=torch.device("cpu"), seed=0)

@@ -133,15 +133,17 @@ def train_episodic(
     task_loss: TaskLoss,
     make_learner: Callable[[nn.Module], Learner],
     before_iteration: Callable[[int], None] | None = None,
+    model: nn.Module | None = None,
 ) -> tuple[nn.Module, LoopResult]:
-    """Train a fresh conv4 meta model with :func:`meta_train_loop`; fills ``method.train_stats``.
+    """Train a conv4 meta model with :func:`meta_train_loop`; fills ``method.train_stats``.
 
-    ``method.cfg`` is an :class:`EpisodicConfig` (width, outer lr, selection cadence, meta-batch).
+    ``method.cfg`` is an :class:`EpisodicConfig` (width, outer lr, selection cadence, meta-batch);
+    ``model`` defaults to a fresh conv4 meta model (pass one when callbacks need to reach it).
     """
     from zoos.meta_model import fresh_meta_model
 
     cfg: EpisodicConfig = method.cfg  # type: ignore[assignment]
-    model = fresh_meta_model(method.context, cfg.width)
+    model = fresh_meta_model(method.context, cfg.width) if model is None else model
     result = meta_train_loop(
         model,
         sample_tasks,
