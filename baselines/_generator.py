@@ -108,3 +108,41 @@ def fresh_conditional_generator(
     with torch.no_grad():
         net.embedding.weight.normal_(generator=generator)
     return net.to(device)
+
+
+def invert_with_generator(
+    model: nn.Module,
+    n_classes: int,
+    per_class: int,
+    steps: int,
+    bn_weight: float,
+    net: Generator,
+    nz: int,
+    lr: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train ``net`` and its latents so that the frozen ``model`` labels image i as class i // per_class.
+
+    Loss = CE + ``bn_weight`` x BN-statistic matching (purer.inversion's term; 0 skips it), Adam with
+    betas (0.5, 0.999) on the generator and the latent codes. Returns (images (n_classes*per_class,
+    C, H, W), the model's logits on them), class-blocked in local label order.
+    """
+    from purer.inversion import bn_stat_loss, running_targets
+    from purer.teachers import teacher_forward
+
+    z = torch.randn(n_classes * per_class, nz, generator=generator).to(device).requires_grad_(True)
+    labels = torch.arange(n_classes, device=device).repeat_interleave(per_class)
+    optimizer = torch.optim.Adam([*net.parameters(), z], lr=lr, betas=(0.5, 0.999))
+    forward, targets = teacher_forward(model), running_targets(model)
+    for _ in range(steps):
+        logits, moments = forward(net(z))
+        loss = F.cross_entropy(logits, labels)
+        if bn_weight:
+            loss = loss + bn_weight * bn_stat_loss(moments, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        images = net(z)
+        return images, model(images)

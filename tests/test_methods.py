@@ -26,6 +26,7 @@ SMOKE_KNOBS = {
     "warmup_epochs": 1,
     "adapt_steps": 2,
     "images_per_class": 16,
+    "embed_per_class": 2,
 }
 
 CONTEXT = MethodContext(n_way=5, k_shot=1, image_size=32, channels=3, device=torch.device("cpu"), seed=0)

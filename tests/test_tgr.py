@@ -1,0 +1,61 @@
+"""TGR: grouping of dissimilar members, Fisher similarity, probe opt-in."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from baselines.tgr import ProbeConfig, spectral_groups
+from bench.errors import BenchError
+from bench.method import METHODS, Budget, MethodContext
+
+CPU = torch.device("cpu")
+
+
+def test_groups_gather_mutually_dissimilar_members():
+    block = torch.tensor([0, 0, 0, 1, 1, 1])
+    similarity = (block[:, None] != block[None, :]).double()  # similar across blocks, dissimilar within
+    similarity.fill_diagonal_(1.0)
+    groups = spectral_groups(similarity, 2, torch.Generator().manual_seed(0))
+    assert sorted(groups) == [[0, 1, 2], [3, 4, 5]]
+    assert sorted(x for g in spectral_groups(similarity, 10, torch.Generator()) for x in g) == list(range(6))
+
+
+def _tgr(**changes):  # noqa: ANN003, ANN202
+    cls = METHODS.get("tgr")
+    smoke = {"name": "tgr", "ngf": 4, "nz": 8, "n_query": 3, "images_per_class": 4, "embed_per_class": 4}
+    smoke.update({"generate_iterations": 2, "select_every": 10**6, "members_per_epoch": 2, "groups": 2})
+    smoke.update(changes)
+    return cls(dataclasses.replace(cls.Config(), **smoke), MethodContext(5, 1, 32, 3, CPU, 0))
+
+
+def test_tgr_embeds_groups_and_trains_without_outside_knowledge(tiny_zoo):
+    method = _tgr(probe=ProbeConfig(epochs=2))
+    similarity = method._similarity(
+        tiny_zoo,
+        {k: torch.Generator().manual_seed(1) for k in ("synth", "probe")},
+        {"member_inversions": 0.0, "inversion_seconds": 0.0},
+    )
+    assert similarity.shape == (3, 3) and torch.allclose(similarity, similarity.T)
+    assert torch.allclose(similarity.diagonal(), torch.ones(3, dtype=similarity.dtype))
+    learner = method.meta_train(tiny_zoo, Budget(meta_iterations=3), torch.Generator())
+    stats = method.train_stats
+    assert stats["uses_external_model"] == 0.0 and stats["epochs"] >= 1 and 1 <= stats["groups"] <= 2
+    assert 3 + stats["epochs"] <= stats["member_inversions"] <= 3 + 2 * stats["epochs"]  # embedding + epochs
+    assert learner.adapt(torch.randn(5, 3, 32, 32), torch.arange(5))(torch.randn(2, 3, 32, 32)).shape == (
+        2,
+        5,
+    )
+
+
+def test_the_paper_probe_is_opt_in_local_and_named_when_missing(tiny_zoo, tmp_path):
+    method = _tgr(probe=ProbeConfig(weights=str(tmp_path / "resnet34.pt"), epochs=1))
+    with pytest.raises(
+        BenchError, match=r"probe.weights=.*resnet34.pt' does not exist; put a torchvision resnet34"
+    ):
+        method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
+    (tmp_path / "resnet34.pt").write_bytes(b"not a state dict")
+    with pytest.raises(BenchError, match="is not a resnet34 state dict"):
+        method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
