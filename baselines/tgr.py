@@ -25,6 +25,7 @@ downloaded, and the record then says ``uses_external_model: 1``.
 
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,7 +284,7 @@ class Tgr(MetaLearner):
         net = torchvision.models.resnet34(weights=None)
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except (RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
             raise BenchError(
                 f"tgr: probe.weights={str(path)!r} is not a resnet34 state dict: {error}"
             ) from error
