@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from baselines._bank import ClassBank, require_member_classes
+from baselines._bank import ClassBank
 from baselines._generator import fresh_generator
-from baselines._kd import KD_LOSSES, KDEpisode, bilevel_kd_loss
+from baselines._kd import KDEpisode, bilevel_kd_loss
+from baselines._replay import ReplayStall, check_generator_setup
 from baselines._zero_order import QueryCountingTeacher, zero_order_gradient
-from bench.errors import BenchError
 from bench.learners.episodic import EpisodicConfig, train_episodic
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import Budget, Learner, MetaLearner
@@ -81,9 +81,7 @@ class BiDfMkdBase(MetaLearner):
         """Invert / distil / replay for the scheduled iterations; meta-val selection; fine-tune learner."""
         cfg: BiDfMkdConfig = self.cfg  # type: ignore[assignment]
         ctx = self.context
-        if cfg.kd_loss not in KD_LOSSES:
-            raise BenchError(f"method.kd_loss={cfg.kd_loss!r} is not one of: {', '.join(KD_LOSSES)}")
-        require_member_classes(zoo, ctx.n_way, str(cfg.name))
+        check_generator_setup(cfg, zoo, ctx, str(cfg.name))
         iterations = budget.meta_iterations or cfg.meta_iterations
         boundary_start = (
             cfg.boundary_start if cfg.boundary_start is not None else round(iterations * 4000 / 60000)
@@ -92,17 +90,12 @@ class BiDfMkdBase(MetaLearner):
             k: make_generator(derive_seed(ctx.seed, str(cfg.name), k)) for k in ("members", "synth", "tasks")
         }
         bank = ClassBank(cfg.bank_capacity)
-        state = {"kd_task": None, "best": -1.0, "stale": 0, "accs": [], "model": None}
+        state = {"kd_task": None, "model": None}
+        stall = ReplayStall(cfg.patience)
         stats = {"member_inversions": 0.0, "teacher_queries": 0.0, "inversion_seconds": 0.0, "kd_steps": 0.0}
 
         def before(it: int) -> None:
-            if state["accs"]:  # replay accuracy of the previous iteration drives the patience
-                acc = sum(state["accs"]) / len(state["accs"])
-                state["best"], state["stale"] = (
-                    (acc, 0) if acc > state["best"] else (state["best"], state["stale"] + 1)
-                )
-                state["accs"] = []
-            if it > 1 and state["stale"] < cfg.patience:
+            if not stall.step() and it > 1:
                 return
             index = int(torch.randint(len(zoo.members), (1,), generator=gens["members"]))
             started = time.perf_counter()
@@ -112,7 +105,8 @@ class BiDfMkdBase(MetaLearner):
             stats["member_inversions"] += 1
             for local, key in enumerate(member.class_keys):
                 bank.add_class(key, pools["support"][local], pools["query"][local])
-            state["kd_task"], state["best"], state["stale"] = pools, -1.0, 0
+            state["kd_task"] = pools
+            stall.reset()
 
         def sample(_it: int) -> list:
             pools, state["kd_task"] = state["kd_task"], None
@@ -139,7 +133,7 @@ class BiDfMkdBase(MetaLearner):
                     cfg.second_order,
                 )
             value, acc = maml_task_loss(model, params, task, cfg.inner_steps, cfg.inner_lr, cfg.second_order)
-            state["accs"].append(float(acc))
+            stall.record(float(acc))
             return value, acc
 
         model, result = train_episodic(

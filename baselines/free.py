@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from baselines._bank import ClassBank, require_member_classes
+from baselines._bank import ClassBank
 from baselines._generator import Generator, fresh_generator
-from baselines._kd import KD_LOSSES, kd_loss
-from bench.errors import BenchError
+from baselines._kd import kd_loss
+from baselines._replay import ReplayStall, check_generator_setup, masked_disagreement
 from bench.learners.episodic import EpisodicConfig, train_episodic
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
@@ -85,14 +85,7 @@ class Free(MetaLearner):
         """Epochs of FIVE/BELL whenever replay stalls; meta-val selection; fine-tune learner."""
         cfg: FreeConfig = self.cfg  # type: ignore[assignment]
         ctx = self.context
-        if cfg.kd_loss not in KD_LOSSES:
-            raise BenchError(f"method.kd_loss={cfg.kd_loss!r} is not one of: {', '.join(KD_LOSSES)}")
-        require_member_classes(zoo, ctx.n_way, "free")
-        if cfg.images_per_class < ctx.k_shot + cfg.n_query:
-            raise BenchError(
-                f"free: images_per_class={cfg.images_per_class} must be >= k_shot + n_query = "
-                f"{ctx.k_shot} + {cfg.n_query} (the bank splits each class into support and query)"
-            )
+        check_generator_setup(cfg, zoo, ctx, "free", cfg.images_per_class)
         iterations = budget.meta_iterations or cfg.meta_iterations
         gens = {k: make_generator(derive_seed(ctx.seed, "free", k)) for k in ("members", "synth", "tasks")}
         n_classes = len(zoo.members[0].spec.classes)
@@ -101,7 +94,8 @@ class Free(MetaLearner):
         )
         gen_opt = torch.optim.Adam(meta_gen.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
         bank = ClassBank(cfg.bank_capacity)
-        state = {"best": -1.0, "stale": 0, "since": 0, "accs": [], "model": None, "bell": None}
+        state = {"model": None, "bell": None}
+        stall = ReplayStall(cfg.patience, cfg.max_replay)
         stats = {"epochs": 0.0, "member_recoveries": 0.0, "recovery_seconds": 0.0, "bell_steps": 0.0}
 
         def epoch(train_student: bool) -> None:
@@ -138,21 +132,9 @@ class Free(MetaLearner):
             if it == 1:
                 for _ in range(cfg.warmup_epochs):
                     epoch(train_student=False)
-            if state["accs"]:
-                acc = sum(state["accs"]) / len(state["accs"])
-                state["best"], state["stale"] = (
-                    (acc, 0) if acc > state["best"] else (state["best"], state["stale"] + 1)
-                )
-                state["accs"] = []
-            state["since"] += 1
-            if (
-                it == 1
-                or state["stale"] >= cfg.patience
-                or state["since"] > cfg.max_replay
-                or bank.n_classes < ctx.n_way
-            ):
+            if stall.step() or it == 1 or bank.n_classes < ctx.n_way:
                 epoch(train_student=True)
-                state["best"], state["stale"], state["since"] = -1.0, 0, 0
+                stall.reset()
 
         def sample(_it: int) -> list:
             return [
@@ -164,7 +146,7 @@ class Free(MetaLearner):
             value, acc = maml_task_loss(
                 model, module_params(model), task, cfg.inner_steps, cfg.inner_lr, cfg.second_order
             )
-            state["accs"].append(float(acc))
+            stall.record(float(acc))
             return value, acc
 
         state["model"] = fresh_meta_model(ctx, cfg.width)
@@ -216,12 +198,7 @@ class Free(MetaLearner):
             logits = member.model(x)
             value = F.cross_entropy(logits, labels)
             if frozen is not None and cfg.adv > 0:
-                s_logits = forward(student, frozen, x)
-                agree = (logits.argmax(1) == s_logits.argmax(1)).float().detach()
-                kl = F.kl_div(
-                    F.log_softmax(s_logits, 1), F.log_softmax(logits, 1), reduction="none", log_target=True
-                )
-                value = value - cfg.adv * (agree * kl.sum(1)).mean()
+                value = value - cfg.adv * masked_disagreement(logits, forward(student, frozen, x)).mean()
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             if (

@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines._bank import ClassBank, require_member_classes
+from baselines._bank import ClassBank
 from baselines._generator import fresh_generator, invert_with_generator
-from baselines._kd import KD_LOSSES, kd_loss
+from baselines._kd import kd_loss
+from baselines._replay import ReplayStall, check_generator_setup
 from bench.errors import BenchError
 from bench.learners.episodic import EpisodicConfig, train_episodic
 from bench.learners.maml import FineTuneLearner, forward, inner_loop, maml_task_loss, module_params
@@ -115,14 +116,7 @@ class Tgr(MetaLearner):
         """Embed and group members, then epochs of grouped meta-updates whenever replay stalls."""
         cfg: TgrConfig = self.cfg  # type: ignore[assignment]
         ctx = self.context
-        if cfg.kd_loss not in KD_LOSSES:
-            raise BenchError(f"method.kd_loss={cfg.kd_loss!r} is not one of: {', '.join(KD_LOSSES)}")
-        require_member_classes(zoo, ctx.n_way, "tgr")
-        if cfg.images_per_class < ctx.k_shot + cfg.n_query:
-            raise BenchError(
-                f"tgr: images_per_class={cfg.images_per_class} must be >= k_shot + n_query = "
-                f"{ctx.k_shot} + {cfg.n_query}"
-            )
+        check_generator_setup(cfg, zoo, ctx, "tgr", cfg.images_per_class)
         iterations = budget.meta_iterations or cfg.meta_iterations
         gens = {
             k: make_generator(derive_seed(ctx.seed, "tgr", k)) for k in ("synth", "groups", "tasks", "probe")
@@ -134,7 +128,7 @@ class Tgr(MetaLearner):
         bank = ClassBank(cfg.bank_capacity)
         model = fresh_meta_model(ctx, cfg.width)
         member_opt = torch.optim.Adam(model.parameters(), lr=cfg.member_lr)
-        state = {"best": -1.0, "stale": 0, "since": 0, "accs": []}
+        stall = ReplayStall(cfg.patience, cfg.max_replay)
 
         def epoch() -> None:
             group = groups[int(torch.randint(len(groups), (1,), generator=gens["groups"]))]
@@ -151,21 +145,9 @@ class Tgr(MetaLearner):
             stats["epochs"] += 1
 
         def before(it: int) -> None:
-            if state["accs"]:
-                acc = sum(state["accs"]) / len(state["accs"])
-                state["best"], state["stale"] = (
-                    (acc, 0) if acc > state["best"] else (state["best"], state["stale"] + 1)
-                )
-                state["accs"] = []
-            state["since"] += 1
-            if (
-                it == 1
-                or state["stale"] >= cfg.patience
-                or state["since"] > cfg.max_replay
-                or bank.n_classes < ctx.n_way
-            ):
+            if stall.step() or it == 1 or bank.n_classes < ctx.n_way:
                 epoch()
-                state["best"], state["stale"], state["since"] = -1.0, 0, 0
+                stall.reset()
 
         def sample(_it: int) -> list:
             return [
@@ -177,7 +159,7 @@ class Tgr(MetaLearner):
             value, acc = maml_task_loss(
                 m, module_params(m), task, cfg.inner_steps, cfg.inner_lr, cfg.second_order
             )
-            state["accs"].append(float(acc))
+            stall.record(float(acc))
             return value, acc
 
         model, _ = train_episodic(

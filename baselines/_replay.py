@@ -1,0 +1,70 @@
+"""Shared pieces of the generator-based baselines' loops (BiDf-MKD, FREE, TGR).
+
+- :class:`ReplayStall`: "synthesise again after ``patience`` replay iterations without a new best
+  replay training accuracy (or after ``max_replay`` iterations)", the trigger all three use.
+- :func:`check_generator_setup`: the checks they share (KD loss name, member width, pool sizes).
+- :func:`masked_disagreement`: the adversarial term pushing images towards teacher-student
+  disagreement, masked to the images on which both still agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from baselines._bank import require_member_classes
+from baselines._kd import KD_LOSSES
+from bench.errors import BenchError
+
+
+@dataclass
+class ReplayStall:
+    """Best replay accuracy seen since the last synthesis and the iterations without improvement."""
+
+    patience: int
+    max_replay: int | None = None
+    best: float = -1.0
+    stale: int = 0
+    since: int = 0
+    accs: list[float] = field(default_factory=list)
+
+    def record(self, accuracy: float) -> None:
+        """One replay task's query accuracy (%) of the current iteration."""
+        self.accs.append(accuracy)
+
+    def step(self) -> bool:
+        """Close the previous iteration; True when it is time to synthesise again."""
+        if self.accs:
+            acc = sum(self.accs) / len(self.accs)
+            self.best, self.stale = (acc, 0) if acc > self.best else (self.best, self.stale + 1)
+            self.accs = []
+        self.since += 1
+        return self.stale >= self.patience or (self.max_replay is not None and self.since > self.max_replay)
+
+    def reset(self) -> None:
+        """A synthesis happened: start a new stall window."""
+        self.best, self.stale, self.since = -1.0, 0, 0
+
+
+def check_generator_setup(cfg, zoo, context, name: str, per_class: int | None = None) -> None:  # noqa: ANN001
+    """Raise on an unknown ``kd_loss``, members narrower than the task, or too few images per class."""
+    kind = getattr(cfg, "kd_loss", "kl")
+    if kind not in KD_LOSSES:
+        raise BenchError(f"method.kd_loss={kind!r} is not one of: {', '.join(KD_LOSSES)}")
+    require_member_classes(zoo, context.n_way, name)
+    if per_class is not None and per_class < context.k_shot + cfg.n_query:
+        raise BenchError(
+            f"{name}: images_per_class={per_class} must be >= k_shot + n_query = {context.k_shot} + "
+            f"{cfg.n_query} (each class is split into support and query)"
+        )
+
+
+def masked_disagreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Per-image KL(teacher || student) (B,), zero where their argmax differ (already disagreeing)."""
+    agree = (teacher_logits.argmax(1) == student_logits.argmax(1)).float().detach()
+    kl = F.kl_div(
+        F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1), reduction="none", log_target=True
+    )
+    return agree * kl.sum(1)
