@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from baselines._bank import ClassBank
 from baselines._generator import fresh_generator
 from baselines._kd import KDEpisode, bilevel_kd_loss
-from baselines._replay import ReplayStall, check_generator_setup
+from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup
 from baselines._zero_order import QueryCountingTeacher, zero_order_gradient
-from bench.learners.episodic import EpisodicConfig, train_episodic
+from bench.learners.episodic import train_episodic
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
@@ -42,23 +42,13 @@ from zoos.zoo import Zoo, ZooMember
 
 
 @dataclass
-class BiDfMkdConfig(EpisodicConfig):
+class BiDfMkdConfig(GeneratorReplayConfig):
     """BiDf-MKD hyper-parameters (paper values in the YAML comments; CPU schedule by default)."""
 
-    inner_lr: float = 0.01
-    inner_steps: int = 5
-    second_order: bool = True
     kd_inner_steps: int = 10
-    kd_loss: str = "kl"
-    kd_temperature: float = 1.0
-    nz: int = 256
-    ngf: int = 64
-    generator_lr: float = 0.001
     generate_iterations: int = 200
     bank_support: int = 30
     bank_query: int = 30
-    bank_capacity: int = 20
-    patience: int = 200
     boundary_start: int | None = None
     boundary_weight: float = 1.0
 

@@ -17,6 +17,23 @@ import torch.nn.functional as F
 from baselines._bank import require_member_classes
 from baselines._kd import KD_LOSSES
 from bench.errors import BenchError
+from bench.learners.episodic import EpisodicConfig
+
+
+@dataclass
+class GeneratorReplayConfig(EpisodicConfig):
+    """Fields shared by BiDf-MKD, FREE and TGR: replay MAML, generator, KD, bank, stall trigger."""
+
+    inner_lr: float = 0.01
+    inner_steps: int = 5
+    second_order: bool = True
+    nz: int = 256
+    ngf: int = 64
+    generator_lr: float = 0.001
+    kd_loss: str = "kl"
+    kd_temperature: float = 1.0
+    bank_capacity: int = 20
+    patience: int = 200
 
 
 @dataclass

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from baselines._bank import ClassBank
 from baselines._generator import Generator, fresh_generator
 from baselines._kd import kd_loss
-from baselines._replay import ReplayStall, check_generator_setup, masked_disagreement
-from bench.learners.episodic import EpisodicConfig, train_episodic
+from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup, masked_disagreement
+from bench.learners.episodic import train_episodic
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
@@ -50,15 +50,9 @@ class FreeLegacy:
 
 
 @dataclass
-class FreeConfig(EpisodicConfig):
+class FreeConfig(GeneratorReplayConfig):
     """FREE hyper-parameters (CPU schedule by default; paper values in the YAML comments)."""
 
-    inner_lr: float = 0.01
-    inner_steps: int = 5
-    second_order: bool = True
-    nz: int = 256
-    ngf: int = 64
-    generator_lr: float = 0.001
     latent_lr: float = 0.001
     adapt_steps: int = 5
     images_per_class: int = 20
@@ -67,9 +61,6 @@ class FreeConfig(EpisodicConfig):
     adv: float = 1.0
     bell_lr: float = 0.001
     reptile_scale: float = 67.0
-    kd_loss: str = "kl"
-    kd_temperature: float = 1.0
-    bank_capacity: int = 20
     patience: int = 10
     max_replay: int = 100
     legacy: FreeLegacy = field(default_factory=FreeLegacy)

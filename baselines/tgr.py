@@ -37,9 +37,9 @@ from torch import nn
 from baselines._bank import ClassBank
 from baselines._generator import fresh_generator, invert_with_generator
 from baselines._kd import kd_loss
-from baselines._replay import ReplayStall, check_generator_setup
+from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup
 from bench.errors import BenchError
-from bench.learners.episodic import EpisodicConfig, train_episodic
+from bench.learners.episodic import train_episodic
 from bench.learners.maml import FineTuneLearner, forward, inner_loop, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
@@ -57,15 +57,9 @@ class ProbeConfig:
 
 
 @dataclass
-class TgrConfig(EpisodicConfig):
+class TgrConfig(GeneratorReplayConfig):
     """TGR hyper-parameters (CPU schedule by default; paper values in the YAML comments)."""
 
-    inner_lr: float = 0.01
-    inner_steps: int = 5
-    second_order: bool = True
-    nz: int = 256
-    ngf: int = 64
-    generator_lr: float = 0.001
     generate_iterations: int = 200
     bn: float = 1.0
     images_per_class: int = 30
@@ -74,9 +68,6 @@ class TgrConfig(EpisodicConfig):
     members_per_epoch: int = 4
     align_step: float = 0.001
     member_lr: float = 0.001
-    kd_loss: str = "kl"
-    kd_temperature: float = 1.0
-    bank_capacity: int = 20
     patience: int = 4
     max_replay: int = 100
     probe: ProbeConfig = field(default_factory=ProbeConfig)
