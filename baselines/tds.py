@@ -12,8 +12,9 @@ Ref: Hu et al., "Task-Distributionally Robust Data-Free Meta-Learning", arXiv 23
 - **Memory**: a per-class bank (``bank_capacity`` batches). Each replayed task is, by a fair coin,
   plain ProtoNet CE on a bank task or **task interpolation**: the embeddings of two bank tasks are
   mixed with λ ~ Beta(0.5, 0.5) and ProtoNet CE is applied to the mixed prototypes and queries.
-- **Re-inversion**: ``val_checks`` pseudo-validation episodes are scored every iteration; after
-  ``patience`` checks without a new best, a round inverts ``members_per_round`` members.
+- **Re-inversion**: ``val_checks`` pseudo-validation episodes are scored every ``check_every``
+  iterations (the paper: every iteration); after ``patience`` checks without a new best, a round
+  inverts ``members_per_round`` members.
 - **Member selection**: one logit per member, softmax sampling without replacement, REINFORCE (Adam
   lr 0.1) with a moving-average baseline; the reward of a round is the change of the mean
   pseudo-validation accuracy (over the plateau window) from one round to the next.
@@ -57,6 +58,7 @@ class TdsConfig(EpisodicConfig):
     interpolation_prob: float = 0.5
     beta: float = 0.5
     val_checks: int = 4
+    check_every: int = 1
     patience: int = 10
     members_per_round: int = 4
     policy_lr: float = 0.1
@@ -151,6 +153,8 @@ class Tds(MetaLearner):
         def before(it: int) -> None:
             if it == 1:
                 new_round()
+                return
+            if (it - 1) % cfg.check_every:
                 return
             acc = pseudo_val()
             state["window"] = (state["window"] + [acc])[-cfg.patience :]
