@@ -60,3 +60,35 @@ def test_dfmaml_records_its_inversion_time_per_member_for_the_speed_comparison(t
     method = cls(cfg, MethodContext(5, 1, 32, 3, CPU, 0))
     method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
     assert method.train_stats["inversion_seconds_per_member"] > 0
+
+
+def test_bell_moves_theta_towards_the_sequentially_distilled_clone():
+    from zoos.meta_model import fresh_meta_model
+
+    method = _free()
+    model = fresh_meta_model(method.context, 32)
+    before = [p.detach().clone() for p in model.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    recovered = [
+        (None, torch.randn(20, 3, 32, 32, generator=gen), torch.randn(20, 5, generator=gen)) for _ in range(2)
+    ]
+    state = {"model": model, "bell": None}
+    import copy
+
+    clone = copy.deepcopy(model)  # replay BELL's inner steps to know where θ' lands
+    inner = torch.optim.Adam(clone.parameters(), lr=method.cfg.bell_lr)
+    from baselines._kd import kd_loss
+
+    for _, images, logits in recovered:
+        loss = kd_loss(clone(images[:20]), logits[:20, :5])
+        inner.zero_grad()
+        loss.backward()
+        inner.step()
+    method._bell(state, recovered)
+    moved = 0
+    for old, new, target in zip(before, model.parameters(), clone.parameters(), strict=True):
+        step, wanted = (new.detach() - old), (target.detach() - old)
+        changed = wanted.abs() > 1e-8
+        assert (torch.sign(step[changed]) == torch.sign(wanted[changed])).all()
+        moved += int(changed.sum())
+    assert moved > 0

@@ -59,3 +59,32 @@ def test_the_paper_probe_is_opt_in_local_and_named_when_missing(tiny_zoo, tmp_pa
     (tmp_path / "resnet34.pt").write_bytes(b"not a state dict")
     with pytest.raises(BenchError, match="is not a resnet34 state dict"):
         method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
+
+
+def test_aligned_step_with_zero_shift_is_an_adam_step_on_the_mean_member_gradient():
+    from bench.learners.maml import module_params
+    from zoos.meta_model import fresh_meta_model
+
+    method = _tgr(align_step=0.0, inner_steps=1)
+    gen = torch.Generator().manual_seed(3)
+    tasks = [
+        method._member_task(
+            torch.randn(20, 3, 32, 32, generator=gen), torch.randn(20, 5, generator=gen), 5, gen
+        )
+    ]
+    tasks.append(
+        method._member_task(
+            torch.randn(20, 3, 32, 32, generator=gen), torch.randn(20, 5, generator=gen), 5, gen
+        )
+    )
+    model = fresh_meta_model(method.context, 32)
+    twin = fresh_meta_model(method.context, 32)
+    params = module_params(twin)
+    grads = [torch.autograd.grad(method._member_loss(twin, params, t), list(params.values())) for t in tasks]
+    manual = torch.optim.Adam(twin.parameters(), lr=1e-3)
+    for p, *gs in zip(twin.parameters(), *grads, strict=True):
+        p.grad = torch.stack(gs).mean(0)
+    manual.step()
+    method._aligned_step(model, torch.optim.Adam(model.parameters(), lr=1e-3), tasks)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
