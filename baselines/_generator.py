@@ -92,22 +92,14 @@ class ConditionalGenerator(nn.Module):
 
 
 def fresh_conditional_generator(
-    n_classes: int,
-    nz: int,
-    ngf: int,
-    image_size: int,
-    channels: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    generator: torch.Generator,
-    device: torch.device,
+    n_classes: int, body: Generator, generator: torch.Generator
 ) -> ConditionalGenerator:
-    """A newly initialised :class:`ConditionalGenerator` (seeded: reproducible)."""
-    body = fresh_generator(2 * nz, ngf, image_size, channels, mean, std, generator, device)
+    """A :class:`ConditionalGenerator` around ``body`` (a fresh :class:`Generator` taking 2·nz inputs)."""
+    nz = body.project.in_features // 2
     net = ConditionalGenerator(n_classes, nz, body)
     with torch.no_grad():
         net.embedding.weight.normal_(generator=generator)
-    return net.to(device)
+    return net.to(body.mean.device)
 
 
 def invert_with_generator(

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines._bank import ClassBank, require_member_classes
-from baselines._generator import fresh_conditional_generator
+from baselines._generator import fresh_conditional_generator, fresh_generator
 from baselines._kd import kd_loss
 from bench.learners.episodic import EpisodicConfig, train_episodic
 from bench.learners.protonet import Embed, ProtoNetLearner, protonet_logits, protonet_task_loss, prototypes
@@ -239,9 +239,10 @@ class Tds(MetaLearner):
         started = time.perf_counter()
         n_classes = len(member.spec.classes)
         per_class = ctx.k_shot + cfg.n_query
-        net = fresh_conditional_generator(
-            n_classes, cfg.nz, cfg.ngf, zoo.image_size, zoo.channels, zoo.mean, zoo.std, generator, ctx.device
+        body = fresh_generator(
+            2 * cfg.nz, cfg.ngf, zoo.image_size, zoo.channels, zoo.mean, zoo.std, generator, ctx.device
         )
+        net = fresh_conditional_generator(n_classes, body, generator)
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
         forward, targets = teacher_forward(member.model), running_targets(member.model)
         labels = torch.arange(n_classes, device=ctx.device).repeat_interleave(per_class)
