@@ -21,20 +21,29 @@ def collect_experiment(
 ) -> tuple[pd.DataFrame, str]:
     """Build the leaderboard of one experiment from its records under ``results/runs``."""
     records = read_records(results / "runs" / experiment)
-    paper = experiment_paper_block(experiment)
-    return write_leaderboard(records, results / "leaderboards", experiment, reference, paper)
+    spec = experiment_yaml(experiment)
+    swept = str((((spec.get("hydra") or {}).get("sweeper") or {}).get("params") or {}).get("method") or "")
+    expected = [m.strip() for m in swept.split(",") if m.strip()]
+    return write_leaderboard(
+        records, results / "leaderboards", experiment, reference, spec.get("paper"), expected
+    )
 
 
-def experiment_paper_block(experiment: str) -> dict | None:
-    """The ``paper:`` block of ``bench/conf/experiment/<experiment>.yaml``, if any."""
+def experiment_yaml(experiment: str) -> dict:
+    """``bench/conf/experiment/<experiment>.yaml`` as written ({} if there is no such file)."""
     from importlib import resources
 
     import yaml
 
     path = resources.files("bench.conf") / "experiment" / f"{experiment}.yaml"
     if not path.is_file():
-        return None
-    return (yaml.safe_load(path.read_text()) or {}).get("paper")
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def experiment_paper_block(experiment: str) -> dict | None:
+    """The ``paper:`` block of ``bench/conf/experiment/<experiment>.yaml``, if any."""
+    return experiment_yaml(experiment).get("paper")
 
 
 def sync_mlflow(results: Path, experiment: str) -> tuple[int, int]:

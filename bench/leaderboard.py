@@ -224,11 +224,21 @@ def _sections(table: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFr
     return sorted(groups, key=lambda item: (item[0][0].startswith(AVERAGE_PREFIX), item[0]))
 
 
-def markdown_table(table: pd.DataFrame, title: str) -> str:
-    """The formatted leaderboard: accuracy pivot, paired-difference pivot and a footer."""
+def markdown_table(table: pd.DataFrame, title: str, expected: Sequence[str] = ()) -> str:
+    """The formatted leaderboard: accuracy pivot, paired-difference pivot and a footer.
+
+    ``expected``: the methods the experiment sweeps; those without any finished record are listed
+    under the title (a partial table says what it lacks).
+    """
+    missing = [m for m in expected if table.empty or m not in set(table["method"])]
+    not_run = [
+        "Not run yet (in the experiment's sweep, no finished record): "
+        + ", ".join(f"`{m}`" for m in missing),
+        "",
+    ]
     if table.empty:
-        return f"# {title}\n\nNo finished runs.\n"
-    lines = [f"# Leaderboard: {title}", ""]
+        return f"# {title}\n\nNo finished runs.\n" + ("\n" + not_run[0] + "\n" if missing else "")
+    lines = [f"# Leaderboard: {title}", "", *(not_run if missing else [])]
     for (dataset, zoo, profile), part in _sections(table):
         n_eps = sorted(set(part["n_episodes"].astype(int)))
         n_seeds = sorted(set(part["n_seeds"].astype(int)))
@@ -259,13 +269,15 @@ def write_leaderboard(
     table_id: str,
     reference: str = REFERENCE,
     paper: dict | None = None,
+    expected: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, str]:
     """Write ``<out_dir>/<table_id>.csv`` and ``.md`` atomically; return (table, markdown).
 
-    With ``paper`` (an experiment's ``paper:`` block) the markdown ends with paper | ours | Δ.
+    With ``paper`` (an experiment's ``paper:`` block) the markdown ends with paper | ours | Δ;
+    ``expected`` (the sweep's methods) lists the ones not run yet.
     """
     table = tidy_table([r for r in records if r.experiment == table_id], reference)
-    markdown = markdown_table(table, table_id)
+    markdown = markdown_table(table, table_id, expected)
     if paper is not None:
         markdown += "\n" + paper_comparison(table, paper)
     atomic_write_text(out_dir / f"{table_id}.csv", table.to_csv(index=False, float_format="%.4f"))

@@ -118,3 +118,15 @@ def test_multi_dataset_tables_get_a_dataset_average_for_methods_run_on_every_dat
     markdown = markdown_table(table, "golden")
     assert "## dataset `average over glyphs, omniglot`" in markdown
     assert tidy_table(records)[lambda t: t.dataset.str.startswith("average")].empty
+
+
+def test_a_partial_table_lists_the_swept_methods_without_a_record():
+    from bench.collect import experiment_yaml
+    from bench.leaderboard import markdown_table
+
+    text = markdown_table(tidy_table(fixture_records()), "golden", expected=["random_init", "ota", "tds"])
+    line = next(x for x in text.splitlines() if x.startswith("Not run yet"))
+    assert "`ota`, `tds`" in line and "random_init" not in line
+    assert "Not run yet" not in markdown_table(tidy_table(fixture_records()), "golden", expected=["random_init"])
+    swept = experiment_yaml("omniglot")["hydra"]["sweeper"]["params"]["method"]
+    assert "tgr" in swept and experiment_yaml("no_such_experiment") == {}
