@@ -127,6 +127,8 @@ def test_a_partial_table_lists_the_swept_methods_without_a_record():
     text = markdown_table(tidy_table(fixture_records()), "golden", expected=["random_init", "ota", "tds"])
     line = next(x for x in text.splitlines() if x.startswith("Not run yet"))
     assert "`ota`, `tds`" in line and "random_init" not in line
-    assert "Not run yet" not in markdown_table(tidy_table(fixture_records()), "golden", expected=["random_init"])
+    assert "Not run yet" not in markdown_table(
+        tidy_table(fixture_records()), "golden", expected=["random_init"]
+    )
     swept = experiment_yaml("omniglot")["hydra"]["sweeper"]["params"]["method"]
     assert "tgr" in swept and experiment_yaml("no_such_experiment") == {}
