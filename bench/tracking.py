@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -123,7 +124,7 @@ class MlflowSink:
         """
         bounded_http_retries()
         try:
-            run_id = self._existing_run(record) or self._log(record, run_dir)
+            run_id = self._log_with_retries(record, run_dir)
         except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
             log.warning(
                 "MLflow at %s unreachable or failing (%s: %s); record kept at %s; upload it later "
@@ -154,9 +155,39 @@ class MlflowSink:
         if experiment is None:
             return None
         found = client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.run_key = '{record.run_key}'", max_results=1
+            [experiment.experiment_id], filter_string=f"tags.run_key = '{record.run_key}'", max_results=10
         )
-        return found[0].info.run_id if found else None
+        for run in found:
+            if run.info.status in ("FINISHED", "FAILED"):
+                return run.info.run_id
+        for run in found:  # left half-logged by an interrupted attempt: replace it
+            client.delete_run(run.info.run_id)
+        return None
+
+    def _log_with_retries(self, record: RunRecord, run_dir: Path, attempts: int = 4) -> str:
+        """Log once; SQLite "database is locked" (parallel jobs on one store) is retried with backoff."""
+        for attempt in range(attempts):
+            try:
+                return self._existing_run(record) or self._log(record, run_dir)
+            except Exception as error:
+                locked = self.uri.startswith("sqlite:") and "locked" in str(error).lower()
+                if not locked or attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _experiment_id(self, client) -> str:  # noqa: ANN001 - MlflowClient
+        """The experiment's id, created if missing; safe when parallel jobs race to create it."""
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(self.experiment, self._artifact_location())
+        except Exception:
+            experiment = client.get_experiment_by_name(self.experiment)  # another job created it first
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
     def _artifact_location(self) -> str | None:
         """Artifacts of a SQLite store go next to the DB (not into the working directory)."""
@@ -169,11 +200,7 @@ class MlflowSink:
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=self.uri)
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
-            experiment_id = client.create_experiment(self.experiment, self._artifact_location())
+        experiment_id = self._experiment_id(client)
         run = client.create_run(experiment_id, run_name=record.run_key, tags=record_tags(record))
         run_id = run.info.run_id
         from mlflow.entities import Metric, Param
