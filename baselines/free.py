@@ -79,7 +79,6 @@ class Free(MetaLearner):
         check_generator_setup(cfg, zoo, ctx, "free", cfg.images_per_class)
         iterations = budget.meta_iterations or cfg.meta_iterations
         gens = {k: make_generator(derive_seed(ctx.seed, "free", k)) for k in ("members", "synth", "tasks")}
-        n_classes = len(zoo.members[0].spec.classes)
         meta_gen = fresh_generator(
             cfg.nz, cfg.ngf, zoo.image_size, zoo.channels, zoo.mean, zoo.std, gens["synth"], ctx.device
         )
@@ -96,7 +95,9 @@ class Free(MetaLearner):
                 picks = [picks[-1]] * count
             student = state["model"] if train_student else None
             recovered = [
-                self._recover(zoo.members[i], meta_gen, n_classes, student, gens["synth"], stats)
+                self._recover(
+                    zoo.members[i], meta_gen, len(zoo.members[i].spec.classes), student, gens["synth"], stats
+                )
                 for i in picks
             ]
             gen_opt.step()  # the clones' last-step gradients were summed into meta_gen's .grad
