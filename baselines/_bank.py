@@ -100,6 +100,21 @@ class ClassBank:
                 query[local * n_query : (local + 1) * n_query],
             )
 
+    def state_dict(self) -> dict:
+        """The batches per class and the synthesis counter (for loop checkpoints)."""
+        return {
+            "batches": {k: [list(b) for b in v] for k, v in self._batches.items()},
+            "images_synthesised": self.images_synthesised,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s contents (replaces everything held now)."""
+        self.support, self.query, self._batches = {}, {}, {}
+        for key, batches in state["batches"].items():
+            for support, query in batches:
+                self.add_class(key, support, query)
+        self.images_synthesised = int(state["images_synthesised"])
+
     @property
     def n_classes(self) -> int:
         """Classes currently in the bank."""

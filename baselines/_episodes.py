@@ -8,7 +8,7 @@ from torch import nn
 
 from bench.data.base import ImageClassDataset
 from bench.errors import BenchError
-from bench.learners.episodic import EpisodicConfig, TaskLoss, train_episodic
+from bench.learners.episodic import EpisodicConfig, Resumable, TaskLoss, train_episodic
 from bench.method import Budget, Learner, MetaLearner, MethodContext
 from bench.seeding import derive_seed
 from bench.tasks import Episode, TaskShape, TaskSuite
@@ -47,5 +47,8 @@ def train_on_real_episodes(
     sample = real_task_stream(
         method.real_data, method.context, cfg.n_query, cfg.meta_batch, iterations, cfg.name
     )
-    model, _ = train_episodic(method, budget, iterations, sample, task_loss, make_learner)
+    # The episode stream is a pure function of the iteration: nothing but the loop's state to save.
+    model, _ = train_episodic(
+        method, budget, iterations, sample, task_loss, make_learner, resumable=Resumable()
+    )
     return model

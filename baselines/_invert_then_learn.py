@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from baselines._bank import ClassBank
-from bench.learners.episodic import EpisodicConfig, TaskLoss, train_episodic
+from bench.learners.episodic import (
+    EpisodicConfig,
+    Resumable,
+    TaskLoss,
+    generator_states,
+    restore_generators,
+    train_episodic,
+)
 from bench.method import Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
 from purer.inversion import InversionWeights
@@ -80,7 +87,23 @@ def invert_then_learn(
             bank.sample_task(ctx.n_way, ctx.k_shot, cfg.n_query, gens["tasks"]) for _ in range(cfg.meta_batch)
         ]
 
-    model, result = train_episodic(method, budget, iterations, sample, task_loss, make_learner, refresh)
+    def save() -> dict:
+        return {
+            "gens": generator_states(gens),
+            "bank": bank.state_dict(),
+            "inverted": list(inverted),
+            "seconds": seconds[0],
+        }
+
+    def load(state: dict) -> None:
+        restore_generators(gens, state["gens"])
+        bank.load_state_dict(state["bank"])
+        inverted[:] = state["inverted"]
+        seconds[0] = float(state["seconds"])
+
+    model, result = train_episodic(
+        method, budget, iterations, sample, task_loss, make_learner, refresh, resumable=Resumable(save, load)
+    )
     method.train_stats.update(
         {
             "member_inversions": float(len(inverted)),

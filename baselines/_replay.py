@@ -64,6 +64,15 @@ class ReplayStall:
         """A synthesis happened: start a new stall window."""
         self.best, self.stale, self.since = -1.0, 0, 0
 
+    def state_dict(self) -> dict:
+        """The window's counters (for loop checkpoints)."""
+        return {"best": self.best, "stale": self.stale, "since": self.since, "accs": list(self.accs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s counters."""
+        self.best, self.stale, self.since = float(state["best"]), int(state["stale"]), int(state["since"])
+        self.accs = [float(a) for a in state["accs"]]
+
 
 def check_generator_setup(cfg, zoo, context, name: str, per_class: int | None = None) -> None:  # noqa: ANN001
     """Raise on an unknown ``kd_loss``, members narrower than the task, or too few images per class."""

@@ -13,6 +13,9 @@ Rules (architecture.md, baselines.md):
 - Put counters in ``self.train_stats`` (``meta_train_episodes``, ``synth_images_per_s``...):
   they go into the record and MLflow.
 - Respect ``budget.meta_iterations`` / ``budget.max_seconds`` when not None.
+- A meta-training loop: use ``bench.learners.episodic.train_episodic`` and pass a ``Resumable``
+  (save/load of your own state: banks, generators, counters) so a killed run resumes exactly;
+  the registry-wide test kills every looping method after iteration 3 and compares.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from baselines._bank import ClassBank
 from baselines._generator import Generator, fresh_generator
 from baselines._kd import kd_loss
 from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup, masked_disagreement
-from bench.learners.episodic import train_episodic
+from bench.learners.episodic import Resumable, generator_states, restore_generators, train_episodic
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
@@ -142,6 +142,29 @@ class Free(MetaLearner):
             return value, acc
 
         state["model"] = fresh_meta_model(ctx, cfg.width)
+
+        def save() -> dict:
+            return {
+                "gens": generator_states(gens),
+                "meta_gen": meta_gen.state_dict(),
+                "gen_opt": gen_opt.state_dict(),
+                "bell": None if state["bell"] is None else state["bell"].state_dict(),
+                "bank": bank.state_dict(),
+                "stall": stall.state_dict(),
+                "stats": dict(stats),
+            }
+
+        def load(saved: dict) -> None:
+            restore_generators(gens, saved["gens"])
+            meta_gen.load_state_dict(saved["meta_gen"])
+            gen_opt.load_state_dict(saved["gen_opt"])
+            if saved["bell"] is not None:
+                state["bell"] = torch.optim.Adam(state["model"].parameters(), lr=cfg.bell_lr)
+                state["bell"].load_state_dict(saved["bell"])
+            bank.load_state_dict(saved["bank"])
+            stall.load_state_dict(saved["stall"])
+            stats.update(saved["stats"])
+
         model, _ = train_episodic(
             self,
             budget,
@@ -151,6 +174,7 @@ class Free(MetaLearner):
             lambda m: FineTuneLearner(m, cfg.inner_lr),
             before,
             state["model"],
+            Resumable(save, load),
         )
         self.train_stats.update(stats)
         self.train_stats.update(

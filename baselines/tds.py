@@ -27,7 +27,7 @@ variant is not provided). Images are at the zoo's resolution (the paper uses 32 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +35,20 @@ import torch.nn.functional as F
 from baselines._bank import ClassBank, require_member_classes
 from baselines._generator import fresh_conditional_generator, fresh_generator
 from baselines._kd import kd_loss
-from bench.learners.episodic import EpisodicConfig, train_episodic
+from bench.learners.episodic import (
+    EpisodicConfig,
+    Resumable,
+    generator_states,
+    restore_generators,
+    train_episodic,
+)
 from bench.learners.protonet import Embed, ProtoNetLearner, protonet_logits, protonet_task_loss, prototypes
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
 from bench.tasks import Episode
 from purer.inversion import bn_stat_loss, running_targets
 from purer.teachers import teacher_forward
+from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo, ZooMember
 
 
@@ -83,6 +90,17 @@ class _Interpolated:
     lam: float
 
 
+def _fresh_to_dict(task: _FreshTask) -> dict:
+    """A pending fresh task as plain tensors (for loop checkpoints)."""
+    episode = [getattr(task.episode, f.name) for f in fields(task.episode)]
+    return {"episode": episode, "teacher_query": task.teacher_query}
+
+
+def _fresh_from_dict(saved: dict) -> _FreshTask:
+    """Inverse of :func:`_fresh_to_dict`."""
+    return _FreshTask(Episode(*saved["episode"]), saved["teacher_query"])
+
+
 def interpolated_loss(
     embed: Embed, first: Episode, second: Episode, lam: float, n_way: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +132,7 @@ class Tds(MetaLearner):
         policy_opt = torch.optim.Adam([policy], lr=cfg.policy_lr)
         state = {"fresh": [], "best": -1.0, "stale": 0, "window": [], "round": None, "baseline": 0.0}
         stats = {"member_inversions": 0.0, "rounds": 0.0, "inversion_seconds": 0.0, "interpolated_tasks": 0.0}
-        model_box: list[torch.nn.Module] = []
+        model_box: list[torch.nn.Module] = [fresh_meta_model(ctx, cfg.width)]
 
         def pseudo_val() -> float:
             model = model_box[0]
@@ -129,7 +147,7 @@ class Tds(MetaLearner):
         def new_round() -> None:
             level = sum(state["window"]) / len(state["window"]) if state["window"] else 0.0
             if state["round"] is not None:  # REINFORCE update for the previous round's selection
-                log_prob, level_before = state["round"]
+                log_prob, level_before, _ = state["round"]
                 reward = level - level_before
                 advantage = reward - state["baseline"]
                 state["baseline"] = (
@@ -143,7 +161,7 @@ class Tds(MetaLearner):
                 policy.detach().softmax(0), k, replacement=False, generator=gens["policy"]
             )
             log_prob = self._log_prob_without_replacement(policy, chosen)
-            state["round"] = (log_prob, level)
+            state["round"] = (log_prob, level, chosen.tolist())
             stats["rounds"] += 1
             for index in chosen.tolist():
                 fresh = self._invert(zoo, zoo.members[index], train_bank, val_bank, gens["synth"], stats)
@@ -183,8 +201,6 @@ class Tds(MetaLearner):
             return tasks
 
         def loss(model: torch.nn.Module, task):  # noqa: ANN001, ANN202
-            if not model_box:
-                model_box.append(model)
             if isinstance(task, _FreshTask):
                 ep = task.episode
                 logits = protonet_logits(model.embed, ep.support_x, ep.support_y, ep.query_x, n_way)
@@ -194,10 +210,52 @@ class Tds(MetaLearner):
                 return interpolated_loss(model.embed, task.first, task.second, task.lam, n_way)
             return protonet_task_loss(model.embed, task, n_way)
 
+        def save() -> dict:
+            scalars = {k: state[k] for k in ("best", "stale", "window", "baseline")}
+            round_ = (
+                None if state["round"] is None else {"level": state["round"][1], "chosen": state["round"][2]}
+            )
+            return {
+                "gens": generator_states(gens),
+                "global_rng": torch.get_rng_state(),  # the Beta draws' stream (seeded below)
+                "policy": policy.detach().clone(),
+                "policy_opt": policy_opt.state_dict(),
+                "train_bank": train_bank.state_dict(),
+                "val_bank": val_bank.state_dict(),
+                "fresh": [_fresh_to_dict(task) for task in state["fresh"]],
+                "round": round_,
+                "scalars": scalars,
+                "stats": dict(stats),
+            }
+
+        def load(saved: dict) -> None:
+            restore_generators(gens, saved["gens"])
+            torch.set_rng_state(saved["global_rng"].cpu())
+            with torch.no_grad():
+                policy.copy_(saved["policy"])
+            policy_opt.load_state_dict(saved["policy_opt"])
+            train_bank.load_state_dict(saved["train_bank"])
+            val_bank.load_state_dict(saved["val_bank"])
+            state["fresh"] = [_fresh_from_dict(task) for task in saved["fresh"]]
+            state.update(saved["scalars"])
+            if saved["round"] is not None:  # the policy has not moved since this draw: same log-prob
+                chosen = torch.tensor(saved["round"]["chosen"])
+                log_prob = self._log_prob_without_replacement(policy, chosen)
+                state["round"] = (log_prob, saved["round"]["level"], saved["round"]["chosen"])
+            stats.update(saved["stats"])
+
         with torch.random.fork_rng(devices=[]):  # Beta draws use the global RNG: seed it per run
             torch.manual_seed(derive_seed(ctx.seed, "tds", "beta"))
             model, result = train_episodic(
-                self, budget, iterations, sample, loss, lambda m: ProtoNetLearner(m.embed), before
+                self,
+                budget,
+                iterations,
+                sample,
+                loss,
+                lambda m: ProtoNetLearner(m.embed),
+                before,
+                model_box[0],
+                Resumable(save, load),
             )
         probabilities = policy.detach().softmax(0)
         self.train_stats.update(stats)

@@ -39,7 +39,7 @@ from baselines._generator import fresh_generator, invert_with_generator
 from baselines._kd import kd_loss
 from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup
 from bench.errors import BenchError
-from bench.learners.episodic import train_episodic
+from bench.learners.episodic import Resumable, generator_states, restore_generators, train_episodic
 from bench.learners.maml import FineTuneLearner, forward, inner_loop, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
@@ -113,9 +113,13 @@ class Tgr(MetaLearner):
             k: make_generator(derive_seed(ctx.seed, "tgr", k)) for k in ("synth", "groups", "tasks", "probe")
         }
         stats = {"epochs": 0.0, "member_inversions": 0.0, "inversion_seconds": 0.0}
-        started = time.perf_counter()
-        groups = spectral_groups(self._similarity(zoo, gens, stats), cfg.groups, gens["groups"])
-        stats["grouping_seconds"] = time.perf_counter() - started
+        groups: list[list[int]] = []  # filled at iteration 1 (a resumed run restores them instead)
+
+        def group_members() -> None:
+            started = time.perf_counter()
+            groups.extend(spectral_groups(self._similarity(zoo, gens, stats), cfg.groups, gens["groups"]))
+            stats["grouping_seconds"] = time.perf_counter() - started
+
         bank = ClassBank(cfg.bank_capacity)
         model = fresh_meta_model(ctx, cfg.width)
         member_opt = torch.optim.Adam(model.parameters(), lr=cfg.member_lr)
@@ -136,6 +140,8 @@ class Tgr(MetaLearner):
             stats["epochs"] += 1
 
         def before(it: int) -> None:
+            if it == 1:
+                group_members()
             if stall.step() or it == 1 or bank.n_classes < ctx.n_way:
                 epoch()
                 stall.reset()
@@ -153,8 +159,34 @@ class Tgr(MetaLearner):
             stall.record(float(acc))
             return value, acc
 
+        def save() -> dict:
+            return {
+                "gens": generator_states(gens),
+                "groups": [list(g) for g in groups],
+                "member_opt": member_opt.state_dict(),
+                "bank": bank.state_dict(),
+                "stall": stall.state_dict(),
+                "stats": dict(stats),
+            }
+
+        def load(saved: dict) -> None:
+            restore_generators(gens, saved["gens"])
+            groups[:] = [list(g) for g in saved["groups"]]
+            member_opt.load_state_dict(saved["member_opt"])
+            bank.load_state_dict(saved["bank"])
+            stall.load_state_dict(saved["stall"])
+            stats.update(saved["stats"])
+
         model, _ = train_episodic(
-            self, budget, iterations, sample, loss, lambda m: FineTuneLearner(m, cfg.inner_lr), before, model
+            self,
+            budget,
+            iterations,
+            sample,
+            loss,
+            lambda m: FineTuneLearner(m, cfg.inner_lr),
+            before,
+            model,
+            Resumable(save, load),
         )
         self.train_stats.update(stats)
         self.train_stats.update(

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from bench.checkpoint import load_checkpoint, save_checkpoint
 from bench.errors import BenchError
 from bench.learners.maml import FineTuneLearner, maml_task_loss, meta_step, module_params
 from bench.method import Budget, MetaLearner
 from bench.progress import progress_enabled
 from bench.seeding import derive_seed, make_generator
 from purer.artefacts import save_curves, save_image_grid
-from purer.checkpoint import load_checkpoint, save_checkpoint
 from purer.config import PurerConfig
 from purer.curriculum import Curriculum
 from purer.dynamic_data import DynamicDataset

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import bench.atomic as atomic
+from bench.checkpoint import load_checkpoint, save_checkpoint
 from bench.leaderboard import write_leaderboard
 from bench.records import finished_run, read_records, write_record
-from purer.checkpoint import load_checkpoint, save_checkpoint
 from tests.fixtures.make_leaderboard_fixture import fake_record
 from zoos.zoo import load_or_build_zoo, manifest_path
 

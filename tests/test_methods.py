@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
+import bench.learners.episodic as episodic
 from bench.data import forbid_real_data
 from bench.errors import BenchError, DataFreeViolation
 from bench.method import METHODS, Budget, Learner, MethodContext, validate_method_config
@@ -32,7 +34,16 @@ SMOKE_KNOBS = {
 CONTEXT = MethodContext(n_way=5, k_shot=1, image_size=32, channels=3, device=torch.device("cpu"), seed=0)
 
 
-def _train(name: str, zoo: Zoo, seed: int = 0, real_data=None) -> Learner:  # noqa: ANN001
+def _train(
+    name: str,
+    zoo: Zoo,
+    seed: int = 0,
+    real_data=None,  # noqa: ANN001
+    iterations: int = 2,
+    extra: dict | None = None,
+    train_dir: Path | None = None,
+    stats: dict | None = None,
+) -> Learner:
     cls = METHODS.get(name)
     from importlib import resources
 
@@ -40,14 +51,19 @@ def _train(name: str, zoo: Zoo, seed: int = 0, real_data=None) -> Learner:  # no
 
     raw = yaml.safe_load((resources.files("bench.conf") / "method" / f"{name}.yaml").read_text())
     raw.update({k: v for k, v in SMOKE_KNOBS.items() if k in raw})
+    raw.update(extra or {})
     cfg = validate_method_config(cls, raw)
-    method = cls(cfg, dataclasses.replace(CONTEXT, seed=seed))
+    method = cls(cfg, dataclasses.replace(CONTEXT, seed=seed, train_dir=train_dir))
     generator = torch.Generator().manual_seed(seed)
     if cls.uses_real_data:
         method.real_data = real_data
-        return method.meta_train(zoo, Budget(meta_iterations=2), generator)
-    with forbid_real_data(name):
-        return method.meta_train(zoo, Budget(meta_iterations=2), generator)
+        learner = method.meta_train(zoo, Budget(meta_iterations=iterations), generator)
+    else:
+        with forbid_real_data(name):
+            learner = method.meta_train(zoo, Budget(meta_iterations=iterations), generator)
+    if stats is not None:
+        stats.update(method.train_stats)
+    return learner
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -64,6 +80,45 @@ def test_method_contract(name, tiny_zoo, small_glyphs):
         episode.query_x
     )
     assert torch.equal(logits, again), "same seed must give identical results"
+
+
+#: Methods without a meta-training loop, and PURER's family (its own trainer; tests/test_purer.py).
+NO_EPISODIC_LOOP = {"random_init", "weight_average", "ota", "purer", "purer_no_icfil", "purer_ei"}
+#: Makes every method's own state move after the resume point: banks refreshed, stalls triggered.
+RESUME_KNOBS = {"generate_interval": 2, "patience": 1, "check_every": 1, "max_replay": 2}
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if n not in NO_EPISODIC_LOOP])
+def test_killed_meta_training_resumes_to_the_same_model(name, tiny_zoo, small_glyphs, tmp_path, monkeypatch):
+    """Kill after iteration 3 (checkpoint at 2), rerun: same learner and counters as a straight run."""
+    cls = METHODS.get(name)
+    knobs = {k: v for k, v in RESUME_KNOBS.items() if k in {f.name for f in dataclasses.fields(cls.Config)}}
+    knobs["checkpoint_every"] = 2
+    episode = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 1, seed=0).episode(0)
+
+    def run(train_dir: Path, stats: dict) -> torch.Tensor:
+        learner = _train(name, tiny_zoo, 0, small_glyphs, 5, knobs, train_dir, stats)
+        return learner.adapt(episode.support_x, episode.support_y)(episode.query_x)
+
+    straight_stats: dict = {}
+    straight = run(tmp_path / "straight", straight_stats)
+
+    def kill_after_three(it: int) -> None:
+        if it == 3:
+            raise KeyboardInterrupt("simulated kill after iteration 3")
+
+    monkeypatch.setattr(episodic, "_iteration_done", kill_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", {})
+    assert (tmp_path / "killed" / "checkpoint.pt").is_file(), f"{name} does not checkpoint its loop"
+    monkeypatch.undo()
+    resumed_stats: dict = {}
+    resumed = run(tmp_path / "killed", resumed_stats)
+    assert torch.equal(straight, resumed)
+    timeless = {k for k in straight_stats if "second" in k or k.endswith("_per_s")}
+    assert {k: v for k, v in resumed_stats.items() if k not in timeless} == {
+        k: v for k, v in straight_stats.items() if k not in timeless
+    }
 
 
 def test_guard_catches_a_method_reading_real_data(small_glyphs):

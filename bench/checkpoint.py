@@ -1,4 +1,4 @@
-"""Atomic, resumable PURER checkpoints (everything needed to continue bit-for-bit on CPU)."""
+"""Atomic, resumable meta-training checkpoints (PURER and the episodic baselines)."""
 
 from __future__ import annotations
 
