@@ -19,13 +19,18 @@ log = logging.getLogger(__name__)
 def collect_experiment(
     results: Path, experiment: str, reference: str = REFERENCE
 ) -> tuple[pd.DataFrame, str]:
-    """Build the leaderboard of one experiment from its records under ``results/runs``."""
+    """Build the leaderboard of one experiment from its records under ``results/runs``.
+
+    The experiment YAML's ``experiment.compare_to`` (a list of methods) adds paired differences to
+    each of them beside the ones to ``reference``.
+    """
     records = read_records(results / "runs" / experiment)
     spec = experiment_yaml(experiment)
     swept = str((((spec.get("hydra") or {}).get("sweeper") or {}).get("params") or {}).get("method") or "")
     expected = [m.strip() for m in swept.split(",") if m.strip()]
+    compare_to = [str(m) for m in ((spec.get("experiment") or {}).get("compare_to") or [])]
     return write_leaderboard(
-        records, results / "leaderboards", experiment, reference, spec.get("paper"), expected
+        records, results / "leaderboards", experiment, reference, spec.get("paper"), expected, compare_to
     )
 
 

@@ -3,7 +3,9 @@
 A pure function of records: no server, no run directory other than ``record.json`` files.
 Rows of the tidy table are (table, method, dataset, zoo, task, test_steps, profile), aggregated over
 seeds (per-run CIs over episodes, averaged; ``n_seeds`` says how many). Paired differences against a
-reference method (``random_init`` by default) are computed episode by episode on identical suites.
+reference method (``random_init`` by default) are computed episode by episode on identical suites;
+an experiment's ``compare_to`` methods (e.g. ``purer``) get further paired-difference columns
+``delta_vs_<method>`` / ``delta_vs_<method>_ci95`` and sections.
 """
 
 from __future__ import annotations
@@ -87,8 +89,14 @@ def _paired(records: Sequence[RunRecord], reference: str) -> dict[tuple, dict[st
     return {k: paired_difference(a, b) for k, (a, b) in pooled.items()}
 
 
-def tidy_table(records: Sequence[RunRecord], reference: str = REFERENCE) -> pd.DataFrame:
-    """One numeric row per (table, method, dataset, zoo, task, test_steps, profile)."""
+def tidy_table(
+    records: Sequence[RunRecord], reference: str = REFERENCE, compare_to: Sequence[str] = ()
+) -> pd.DataFrame:
+    """One numeric row per (table, method, dataset, zoo, task, test_steps, profile).
+
+    ``compare_to``: further methods to pair every row with (columns ``delta_vs_<m>``, ``..._ci95``).
+    """
+    extra = [m for m in dict.fromkeys(compare_to) if m != reference]
     columns = [
         *GROUP,
         "data_free",
@@ -100,6 +108,7 @@ def tidy_table(records: Sequence[RunRecord], reference: str = REFERENCE) -> pd.D
         "reference",
         "delta_vs_reference",
         "delta_ci95",
+        *(column for m in extra for column in (f"delta_vs_{m}", f"delta_vs_{m}_ci95")),
         "run_keys",
     ]
     rows = _rows(records)
@@ -124,7 +133,12 @@ def tidy_table(records: Sequence[RunRecord], reference: str = REFERENCE) -> pd.D
     table["reference"] = reference
     table["delta_vs_reference"] = [d["mean"] if d else float("nan") for d in deltas]
     table["delta_ci95"] = [d["ci95"] if d else float("nan") for d in deltas]
-    averages = dataset_averages(table)
+    for method in extra:
+        paired = _paired(records, method)
+        deltas = [paired.get(tuple(row[g] for g in GROUP)) for _, row in table.iterrows()]
+        table[f"delta_vs_{method}"] = [d["mean"] if d else float("nan") for d in deltas]
+        table[f"delta_vs_{method}_ci95"] = [d["ci95"] if d else float("nan") for d in deltas]
+    averages = dataset_averages(table, extra)
     if not averages.empty:
         table = pd.concat([table, averages], ignore_index=True)
     table["_order"] = table["method"].map(lambda m: _method_rank(m, table, reference))
@@ -135,7 +149,7 @@ def tidy_table(records: Sequence[RunRecord], reference: str = REFERENCE) -> pd.D
 AVERAGE_PREFIX = "average over "
 
 
-def dataset_averages(table: pd.DataFrame) -> pd.DataFrame:
+def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.DataFrame:
     """Rows averaging each (method, task, readout) over the datasets of a multi-dataset (MH) table.
 
     Only for (table, zoo, profile) groups evaluated on >= 2 datasets, and only for methods that have
@@ -171,6 +185,13 @@ def dataset_averages(table: pd.DataFrame) -> pd.DataFrame:
                     "delta_vs_reference": cells["delta_vs_reference"].mean(),
                     "delta_ci95": (cells["delta_ci95"] ** 2).sum() ** 0.5 / k,
                     "run_keys": ";".join(sorted(set(";".join(cells["run_keys"]).split(";")))),
+                    **{
+                        column: cells[column].mean()
+                        if suffix == ""
+                        else (cells[column] ** 2).sum() ** 0.5 / k
+                        for m in compare_to
+                        for suffix, column in (("", f"delta_vs_{m}"), ("_ci95", f"delta_vs_{m}_ci95"))
+                    },
                 }
             )
     return pd.DataFrame(rows)
@@ -224,8 +245,10 @@ def _sections(table: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFr
     return sorted(groups, key=lambda item: (item[0][0].startswith(AVERAGE_PREFIX), item[0]))
 
 
-def markdown_table(table: pd.DataFrame, title: str, expected: Sequence[str] = ()) -> str:
-    """The formatted leaderboard: accuracy pivot, paired-difference pivot and a footer.
+def markdown_table(
+    table: pd.DataFrame, title: str, expected: Sequence[str] = (), compare_to: Sequence[str] = ()
+) -> str:
+    """The formatted leaderboard: accuracy pivot, paired-difference pivots and a footer.
 
     ``expected``: the methods the experiment sweeps; those without any finished record are listed
     under the title (a partial table says what it lacks).
@@ -260,6 +283,17 @@ def markdown_table(table: pd.DataFrame, title: str, expected: Sequence[str] = ()
                 _pivot(others, "delta_vs_reference", "delta_ci95", signed=True).to_markdown(),
                 "",
             ]
+        for method in compare_to:
+            column = f"delta_vs_{method}"
+            others = part[part["method"] != method]
+            if column in part and not others.empty and others[column].notna().any():
+                lines += [
+                    f"Paired difference to `{method}` (same episodes; negative = below {method}), "
+                    "mean ± 95% CI:",
+                    "",
+                    _pivot(others, column, f"{column}_ci95", signed=True).to_markdown(),
+                    "",
+                ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -270,14 +304,16 @@ def write_leaderboard(
     reference: str = REFERENCE,
     paper: dict | None = None,
     expected: Sequence[str] = (),
+    compare_to: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, str]:
     """Write ``<out_dir>/<table_id>.csv`` and ``.md`` atomically; return (table, markdown).
 
     With ``paper`` (an experiment's ``paper:`` block) the markdown ends with paper | ours | Δ;
-    ``expected`` (the sweep's methods) lists the ones not run yet.
+    ``expected`` (the sweep's methods) lists the ones not run yet; ``compare_to`` adds paired
+    differences to those methods.
     """
-    table = tidy_table([r for r in records if r.experiment == table_id], reference)
-    markdown = markdown_table(table, table_id, expected)
+    table = tidy_table([r for r in records if r.experiment == table_id], reference, compare_to)
+    markdown = markdown_table(table, table_id, expected, [m for m in compare_to if m != reference])
     if paper is not None:
         markdown += "\n" + paper_comparison(table, paper)
     atomic_write_text(out_dir / f"{table_id}.csv", table.to_csv(index=False, float_format="%.4f"))

@@ -132,3 +132,20 @@ def test_a_partial_table_lists_the_swept_methods_without_a_record():
     )
     swept = experiment_yaml("omniglot")["hydra"]["sweeper"]["params"]["method"]
     assert "tgr" in swept and experiment_yaml("no_such_experiment") == {}
+
+
+def test_compare_to_adds_paired_differences_to_a_second_method(tmp_path):
+    records = fixture_records()
+    table = tidy_table(records, compare_to=["weight_average"])
+    pick = (table.task == "5w5s") & (table.test_steps == 10)
+    ri = table[pick & (table.method == "random_init")].iloc[0]
+    wa = table[pick & (table.method == "weight_average")].iloc[0]
+    # paired differences are antisymmetric: random_init - weight_average = -(weight_average - random_init)
+    assert ri["delta_vs_weight_average"] == pytest.approx(-wa["delta_vs_reference"])
+    assert ri["delta_vs_weight_average_ci95"] == pytest.approx(wa["delta_ci95"])
+    assert pd.isna(wa["delta_vs_weight_average"])
+    _, markdown = write_leaderboard(records, tmp_path, "golden", compare_to=["weight_average"])
+    section = markdown.split("Paired difference to `weight_average`")[1].split("\n\n")[1]
+    rows = [line.split("|")[1].strip() for line in section.splitlines()[2:]]
+    assert rows[0] == "random_init" and "weight_average" not in rows
+    assert "delta_vs_weight_average" in (tmp_path / "golden.csv").read_text().splitlines()[0]
