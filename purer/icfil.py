@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.hashing import tensor_sha256
-from bench.learners.maml import FineTuneLearner
+from bench.learners.maml import FineTuneLearner, to_channels_last
 from bench.method import Classifier, Learner
 from bench.seeding import derive_seed, make_generator
 from purer.config import IcfilConfig
@@ -88,6 +88,9 @@ class IcfilLearner(Learner):
         model = copy.deepcopy(self.base.model)
         model.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
         model.requires_grad_(True)
+        if self.base.channels_last:  # as the base learner adapts (see FineTuneLearner)
+            model = model.to(memory_format=torch.channels_last)
+            support_x = to_channels_last(support_x)
         n_way = int(support_y.max()) + 1
         pseudo_x, pseudo_y = self.invert(model, support_x, support_y, n_way, seed)
         self.calibrate_features(model, support_x, support_y, pseudo_x, pseudo_y)

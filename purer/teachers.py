@@ -18,6 +18,7 @@ from torch import nn
 
 from purer.inversion import BNStatRecorder, batch_moments
 from zoos.architectures import Conv4
+from zoos.pooling import max_pool_2x2
 
 Moments = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -62,7 +63,7 @@ class FoldedConv4Teacher:
             y = F.conv2d(x, weight, bias, padding=1)
             mean_y, var_y = batch_moments(y)
             moments.append(((mean_y - shift) / scale, var_y / (scale * scale)))
-            x = F.relu(F.max_pool2d(y, 2))
+            x = F.relu(max_pool_2x2(y))
         if self.global_pool:
             x = F.adaptive_max_pool2d(x, 1)
         return F.linear(torch.flatten(x, 1), self.head_weight, self.head_bias), moments

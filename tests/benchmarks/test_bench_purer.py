@@ -9,7 +9,7 @@ Variants, interleaved in one process as the 2-core machine's timings drift betwe
 
 - ``reference_like``: what the reference code does per iteration — teachers reloaded from disk and
   deep-copied, BN statistics by hooks with ``var`` over a permuted copy, no BN folding,
-  contiguous memory format;
+  contiguous memory format, PyTorch's own ``F.max_pool2d`` (not ``zoos.pooling``'s fast path);
 - ``fp32``: dfml-bench's default path (teachers in memory, folded BN, channels_last);
 - ``bf16``: the same with the inversion step under bfloat16 autocast.
 
@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import purer.inversion as inversion
+import zoos.pooling as pooling
 from bench.method import Budget
 from purer.config import PurerConfig
 from purer.method import Purer
@@ -72,6 +73,7 @@ def test_purer_meta_iteration(benchmark, monkeypatch, variant, k_shot, device, a
     blobs = []
     if variant == "reference_like":
         monkeypatch.setattr(inversion, "batch_moments", _reference_moments)
+        monkeypatch.setattr(pooling, "max_pool_2x2", lambda x: torch.nn.functional.max_pool2d(x, 2))
         for slot in trainer.data.teachers:
             buffer = io.BytesIO()
             torch.save(slot.forward.model.state_dict(), buffer)
