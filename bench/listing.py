@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
+import os
 from importlib import resources
+from pathlib import Path
 
 import yaml
 from omegaconf import OmegaConf
@@ -65,6 +68,45 @@ def _datasets() -> list[tuple[str, str]]:
     return [(n, f"{_yaml_description('dataset', n)} [{_dataset_status(n)}]") for n in DATASETS.names()]
 
 
+#: Swept config groups a record can be matched on, and where the record keeps the chosen value.
+_CELL_FIELDS = {
+    "method": lambda r: r.method,
+    "task": lambda r: r.setting.get("task_config", r.setting.get("task")),
+    "zoo": lambda r: r.setting.get("zoo"),
+    "dataset": lambda r: r.setting.get("dataset"),
+}
+
+
+def experiment_progress(name: str, results: Path) -> str:
+    """``finished k/N cells`` of an experiment's sweep (records with status ok under results/runs).
+
+    Empty when the experiment sweeps nothing or a parameter a record cannot be matched on.
+    """
+    text = (resources.files("bench.conf") / "experiment" / f"{name}.yaml").read_text()
+    params = (((yaml.safe_load(text) or {}).get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+    if not params or any(key not in _CELL_FIELDS for key in params):
+        return ""
+    keys = list(params)
+    values = [[v.strip() for v in str(params[k]).split(",") if v.strip()] for k in keys]
+    cells = set(itertools.product(*values))
+    from bench.records import read_records
+
+    folder = results / "runs" / name
+    records = read_records(folder) if folder.is_dir() else []
+    done = {tuple(str(_CELL_FIELDS[k](r)) for k in keys) for r in records if r.status == "ok"}
+    return f"finished {len(cells & done)}/{len(cells)} cells"
+
+
+def _experiments() -> list[tuple[str, str]]:
+    """(key, description [sweep progress in $DFML_RESULTS or ./results])."""
+    results = Path(os.environ.get("DFML_RESULTS") or "results")
+    rows = []
+    for name in group_options("experiment"):
+        progress = experiment_progress(name, results)
+        rows.append((name, _yaml_description("experiment", name) + (f" [{progress}]" if progress else "")))
+    return rows
+
+
 def listing() -> dict[str, list[tuple[str, str]]]:
     """Section -> [(key, one-line description)]."""
     methods = []
@@ -79,7 +121,7 @@ def listing() -> dict[str, list[tuple[str, str]]]:
         "zoos": [(n, _yaml_description("zoo", n)) for n in group_options("zoo")],
         "methods": methods,
         "tasks": [(n, _yaml_description("task", n)) for n in group_options("task")],
-        "experiments": [(n, _yaml_description("experiment", n)) for n in group_options("experiment")],
+        "experiments": _experiments(),
     }
 
 
