@@ -121,6 +121,18 @@ def test_killed_meta_training_resumes_to_the_same_model(name, tiny_zoo, small_gl
     }
 
 
+def test_a_checkpoint_from_other_code_is_a_clear_error(tiny_zoo, small_glyphs, tmp_path):
+    from bench.checkpoint import load_checkpoint, save_checkpoint
+    from bench.errors import IntegrityError
+
+    _train("dfmaml", tiny_zoo, 0, small_glyphs, 2, {"checkpoint_every": 1}, tmp_path)
+    state = load_checkpoint(tmp_path / "checkpoint.pt", torch.device("cpu"))
+    del state["method"]["bank"]  # as if another version of dfmaml had written it
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(IntegrityError, match=r"checkpoint .*checkpoint\.pt does not fit .*delete it"):
+        _train("dfmaml", tiny_zoo, 0, small_glyphs, 4, {"checkpoint_every": 1}, tmp_path)
+
+
 def test_guard_catches_a_method_reading_real_data(small_glyphs):
     with forbid_real_data("sneaky"), pytest.raises(DataFreeViolation, match="sneaky.*glyphs"):
         small_glyphs.read_rows(torch.tensor([0]))

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.checkpoint import load_checkpoint, save_checkpoint
-from bench.errors import BenchError
+from bench.errors import BenchError, IntegrityError
 from bench.method import Budget, Learner, MetaLearner, MethodConfig, Probe
 from bench.progress import progress_enabled
 from bench.tasks import Episode
@@ -110,10 +110,16 @@ def meta_train_loop(
     if checkpoint is not None and checkpoint.path.exists():
         device = next(model.parameters()).device
         saved = load_checkpoint(checkpoint.path, device)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        best_state, result = saved["best"], LoopResult(**saved["result"])
-        checkpoint.state.load(saved["method"])
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            best_state, result = saved["best"], LoopResult(**saved["result"])
+            checkpoint.state.load(saved["method"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise IntegrityError(
+                f"checkpoint {checkpoint.path} does not fit this method's state ({type(error).__name__}: "
+                f"{error}); it was written by other code: delete it to restart meta-training"
+            ) from error
         log.info("%s: resumed from %s at iteration %d", description, checkpoint.path, result.iterations)
     started = time.perf_counter() - result.seconds
     bar = tqdm(
