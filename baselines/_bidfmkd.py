@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from baselines._bank import ClassBank
 from baselines._generator import fresh_generator
 from baselines._kd import KDEpisode, bilevel_kd_loss
-from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup
+from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup, train_replay_maml
 from baselines._zero_order import QueryCountingTeacher, zero_order_gradient
-from bench.learners.episodic import Resumable, generator_states, restore_generators, train_episodic
+from bench.learners.episodic import Resumable
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
@@ -130,32 +130,21 @@ class BiDfMkdBase(MetaLearner):
         model = fresh_meta_model(ctx, cfg.width)
 
         def save() -> dict:
-            return {
-                "gens": generator_states(gens),
-                "bank": bank.state_dict(),
-                "kd_task": state["kd_task"],
-                "student_seen": state["model"] is not None,
-                "stall": stall.state_dict(),
-                "stats": dict(stats),
-            }
+            return {"kd_task": state["kd_task"], "student_seen": state["model"] is not None}
 
         def load(saved: dict) -> None:
-            restore_generators(gens, saved["gens"])
-            bank.load_state_dict(saved["bank"])
             state["kd_task"] = saved["kd_task"]
             state["model"] = model if saved["student_seen"] else None
-            stall.load_state_dict(saved["stall"])
-            stats.update(saved["stats"])
 
-        model, result = train_episodic(
+        model, result = train_replay_maml(
             self,
             budget,
             iterations,
             sample,
             loss,
-            lambda m: FineTuneLearner(m, cfg.inner_lr),
             before,
             model,
+            (gens, bank, stall, stats),
             Resumable(save, load),
         )
         seconds = max(result.seconds, 1e-9)

@@ -5,19 +5,34 @@
 - :func:`check_generator_setup`: the checks they share (KD loss name, member width, pool sizes).
 - :func:`masked_disagreement`: the adversarial term pushing images towards teacher-student
   disagreement, masked to the images on which both still agree.
+- :func:`train_replay_maml`: their replay-MAML loop (fine-tune learner), checkpointing the state
+  they share (RNG streams, bank, stall window, counters) plus each method's own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from baselines._bank import require_member_classes
+from baselines._bank import ClassBank, require_member_classes
 from baselines._kd import KD_LOSSES
 from bench.errors import BenchError
-from bench.learners.episodic import EpisodicConfig
+from bench.learners.episodic import (
+    EpisodicConfig,
+    LoopResult,
+    Resumable,
+    TaskLoss,
+    generator_states,
+    restore_generators,
+    train_episodic,
+)
+from bench.learners.maml import FineTuneLearner
+from bench.method import Budget, MetaLearner
 
 
 @dataclass
@@ -94,3 +109,51 @@ def masked_disagreement(teacher_logits: torch.Tensor, student_logits: torch.Tens
         F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1), reduction="none", log_target=True
     )
     return agree * kl.sum(1)
+
+
+def train_replay_maml(
+    method: MetaLearner,
+    budget: Budget,
+    iterations: int,
+    sample_tasks: Callable[[int], list],
+    task_loss: TaskLoss,
+    before_iteration: Callable[[int], None],
+    model: nn.Module,
+    shared: tuple[dict[str, torch.Generator], ClassBank, ReplayStall, dict[str, float]],
+    own: Resumable,
+) -> tuple[nn.Module, LoopResult]:
+    """Replay MAML via ``train_episodic`` with a fine-tune learner, resumable.
+
+    ``shared`` = (RNG streams, bank, stall window, counters), saved the same way for every method;
+    ``own`` saves/loads the rest of the method's state (generators, optimisers, pending tasks).
+    """
+    gens, bank, stall, stats = shared
+
+    def save() -> dict[str, Any]:
+        return {
+            **own.save(),
+            "gens": generator_states(gens),
+            "bank": bank.state_dict(),
+            "stall": stall.state_dict(),
+            "stats": dict(stats),
+        }
+
+    def load(saved: dict[str, Any]) -> None:
+        restore_generators(gens, saved["gens"])
+        bank.load_state_dict(saved["bank"])
+        stall.load_state_dict(saved["stall"])
+        stats.update(saved["stats"])
+        own.load(saved)
+
+    inner_lr = float(method.cfg.inner_lr)  # type: ignore[attr-defined]
+    return train_episodic(
+        method,
+        budget,
+        iterations,
+        sample_tasks,
+        task_loss,
+        lambda m: FineTuneLearner(m, inner_lr),
+        before_iteration,
+        model,
+        Resumable(save, load),
+    )

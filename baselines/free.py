@@ -32,8 +32,14 @@ import torch.nn.functional as F
 from baselines._bank import ClassBank
 from baselines._generator import Generator, fresh_generator
 from baselines._kd import kd_loss
-from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup, masked_disagreement
-from bench.learners.episodic import Resumable, generator_states, restore_generators, train_episodic
+from baselines._replay import (
+    GeneratorReplayConfig,
+    ReplayStall,
+    check_generator_setup,
+    masked_disagreement,
+    train_replay_maml,
+)
+from bench.learners.episodic import Resumable
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
@@ -145,35 +151,27 @@ class Free(MetaLearner):
 
         def save() -> dict:
             return {
-                "gens": generator_states(gens),
                 "meta_gen": meta_gen.state_dict(),
                 "gen_opt": gen_opt.state_dict(),
                 "bell": None if state["bell"] is None else state["bell"].state_dict(),
-                "bank": bank.state_dict(),
-                "stall": stall.state_dict(),
-                "stats": dict(stats),
             }
 
         def load(saved: dict) -> None:
-            restore_generators(gens, saved["gens"])
             meta_gen.load_state_dict(saved["meta_gen"])
             gen_opt.load_state_dict(saved["gen_opt"])
             if saved["bell"] is not None:
                 state["bell"] = torch.optim.Adam(state["model"].parameters(), lr=cfg.bell_lr)
                 state["bell"].load_state_dict(saved["bell"])
-            bank.load_state_dict(saved["bank"])
-            stall.load_state_dict(saved["stall"])
-            stats.update(saved["stats"])
 
-        model, _ = train_episodic(
+        model, _ = train_replay_maml(
             self,
             budget,
             iterations,
             sample,
             loss,
-            lambda m: FineTuneLearner(m, cfg.inner_lr),
             before,
             state["model"],
+            (gens, bank, stall, stats),
             Resumable(save, load),
         )
         self.train_stats.update(stats)

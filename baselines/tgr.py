@@ -37,9 +37,9 @@ from torch import nn
 from baselines._bank import ClassBank
 from baselines._generator import fresh_generator, invert_with_generator
 from baselines._kd import kd_loss
-from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup
+from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup, train_replay_maml
 from bench.errors import BenchError
-from bench.learners.episodic import Resumable, generator_states, restore_generators, train_episodic
+from bench.learners.episodic import Resumable
 from bench.learners.maml import FineTuneLearner, forward, inner_loop, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
@@ -160,32 +160,21 @@ class Tgr(MetaLearner):
             return value, acc
 
         def save() -> dict:
-            return {
-                "gens": generator_states(gens),
-                "groups": [list(g) for g in groups],
-                "member_opt": member_opt.state_dict(),
-                "bank": bank.state_dict(),
-                "stall": stall.state_dict(),
-                "stats": dict(stats),
-            }
+            return {"groups": [list(g) for g in groups], "member_opt": member_opt.state_dict()}
 
         def load(saved: dict) -> None:
-            restore_generators(gens, saved["gens"])
             groups[:] = [list(g) for g in saved["groups"]]
             member_opt.load_state_dict(saved["member_opt"])
-            bank.load_state_dict(saved["bank"])
-            stall.load_state_dict(saved["stall"])
-            stats.update(saved["stats"])
 
-        model, _ = train_episodic(
+        model, _ = train_replay_maml(
             self,
             budget,
             iterations,
             sample,
             loss,
-            lambda m: FineTuneLearner(m, cfg.inner_lr),
             before,
             model,
+            (gens, bank, stall, stats),
             Resumable(save, load),
         )
         self.train_stats.update(stats)
