@@ -162,8 +162,8 @@ class FineTuneLearner(Learner):
         if channels_last is None:
             channels_last = next(model.parameters()).device.type == "cpu"
         self.channels_last = channels_last
-        copy = to_channels_last if channels_last else (lambda v: v)
-        self.init_params = {k: copy(v.detach().clone()) for k, v in module_params(model).items()}
+        layout = to_channels_last if channels_last else (lambda v: v)
+        self.init_params = {k: layout(v.detach().clone()) for k, v in module_params(model).items()}
         self.inner_lr, self.default_steps = inner_lr, default_steps
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Classifier:
