@@ -30,7 +30,7 @@ from bench.method import METHODS, Budget, MetaLearner, MethodContext, validate_m
 from bench.paths import resolve_results_dir
 from bench.records import RunRecord, finished_run, readout_name, write_record
 from bench.seeding import derive_seed, make_generator
-from bench.tasks import TaskShape, TaskSuite
+from bench.tasks import Episode, EpisodeSampler, TaskShape, TaskSuite
 from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, synchronize
 from bench.tracking import make_sink
 from zoos.averaging import refuse_mixed_architecture_config
@@ -116,9 +116,23 @@ def make_probe(dataset, split: str, shape: TaskShape, n_episodes: int, seed: int
     return probe
 
 
-def attach_real_data(method: MetaLearner, dataset) -> None:  # noqa: ANN001 - ImageClassDataset
-    """Give the real dataset to oracle methods (``uses_real_data``) only; data-free ones never see it."""
+def attach_real_data(method: MetaLearner, dataset, shape: TaskShape) -> None:  # noqa: ANN001
+    """Give real data only to the methods that declare it; data-free ones never see it.
+
+    Oracles (``uses_real_data``) get the dataset; ``uses_real_val`` methods get a sampler of fresh
+    ``shape`` episodes from the **val** split (guard lifted inside the call, nothing else reachable).
+    """
     method.real_data = dataset if method.uses_real_data else None
+    method.sample_real_val = None
+    if method.uses_real_val:
+        sampler = EpisodeSampler(dataset, "val", shape)  # class lists only; images read per call
+        device = method.context.device
+
+        def sample_real_val(gen: torch.Generator) -> Episode:
+            with allow_real_data():
+                return sampler.sample(gen, device)
+
+        method.sample_real_val = sample_real_val
 
 
 def meta_train(cfg: DictConfig, method: MetaLearner, zoo, budget: Budget, seed: int):  # noqa: ANN001, ANN201
@@ -212,7 +226,7 @@ def run_one(cfg: DictConfig) -> Path:
     method.test_probe = make_probe(
         dataset, str(cfg.task.split), shape, probe_episodes, suite_seed, primary, device
     )
-    attach_real_data(method, dataset)
+    attach_real_data(method, dataset, shape)
     method_seed = derive_seed(seed, "method", seed_name(METHODS.get(str(cfg.method.name))))
     try:
         learner, meta_train_s = meta_train(cfg, method, zoo, budget, method_seed)
@@ -256,7 +270,8 @@ def write_failed_record(cfg, key, run_dir, started, device, error) -> None:  # n
         run_key=key,
         experiment=str(cfg.experiment.name),
         method=str(cfg.method.name),
-        data_free=not METHODS.get(str(cfg.method.name)).uses_real_data,
+        data_free=METHODS.get(str(cfg.method.name)).real_data_use() == "none",
+        real_data=METHODS.get(str(cfg.method.name)).real_data_use(),
         status="failed",
         setting={"dataset": str(cfg.dataset.name), "zoo": str(cfg.zoo.name), "task": str(cfg.task.name)},
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -300,7 +315,8 @@ def make_record(
         run_key=key,
         experiment=str(cfg.experiment.name),
         method=str(cfg.method.name),
-        data_free=not method.uses_real_data,
+        data_free=method.real_data_use() == "none",
+        real_data=method.real_data_use(),
         status="ok",
         setting={
             "dataset": dataset.name,

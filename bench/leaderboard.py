@@ -35,6 +35,7 @@ def _rows(records: Sequence[RunRecord]) -> list[dict[str, object]]:
                     "table": record.experiment,
                     "method": record.method,
                     "data_free": record.data_free,
+                    "real_data": record.real_data or ("none" if record.data_free else "meta_train"),
                     "dataset": record.setting["dataset"],
                     "zoo": record.setting["zoo"],
                     "task": record.setting["task"],
@@ -100,6 +101,7 @@ def tidy_table(
     columns = [
         *GROUP,
         "data_free",
+        "real_data",
         "acc_mean",
         "acc_ci95",
         "n_episodes",
@@ -119,6 +121,7 @@ def tidy_table(
         frame.groupby(GROUP, sort=False)
         .agg(
             data_free=("data_free", "all"),
+            real_data=("real_data", "first"),
             acc_mean=("acc_mean", "mean"),
             acc_ci95=("acc_ci95", "mean"),
             n_episodes=("n_episodes", "min"),
@@ -176,6 +179,7 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
                     "test_steps": steps,
                     "profile": profile,
                     "data_free": bool(cells["data_free"].all()),
+                    "real_data": cells["real_data"].iloc[0],
                     "acc_mean": cells["acc_mean"].mean(),
                     "acc_ci95": (cells["acc_ci95"] ** 2).sum() ** 0.5 / k,
                     "n_episodes": int(cells["n_episodes"].min()),
@@ -211,8 +215,16 @@ def setting_label(task: str, steps: int) -> str:
     return f"{task} · {steps} {unit}{paper}"
 
 
-def _row_label(method: str, data_free: bool) -> str:
-    return method if data_free else f"{method} (oracle: uses real data)"
+#: Row-label suffix per ``real_data`` value: what real data the method's meta-training saw.
+REAL_DATA_LABEL = {
+    "none": "",
+    "meta_train": " (oracle: uses real data)",
+    "meta_val": " (uses real meta-val episodes)",
+}
+
+
+def _row_label(method: str, real_data: str) -> str:
+    return method + REAL_DATA_LABEL[real_data]
 
 
 def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFrame:
@@ -220,9 +232,9 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
         {(t, s) for t, s in zip(table["task"], table["test_steps"], strict=True)},
         key=lambda ts: (ts[0], ts[1]),
     )
-    methods = list(dict.fromkeys(zip(table["method"], table["data_free"], strict=True)))
+    methods = list(dict.fromkeys(zip(table["method"], table["real_data"], strict=True)))
     cells = {}
-    for method, data_free in methods:
+    for method, real_data in methods:
         row = {}
         for task, steps in settings:
             hit = table[
@@ -233,7 +245,7 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
             else:
                 sign = "+" if signed else ""
                 row[setting_label(task, steps)] = f"{hit.iloc[0][value]:{sign}.1f} ± {hit.iloc[0][ci]:.1f}"
-        cells[_row_label(method, data_free)] = row
+        cells[_row_label(method, real_data)] = row
     frame = pd.DataFrame.from_dict(cells, orient="index")
     frame.index.name = "method"
     return frame

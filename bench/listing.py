@@ -114,6 +114,8 @@ def listing() -> dict[str, list[tuple[str, str]]]:
         label = first_doc_line(cls)
         if cls.uses_real_data:
             label = f"[uses real data] {label}"
+        elif cls.uses_real_val:
+            label = f"[uses real meta-val episodes] {label}"
         methods.append((name, label))
     return {
         "datasets": _datasets(),

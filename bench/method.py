@@ -3,7 +3,9 @@
 A method is one file in ``baselines/`` (or ``purer/``) registered in :data:`METHODS`, plus one
 YAML in ``bench/conf/method/`` validated against its ``Config`` dataclass. ``meta_train`` receives
 a zoo, never a dataset: the harness runs it inside ``forbid_real_data`` unless the class declares
-``uses_real_data = True`` (the oracle baselines).
+``uses_real_data = True`` (the oracle baselines). A class declaring ``uses_real_val = True`` stays
+inside the guard but may draw real meta-val episodes through ``sample_real_val``; it is recorded as
+not data-free.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from bench.registry import Registry
 
 if TYPE_CHECKING:
     from bench.data.base import ImageClassDataset
+    from bench.tasks import Episode
     from zoos.zoo import Zoo
 
 
@@ -106,6 +109,9 @@ class MetaLearner(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: Oracle baselines meta-train on real data and say so everywhere.
     uses_real_data: ClassVar[bool] = False
+    #: Methods that steer meta-training on fresh *real meta-val* episodes (TDS's paper variant):
+    #: they get ``sample_real_val`` and are recorded ``data_free: false``, ``real_data: meta_val``.
+    uses_real_val: ClassVar[bool] = False
     #: Parameter-space methods (weight_average, ota): refused up front for mixed-architecture zoos.
     same_architecture_only: ClassVar[bool] = False
     #: Config keys that change only the test-time learner, never meta-training (see train_dir).
@@ -124,6 +130,16 @@ class MetaLearner(ABC):
         self.extra_metrics: dict[str, float] = {}
         #: The real dataset: set by the harness **only** for ``uses_real_data`` (oracle) methods.
         self.real_data: ImageClassDataset | None = None
+        #: Draws a fresh real meta-val episode with the given generator: set by the harness **only**
+        #: for ``uses_real_val`` methods (the data-free guard is lifted inside the call).
+        self.sample_real_val: Callable[[torch.Generator], Episode] | None = None
+
+    @classmethod
+    def real_data_use(cls) -> str:
+        """What real data meta-training sees: ``none``, ``meta_val`` (episodes) or ``meta_train`` (oracle)."""
+        if cls.uses_real_data:
+            return "meta_train"
+        return "meta_val" if cls.uses_real_val else "none"
 
     @abstractmethod
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:

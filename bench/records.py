@@ -44,6 +44,9 @@ class RunRecord:
     seeds: dict[str, int]
     hashes: dict[str, Any]
     environment: dict[str, Any]
+    #: What real data meta-training saw: ``none``, ``meta_val`` (episodes), ``meta_train`` (oracle).
+    #: Empty in records written before the field existed (read ``data_free`` then).
+    real_data: str = ""
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     primary_readout: str = ""
     per_episode: dict[str, list[float]] = field(default_factory=dict)

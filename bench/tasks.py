@@ -72,12 +72,9 @@ class TaskSuite:
         self.query_rows = torch.empty(n_episodes, shape.n_way, q, dtype=torch.long)
         for i in range(n_episodes):
             gen = make_generator(derive_seed(seed, "episode", i))
-            chosen = class_ids[torch.randperm(len(class_ids), generator=gen)[: shape.n_way]]
-            self.classes[i] = chosen
-            for j, c in enumerate(chosen.tolist()):
-                rows = per_class_rows[c]
-                picked = rows[torch.randperm(len(rows), generator=gen)[: k + q]]
-                self.support_rows[i, j], self.query_rows[i, j] = picked[:k], picked[k:]
+            self.classes[i], self.support_rows[i], self.query_rows[i] = draw_rows(
+                class_ids, per_class_rows, shape, gen
+            )
         self.content_hash = self._hash()
 
     def _hash(self) -> str:
@@ -99,16 +96,13 @@ class TaskSuite:
         """Episode ``index`` as normalised tensors on ``device``."""
         if not 0 <= index < self.n_episodes:
             raise IndexError(f"episode {index} out of range 0..{self.n_episodes - 1}")
-        n_way, k, q = self.shape.n_way, self.shape.k_shot, self.shape.n_query
-        labels = torch.arange(n_way, device=device)
-        support = self.dataset.read_rows(self.support_rows[index].reshape(-1))
-        query = self.dataset.read_rows(self.query_rows[index].reshape(-1))
-        return Episode(
-            support_x=self.dataset.normalize(support, device),
-            support_y=labels.repeat_interleave(k),
-            query_x=self.dataset.normalize(query, device),
-            query_y=labels.repeat_interleave(q),
-            classes=self.classes[index].clone(),
+        return episode_from_rows(
+            self.dataset,
+            self.shape,
+            self.classes[index].clone(),
+            self.support_rows[index],
+            self.query_rows[index],
+            device,
         )
 
     def describe(self) -> dict[str, object]:
@@ -122,6 +116,62 @@ class TaskSuite:
             "seed": self.seed,
             "content_hash": self.content_hash,
         }
+
+
+def draw_rows(
+    class_ids: torch.Tensor, per_class_rows: dict[int, torch.Tensor], shape: TaskShape, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One episode's rows: classes (n_way,), support rows (n_way, k_shot), query rows (n_way, n_query).
+
+    Classes first (a permutation of ``class_ids``), then per class a permutation of its rows.
+    """
+    k, q = shape.k_shot, shape.n_query
+    chosen = class_ids[torch.randperm(len(class_ids), generator=gen)[: shape.n_way]]
+    support = torch.empty(shape.n_way, k, dtype=torch.long)
+    query = torch.empty(shape.n_way, q, dtype=torch.long)
+    for j, c in enumerate(chosen.tolist()):
+        rows = per_class_rows[c]
+        picked = rows[torch.randperm(len(rows), generator=gen)[: k + q]]
+        support[j], query[j] = picked[:k], picked[k:]
+    return chosen, support, query
+
+
+class EpisodeSampler:
+    """Random episodes of one (dataset, split, shape), each drawn with the caller's generator.
+
+    For methods that sample *fresh* real episodes during meta-training (TDS's real meta-val
+    variant); the fixed, indexable suites used for evaluation are :class:`TaskSuite`.
+    """
+
+    def __init__(self, dataset: ImageClassDataset, split: str, shape: TaskShape) -> None:
+        validate_shape(dataset, split, shape, 1)
+        self.dataset, self.split, self.shape = dataset, split, shape
+        self.class_ids = torch.tensor(dataset.split_classes(split))
+        self.per_class_rows = {int(c): dataset.class_rows(int(c)) for c in self.class_ids}
+
+    def sample(self, gen: torch.Generator, device: torch.device | str = "cpu") -> Episode:
+        """A random episode (labels 0..n_way-1 in drawn class order) as normalised tensors."""
+        classes, support_rows, query_rows = draw_rows(self.class_ids, self.per_class_rows, self.shape, gen)
+        return episode_from_rows(self.dataset, self.shape, classes, support_rows, query_rows, device)
+
+
+def episode_from_rows(
+    dataset: ImageClassDataset,
+    shape: TaskShape,
+    classes: torch.Tensor,
+    support_rows: torch.Tensor,
+    query_rows: torch.Tensor,
+    device: torch.device | str,
+) -> Episode:
+    """Read and normalise the images at ``support_rows`` (n_way, k_shot) / ``query_rows`` (n_way, n_query)."""
+    labels = torch.arange(shape.n_way, device=device)
+    return Episode(
+        support_x=dataset.normalize(dataset.read_rows(support_rows.reshape(-1)), device),
+        support_y=labels.repeat_interleave(shape.k_shot),
+        query_x=dataset.normalize(dataset.read_rows(query_rows.reshape(-1)), device),
+        query_y=labels.repeat_interleave(shape.n_query),
+        classes=classes,
+    )
 
 
 def validate_shape(dataset: ImageClassDataset, split: str, shape: TaskShape, n_episodes: int) -> None:

@@ -11,6 +11,7 @@ from baselines._bank import ClassBank, invert_batch
 from bench.app import attach_real_data
 from bench.errors import BenchError
 from bench.method import METHODS, MethodContext
+from bench.tasks import TaskShape
 from purer.inversion import InversionWeights
 
 WEIGHTS = InversionWeights(1.0, 0.01, 1e-4, 0.0, 2)
@@ -51,5 +52,6 @@ def test_only_oracles_are_ever_given_the_real_dataset(name, small_glyphs):
     cls = METHODS.get(name)
     context = MethodContext(5, 1, 32, 3, torch.device("cpu"), 0)
     method = cls(dataclasses.replace(cls.Config(), name=name), context)
-    attach_real_data(method, small_glyphs)
+    attach_real_data(method, small_glyphs, TaskShape(5, 1, 15))
     assert (method.real_data is small_glyphs) == cls.uses_real_data == name.endswith("_oracle")
+    assert (method.sample_real_val is not None) == cls.uses_real_val == (name == "tds_real_val")

@@ -209,3 +209,33 @@ def test_submitit_slurm_launcher_composes_for_dfml_run():
             return_hydra_config=True,
         )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.timeout_min == 600
+
+
+def test_tds_real_val_is_recorded_and_shown_as_not_data_free(smoke_results):
+    """The opt-in real meta-val TDS: record says so, the leaderboard row is marked (reuses the smoke zoo)."""
+    work, _ = smoke_results
+    args = [
+        "experiment=smoke",
+        "method=tds_real_val",
+        "budget.meta_iterations=3",
+        "method.generate_iterations=2",
+        "method.ngf=4",
+        "method.nz=8",
+        "method.check_every=1",
+        "method.patience=1",
+        "method.select_every=1000",
+        "method.val_episodes=2",
+        "task.n_episodes=4",
+    ]
+    done = _run("dfml-run", *args, cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = next(r for r in read_records(work / "results" / "runs" / "smoke") if r.method == "tds_real_val")
+    assert record.data_free is False and record.real_data == "meta_val"
+    assert record.train_stats["real_val_episodes"] == 4 * 2  # val_checks x checks (iterations 2, 3)
+    plain = next(r for r in read_records(work / "results" / "runs" / "smoke") if r.method == "random_init")
+    assert plain.data_free and plain.real_data == "none"
+    done = _run("dfml-collect", "smoke", "--results", "results", cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    markdown = (work / "results" / "leaderboards" / "smoke.md").read_text()
+    assert "tds_real_val (uses real meta-val episodes)" in markdown
+    assert "| random_init " in markdown or "random_init |" in markdown

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import bench.learners.episodic as episodic
+from bench.app import attach_real_data
 from bench.data import forbid_real_data
 from bench.errors import BenchError, DataFreeViolation
 from bench.method import METHODS, Budget, Learner, MethodContext, validate_method_config
@@ -55,6 +56,8 @@ def _train(
     cfg = validate_method_config(cls, raw)
     method = cls(cfg, dataclasses.replace(CONTEXT, seed=seed, train_dir=train_dir))
     generator = torch.Generator().manual_seed(seed)
+    if cls.uses_real_val:  # the paper's TDS variant: fresh real meta-val episodes via the harness
+        attach_real_data(method, real_data, TaskShape(CONTEXT.n_way, CONTEXT.k_shot, raw.get("n_query", 15)))
     if cls.uses_real_data:
         method.real_data = real_data
         learner = method.meta_train(zoo, Budget(meta_iterations=iterations), generator)

@@ -75,3 +75,46 @@ def test_plateaus_trigger_rounds_of_member_inversions_and_the_policy_learns(tiny
     assert stats["interpolated_tasks"] > 0
     support = torch.randn(5, 3, 32, 32)
     assert learner.adapt(support, torch.arange(5))(torch.randn(4, 3, 32, 32)).shape == (4, 5)
+
+
+def test_real_val_variant_checks_on_fresh_real_meta_val_episodes_only(tiny_zoo, small_glyphs):
+    from bench.app import attach_real_data
+    from bench.data import forbid_real_data
+    from bench.tasks import TaskShape
+
+    cls = METHODS.get("tds_real_val")
+    smoke = {"name": "tds_real_val", "generate_iterations": 2, "ngf": 4, "nz": 8, "n_query": 3}
+    knobs = {"select_every": 10**6, "val_signal": "real", "check_every": 1, "patience": 2}
+    method = cls(dataclasses.replace(cls.Config(), **smoke, **knobs), MethodContext(5, 1, 32, 3, CPU, 0))
+    attach_real_data(method, small_glyphs, TaskShape(5, 1, 3))
+    assert method.real_data is None and method.sample_real_val is not None
+    drawn, sample = [], method.sample_real_val
+
+    def counting(gen: torch.Generator) -> Episode:
+        drawn.append(sample(gen))
+        return drawn[-1]
+
+    method.sample_real_val = counting
+    with forbid_real_data("tds_real_val"):  # the sampler is its only way to real images
+        method.meta_train(tiny_zoo, Budget(meta_iterations=6), torch.Generator())
+    val_classes = set(small_glyphs.split_classes("val"))
+    assert len(drawn) == 4 * 5 == method.train_stats["real_val_episodes"]  # val_checks x checks 2..6
+    assert all(set(ep.classes.tolist()) <= val_classes for ep in drawn)
+    assert len({tuple(ep.classes.tolist()) for ep in drawn}) > 1, "fresh episodes, not one fixed task"
+    assert method.real_data_use() == "meta_val" and METHODS.get("tds").real_data_use() == "none"
+
+
+def test_val_signal_must_match_the_registered_variant(tiny_zoo):
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="not data-free: run method=tds_real_val"):
+        _tds(val_signal="real").meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
+    with pytest.raises(BenchError, match="'pseudo' or 'real'; got 'test'"):
+        _tds(val_signal="test").meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
+    cls = METHODS.get("tds_real_val")
+    variant = cls(dataclasses.replace(cls.Config(), name="tds_real_val"), MethodContext(5, 1, 32, 3, CPU, 0))
+    with pytest.raises(BenchError, match="tds_real_val needs method.val_signal=real"):
+        variant.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
+    variant.cfg.val_signal = "real"
+    with pytest.raises(BenchError, match="needs real meta-val episodes"):
+        variant.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
