@@ -34,13 +34,17 @@ def _dfml_run(*args: str, cwd: Path, wait: bool = True):  # noqa: ANN202
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def _kill_when(process: subprocess.Popen, appears: Path, pattern: str, timeout: float = 600) -> None:
+def _kill_when(process: subprocess.Popen, appears: Path, pattern: str, timeout: float = 1800) -> None:
+    """SIGKILL ``process`` as soon as ``appears/pattern`` exists; a clear failure if it never does."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not list(appears.glob(pattern)):
+    while not list(appears.glob(pattern)):
         if process.poll() is not None:
             raise AssertionError(
                 "the run finished before it could be killed: " + process.stderr.read().decode()
             )
+        if time.monotonic() > deadline:  # a heavily loaded machine: say so instead of a later mismatch
+            process.kill()
+            raise AssertionError(f"{appears}/{pattern} did not appear within {timeout:.0f} s")
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
