@@ -89,6 +89,10 @@ class PurerConfig(MethodConfig):
     fold_teachers: bool = True
     #: ``bf16``: autocast the inversion (teacher forwards) to bfloat16; fp32 is the default.
     precision: str = "fp32"
+    #: ``torch.compile`` mode for the inversion objective (all teachers): ``off`` (default),
+    #: ``default``, ``reduce-overhead`` (CUDA graphs on CUDA) or ``max-autotune``. Not in the YAMLs
+    #: (their keys name the runs): set it with ``+method.compile=default``. CPU needs a C++ compiler.
+    compile: str = "off"
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     inversion: InversionWeights = field(default_factory=InversionWeights)
     adv: AdversarialConfig = field(default_factory=AdversarialConfig)

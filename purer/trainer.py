@@ -28,6 +28,7 @@ from bench.method import Budget, MetaLearner
 from bench.progress import progress_enabled
 from bench.seeding import derive_seed, make_generator
 from purer.artefacts import save_curves, save_image_grid
+from purer.compilation import compiled
 from purer.config import PurerConfig
 from purer.curriculum import Curriculum
 from purer.dynamic_data import DynamicDataset
@@ -71,6 +72,7 @@ class PurerTrainer:
             cfg.fold_teachers,
         )
         self.weights = cfg.inversion
+        self.objective = compiled(self.data.inversion_objective, cfg.compile, ctx.device)
         use_curriculum = cfg.curriculum and cfg.adv.enabled
         self.curriculum = (
             Curriculum(adv_start(cfg, self.iterations), cfg.adv.patience) if use_curriculum else None
@@ -108,7 +110,7 @@ class PurerTrainer:
                 ].tolist()
             )
         with torch.autocast(self.ctx.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            objective, parts = self.data.inversion_objective(
+            objective, parts = self.objective(
                 self.weights, self.gens["jitter"], ids, self.cfg.legacy.cumulative_node_weighting
             )
         adversarial = self.curriculum is not None and self.curriculum.consume()
