@@ -55,10 +55,66 @@ def test_built_untrusted_members_mislead_on_their_claimed_classes(small_glyphs):
         ({"fraction": 1.5}, r"zoo.untrusted.fraction must be in \[0, 1\]; got 1.5"),
         (
             {"fraction": 0.2, "kind": "evil"},
-            r"zoo.untrusted.kind='evil' is not one of: relabelled, untrained, mixed",
+            r"zoo.untrusted.kind='evil' is not one of: foreign, relabelled, untrained, mixed",
+        ),
+        (
+            {"fraction": 0.2, "kind": "mixed", "mix": ["relabelled", "mixed"]},
+            r"zoo.untrusted.mix has \['mixed'\]; valid: foreign, relabelled, untrained",
         ),
     ],
 )
 def test_bad_untrusted_settings_are_named(block, message, small_glyphs):
     with pytest.raises(BenchError, match=message):
         member_specs({**TINY_ZOO, "untrusted": block}, {"": small_glyphs})
+
+
+def _omniglot(shared_data):  # noqa: ANN001, ANN202
+    root = shared_data / "omniglot"
+    if not root.is_dir():
+        pytest.skip(f"Omniglot subsets not found at {root} (../shared/data/omniglot)")
+    return {"name": "omniglot", "root": str(root), "image_size": 32, "channels": 3}
+
+
+def test_foreign_members_are_trained_on_another_dataset_and_claim_zoo_classes(small_glyphs, shared_data):
+    """TDS's 'trained on another dataset, classes relabelled': Omniglot weights presented as glyph classes."""
+    from bench.data import load_dataset
+    from zoos.zoo import zoo_specs
+
+    cfg = {
+        **TINY_ZOO,
+        "name": "tiny_foreign",
+        "untrusted": {
+            "fraction": 0.67,
+            "kind": "mixed",
+            "mix": ["foreign", "untrained"],
+            "foreign_dataset": _omniglot(shared_data),
+        },
+    }
+    specs, datasets = zoo_specs(cfg, small_glyphs)
+    omniglot = datasets["omniglot"]
+    foreign = next(s for s in specs if s.extra.get("untrusted") == "foreign")
+    assert foreign.classes == member_specs(TINY_ZOO, {"": small_glyphs})[foreign.index].classes  # claims
+    assert foreign.training_dataset == "omniglot" and len(foreign.training_classes) == 5
+    omniglot_train = {omniglot.class_names[i] for i in omniglot.split_classes("train")}
+    assert set(foreign.training_classes) <= omniglot_train
+    x, y, _, _ = member_tensors(foreign, omniglot, torch.device("cpu"))
+    first = omniglot.class_names.index(foreign.training_classes[0])
+    expected = omniglot.normalize(omniglot.read_rows(omniglot.class_rows(first)[:1]), torch.device("cpu"))
+    assert torch.equal(x[:1], expected) and y[0].item() == 0
+    with pytest.raises(BenchError, match="trains on 'omniglot', not 'glyphs'"):
+        member_tensors(foreign, small_glyphs, torch.device("cpu"))
+    zoo = load_or_build_zoo(cfg, small_glyphs, "cpu")
+    member = zoo.members[foreign.index]
+    assert member.heldout_acc > 50.0  # it learned its own (Omniglot) classes
+    gx, _, _, _ = member_tensors(
+        member_specs(TINY_ZOO, {"": small_glyphs})[foreign.index], small_glyphs, "cpu"
+    )
+    claimed = torch.arange(5).repeat_interleave(len(gx) // 5)
+    with torch.no_grad():
+        assert float((member.model(gx).argmax(1) == claimed).float().mean()) < 0.5  # useless on its claims
+    assert "**untrusted: foreign** (trained on omniglot" in render_card(zoo.manifest, [])
+    with pytest.raises(BenchError, match="needs untrusted.foreign_dataset"):
+        member_specs({**cfg, "untrusted": {**cfg["untrusted"], "foreign_dataset": None}}, {"": small_glyphs})
+    small = load_dataset({**_omniglot(shared_data), "image_size": 28})
+    with pytest.raises(BenchError, match="'omniglot' is 28px x3; the zoo's members take 32px x3"):
+        member_specs(cfg, {"": small_glyphs}, small)

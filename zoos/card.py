@@ -85,8 +85,10 @@ def render_card(manifest: dict[str, Any], builds: list[dict[str, Any]]) -> str:
     ]
     for m in members:
         shown = ", ".join(m["classes"][:5]) + (" ..." if len(m["classes"]) > 5 else "")
-        flag = (m.get("spec", {}).get("extra") or {}).get("untrusted")
+        extra = m.get("spec", {}).get("extra") or {}
+        flag, trained_on = extra.get("untrusted"), (extra.get("trained_on") or {}).get("dataset")
         marker = f" **untrusted: {flag}**" if flag else ""
+        marker += f" (trained on {trained_on}; held-out % on its own classes)" if trained_on else ""
         lines.append(
             f"- {m['index']}: {m['arch']}, {m['dataset']}, {m['heldout_acc']:.1f} %{marker}: {shown}"
         )

@@ -41,7 +41,7 @@ def run_job(cfg: DictConfig) -> list[int]:
         if is_done(cache_dir() / "zoo_members" / spec.key):
             log.info("zoo %s member %d: cached", cfg.zoo.name, spec.index)
             continue
-        build_member(spec, datasets[spec.dataset], device)
+        build_member(spec, datasets[spec.training_dataset], device)
         trained.append(spec.index)
         log.info("zoo %s member %d (%s): trained", cfg.zoo.name, spec.index, spec.arch)
     return trained

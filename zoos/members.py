@@ -23,10 +23,14 @@ Robustness (TDS's untrustworthy-member scenario): ``untrusted: {fraction, kind}`
 ``round(fraction * n)`` subset of members as untrustworthy (recorded in each spec's ``extra``, so
 only those members' keys change):
 
-- ``relabelled``: trained on its classes' images under a seeded permutation of its labels, so the
-  class it claims as label i is really another one (a member whose label map is wrong);
-- ``untrained``: never trained (its random initialisation), shipped as if it were a member;
-- ``mixed``: the selected members alternate relabelled / untrained.
+- ``foreign``: trained on **another dataset** (``untrusted.foreign_dataset``, a dataset config of
+  the same image size and channels) -- a seeded choice of that dataset's meta-train classes -- and
+  shipped with its classes relabelled as the zoo classes it claims (TDS's first kind);
+- ``relabelled``: trained on its claimed classes' images under a seeded derangement of its labels
+  (a member whose label map is wrong);
+- ``untrained``: never trained (its random initialisation), shipped as if it were a member (TDS's
+  second kind; nothing in the harness reads a member's reported accuracy, so no claim is forged);
+- ``mixed``: the selected members cycle through ``untrusted.mix`` (default relabelled, untrained).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from zoos.architectures import ARCHITECTURES
 from zoos.spec import MemberSpec, TrainRecipe
 
 PROTOCOLS = ("disjoint", "overlapping")
-UNTRUSTED_KINDS = ("relabelled", "untrained", "mixed")
+UNTRUSTED_KINDS = ("foreign", "relabelled", "untrained", "mixed")
 ASSIGNMENTS = ("cyclic", "random")
 #: Keys a source may set for itself; missing ones are inherited from the zoo's top level.
 SOURCE_KEYS = ("protocol", "classes_per_member", "n_members")
@@ -149,8 +153,15 @@ def source_groups(
     return out
 
 
-def member_specs(cfg: Mapping[str, Any], datasets: Mapping[str, ImageClassDataset]) -> list[MemberSpec]:
-    """The member specs of zoo config ``cfg``; ``datasets`` maps source name ("" for SS/SH) to data."""
+def member_specs(
+    cfg: Mapping[str, Any],
+    datasets: Mapping[str, ImageClassDataset],
+    foreign: ImageClassDataset | None = None,
+) -> list[MemberSpec]:
+    """The member specs of zoo config ``cfg``; ``datasets`` maps source name ("" for SS/SH) to data.
+
+    ``foreign``: the loaded ``untrusted.foreign_dataset`` (needed only by ``foreign`` members).
+    """
     groups = source_groups(cfg, datasets)
     archs = assign_archs(cfg, len(groups))
     specs = []
@@ -170,10 +181,12 @@ def member_specs(cfg: Mapping[str, Any], datasets: Mapping[str, ImageClassDatase
         )
         check_meta_train_only(spec, dataset)
         specs.append(spec)
-    return mark_untrusted(cfg, specs)
+    return mark_untrusted(cfg, specs, foreign)
 
 
-def mark_untrusted(cfg: Mapping[str, Any], specs: list[MemberSpec]) -> list[MemberSpec]:
+def mark_untrusted(
+    cfg: Mapping[str, Any], specs: list[MemberSpec], foreign: ImageClassDataset | None = None
+) -> list[MemberSpec]:
     """Specs with ``extra["untrusted"]`` (and a label permutation) set on a seeded subset (see module doc)."""
     block = cfg.get("untrusted")
     if not block:
@@ -183,6 +196,10 @@ def mark_untrusted(cfg: Mapping[str, Any], specs: list[MemberSpec]) -> list[Memb
         raise BenchError(f"zoo.untrusted.fraction must be in [0, 1]; got {fraction}")
     if kind not in UNTRUSTED_KINDS:
         raise BenchError(f"zoo.untrusted.kind={kind!r} is not one of: {', '.join(UNTRUSTED_KINDS)}")
+    mix = [str(k) for k in (block.get("mix") or ("relabelled", "untrained"))]
+    bad = [k for k in mix if k not in UNTRUSTED_KINDS[:-1]]
+    if bad:
+        raise BenchError(f"zoo.untrusted.mix has {bad}; valid: {', '.join(UNTRUSTED_KINDS[:-1])}")
     count = round(fraction * len(specs))
     seed = int(cfg.get("seed", 0))
     chosen = sorted(
@@ -191,8 +208,10 @@ def mark_untrusted(cfg: Mapping[str, Any], specs: list[MemberSpec]) -> list[Memb
     out = list(specs)
     for rank, index in enumerate(chosen):
         spec = specs[index]
-        this = kind if kind != "mixed" else UNTRUSTED_KINDS[rank % 2]
+        this = kind if kind != "mixed" else mix[rank % len(mix)]
         extra: dict[str, Any] = {**spec.extra, "untrusted": this}
+        if this == "foreign":
+            extra["trained_on"] = foreign_classes(spec, foreign, seed)
         if this == "relabelled":  # a derangement: no class keeps its label
             gen = derived_generator(seed, "relabel", index)
             perm = torch.randperm(spec.head_width, generator=gen)
@@ -201,6 +220,30 @@ def mark_untrusted(cfg: Mapping[str, Any], specs: list[MemberSpec]) -> list[Memb
             extra["label_permutation"] = perm.tolist()
         out[index] = replace(spec, extra=extra)
     return out
+
+
+def foreign_classes(spec: MemberSpec, foreign: ImageClassDataset | None, seed: int) -> dict[str, Any]:
+    """``trained_on`` of a foreign member: a seeded draw of ``head_width`` foreign meta-train classes."""
+    if foreign is None:
+        raise BenchError(
+            "zoo.untrusted: a 'foreign' member needs untrusted.foreign_dataset (a dataset config of "
+            "another dataset, e.g. {name: omniglot, root: ..., image_size: 32, channels: 3})"
+        )
+    if foreign.name == spec.dataset:
+        raise BenchError(f"zoo.untrusted.foreign_dataset must be another dataset than {spec.dataset!r}")
+    if (foreign.image_size, foreign.channels) != (spec.image_size, spec.channels):
+        raise BenchError(
+            f"zoo.untrusted.foreign_dataset {foreign.name!r} is {foreign.image_size}px x{foreign.channels}; "
+            f"the zoo's members take {spec.image_size}px x{spec.channels} (set image_size/channels)"
+        )
+    names = sorted(foreign.class_names[i] for i in foreign.split_classes("train"))
+    if len(names) < spec.head_width:
+        raise BenchError(
+            f"foreign dataset {foreign.name!r} has {len(names)} meta-train classes < {spec.head_width}"
+        )
+    order = torch.randperm(len(names), generator=derived_generator(int(seed), "foreign", spec.index))
+    chosen = [names[i] for i in order[: spec.head_width].tolist()]
+    return {"dataset": foreign.name, "dataset_hash": foreign.content_hash, "classes": chosen}
 
 
 def check_meta_train_only(spec: MemberSpec, dataset: ImageClassDataset) -> None:

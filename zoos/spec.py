@@ -65,6 +65,16 @@ class MemberSpec:
         return {**asdict(self), "recipe": self.recipe.to_json()}
 
     @property
+    def training_dataset(self) -> str:
+        """Name of the dataset the weights are trained on (another one for a ``foreign`` member)."""
+        return str(self.extra["trained_on"]["dataset"]) if "trained_on" in self.extra else self.dataset
+
+    @property
+    def training_classes(self) -> tuple[str, ...]:
+        """Classes the weights are trained on, in local-label order (``classes`` = what it claims)."""
+        return tuple(self.extra["trained_on"]["classes"]) if "trained_on" in self.extra else self.classes
+
+    @property
     def key(self) -> str:
         """Content hash of the spec (the member's cache key)."""
         return spec_hash(self.to_json())

@@ -40,11 +40,14 @@ def member_tensors(
     """(train_x, train_y, holdout_x, holdout_y) for the member's classes, normalised, on ``device``.
 
     Shapes: x (n, C, H, W) float32, y (n,) int64 local labels (permuted for a relabelled member).
+    A ``foreign`` member's tensors come from its training dataset's classes (``spec.training_*``).
     """
+    if dataset.name != spec.training_dataset:
+        raise BenchError(f"member {spec.index} trains on {spec.training_dataset!r}, not {dataset.name!r}")
     name_to_index = {name: i for i, name in enumerate(dataset.class_names)}
     train_split = set(dataset.split_classes("train"))
     parts: dict[str, list[torch.Tensor]] = {"tx": [], "ty": [], "hx": [], "hy": []}
-    for local, class_name in enumerate(spec.classes):
+    for local, class_name in enumerate(spec.training_classes):
         index = name_to_index.get(class_name)
         if index is None or index not in train_split:
             raise BenchError(

@@ -216,8 +216,10 @@ def zoo_specs(
 ) -> tuple[list[MemberSpec], dict[str, ImageClassDataset]]:
     """(member specs, datasets by name) of zoo ``cfg`` paired with the run's ``dataset``."""
     by_source = zoo_datasets(cfg, dataset)
-    specs = member_specs(cfg, by_source)
-    return specs, {d.name: d for d in by_source.values()}
+    foreign_cfg = (cfg.get("untrusted") or {}).get("foreign_dataset")
+    foreign = load_dataset(dict(foreign_cfg)) if foreign_cfg else None  # TDS's "another dataset"
+    specs = member_specs(cfg, by_source, foreign)
+    return specs, {d.name: d for d in [*by_source.values(), *([foreign] if foreign else [])]}
 
 
 def ensure_members(
@@ -241,7 +243,7 @@ def ensure_members(
             remove_member(spec)
             member = None
         if member is None:
-            build_member(spec, datasets[spec.dataset], device)
+            build_member(spec, datasets[spec.training_dataset], device)
             trained.append(spec.index)
             member = _load_member(spec, device, str(cfg["name"]))
             assert member is not None
