@@ -142,7 +142,7 @@ class Tds(MetaLearner):
             stats["real_val_episodes"] = 0.0
         model_box: list[torch.nn.Module] = [fresh_meta_model(ctx, cfg.width)]
 
-        def pseudo_val() -> float:
+        def val_check() -> float:
             model = model_box[0]
             with torch.no_grad():
                 accs = []
@@ -186,7 +186,7 @@ class Tds(MetaLearner):
                 return
             if (it - 1) % cfg.check_every:
                 return
-            acc = pseudo_val()
+            acc = val_check()
             state["window"] = (state["window"] + [acc])[-cfg.patience :]
             state["best"], state["stale"] = (
                 (acc, 0) if acc > state["best"] else (state["best"], state["stale"] + 1)
@@ -285,17 +285,17 @@ class Tds(MetaLearner):
 
     def _check_val_signal(self) -> None:
         """``val_signal`` must match the class: real meta-val only in the non-data-free variant."""
-        source = self.cfg.val_signal  # type: ignore[attr-defined]
-        if source not in ("pseudo", "real"):
-            raise BenchError(f"method.val_signal must be 'pseudo' or 'real'; got {source!r}")
-        if source == "real" and not self.uses_real_val:
+        signal = self.cfg.val_signal  # type: ignore[attr-defined]
+        if signal not in ("pseudo", "real"):
+            raise BenchError(f"method.val_signal must be 'pseudo' or 'real'; got {signal!r}")
+        if signal == "real" and not self.uses_real_val:
             raise BenchError(
                 "method.val_signal=real steers TDS on real meta-val episodes, which is not data-free: "
                 "run method=tds_real_val (recorded data_free: false) instead"
             )
-        if source == "pseudo" and self.uses_real_val:
+        if signal == "pseudo" and self.uses_real_val:
             raise BenchError("tds_real_val needs method.val_signal=real (use method=tds for pseudo episodes)")
-        if source == "real" and self.sample_real_val is None:
+        if signal == "real" and self.sample_real_val is None:
             raise BenchError(
                 "tds_real_val needs real meta-val episodes: run it through dfml-run (none given)"
             )
