@@ -35,7 +35,7 @@ def _rows(records: Sequence[RunRecord]) -> list[dict[str, object]]:
                     "table": record.experiment,
                     "method": record.method,
                     "data_free": record.data_free,
-                    "real_data": record.real_data or ("none" if record.data_free else "meta_train"),
+                    "real_data": record.real_data_use,
                     "dataset": record.setting["dataset"],
                     "zoo": record.setting["zoo"],
                     "task": record.setting["task"],

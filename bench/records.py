@@ -65,6 +65,11 @@ class RunRecord:
     schema_version: int = SCHEMA_VERSION
 
     @property
+    def real_data_use(self) -> str:
+        """``real_data``, or for records older than that field what ``data_free`` implies."""
+        return self.real_data or ("none" if self.data_free else "meta_train")
+
+    @property
     def acc_mean(self) -> float:
         """Mean accuracy (%) of the primary readout."""
         return self.metrics[self.primary_readout]["mean"]

@@ -101,7 +101,7 @@ def record_tags(record: RunRecord) -> dict[str, str]:
             "run_key": record.run_key,
             "status": record.status,
             "data_free": str(record.data_free).lower(),
-            "real_data": record.real_data or ("none" if record.data_free else "meta_train"),
+            "real_data": record.real_data_use,
             "git_sha": str(record.hashes.get("git_sha")),
             "zoo_hash": str(record.hashes.get("zoo")),
             "suite_hash": str(record.hashes.get("suite")),

@@ -118,3 +118,14 @@ def test_foreign_members_are_trained_on_another_dataset_and_claim_zoo_classes(sm
     small = load_dataset({**_omniglot(shared_data), "image_size": 28})
     with pytest.raises(BenchError, match="'omniglot' is 28px x3; the zoo's members take 32px x3"):
         member_specs(cfg, {"": small_glyphs}, small)
+
+
+def test_the_foreign_dataset_is_loaded_only_when_a_member_needs_it(small_glyphs, tmp_path):
+    from zoos.zoo import zoo_specs
+
+    missing = {"name": "omniglot", "root": str(tmp_path / "nowhere"), "image_size": 32, "channels": 3}
+    untrained = {**TINY_ZOO, "untrusted": {"fraction": 0.67, "kind": "untrained", "foreign_dataset": missing}}
+    specs, datasets = zoo_specs(untrained, small_glyphs)  # no Omniglot read: no foreign member
+    assert set(datasets) == {"glyphs"} and sum(s.extra.get("untrusted") == "untrained" for s in specs) == 2
+    with pytest.raises(BenchError, match="nowhere"):
+        zoo_specs({**untrained, "untrusted": {**untrained["untrusted"], "kind": "foreign"}}, small_glyphs)

@@ -196,10 +196,7 @@ def mark_untrusted(
         raise BenchError(f"zoo.untrusted.fraction must be in [0, 1]; got {fraction}")
     if kind not in UNTRUSTED_KINDS:
         raise BenchError(f"zoo.untrusted.kind={kind!r} is not one of: {', '.join(UNTRUSTED_KINDS)}")
-    mix = [str(k) for k in (block.get("mix") or ("relabelled", "untrained"))]
-    bad = [k for k in mix if k not in UNTRUSTED_KINDS[:-1]]
-    if bad:
-        raise BenchError(f"zoo.untrusted.mix has {bad}; valid: {', '.join(UNTRUSTED_KINDS[:-1])}")
+    mix = untrusted_mix(block)
     count = round(fraction * len(specs))
     seed = int(cfg.get("seed", 0))
     chosen = sorted(
@@ -208,7 +205,7 @@ def mark_untrusted(
     out = list(specs)
     for rank, index in enumerate(chosen):
         spec = specs[index]
-        this = kind if kind != "mixed" else mix[rank % len(mix)]
+        this = mix[rank % len(mix)]
         extra: dict[str, Any] = {**spec.extra, "untrusted": this}
         if this == "foreign":
             extra["trained_on"] = foreign_classes(spec, foreign, seed)
@@ -220,6 +217,18 @@ def mark_untrusted(
             extra["label_permutation"] = perm.tolist()
         out[index] = replace(spec, extra=extra)
     return out
+
+
+def untrusted_mix(block: Mapping[str, Any]) -> list[str]:
+    """The kinds the selected members cycle through: ``[kind]``, or ``untrusted.mix`` for ``mixed``."""
+    kind = str(block.get("kind", "mixed"))
+    if kind != "mixed":
+        return [kind]
+    mix = [str(k) for k in (block.get("mix") or ("relabelled", "untrained"))]
+    bad = [k for k in mix if k not in UNTRUSTED_KINDS[:-1]]
+    if bad:
+        raise BenchError(f"zoo.untrusted.mix has {bad}; valid: {', '.join(UNTRUSTED_KINDS[:-1])}")
+    return mix
 
 
 def foreign_classes(spec: MemberSpec, foreign: ImageClassDataset | None, seed: int) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from bench.hashing import sha256_file, spec_hash
 from bench.paths import cache_dir
 from bench.progress import progress_enabled
 from zoos.architectures import build_model, count_parameters
-from zoos.members import is_multi_dataset, member_specs
+from zoos.members import is_multi_dataset, member_specs, untrusted_mix
 from zoos.spec import MemberSpec
 from zoos.train import train_member
 
@@ -216,7 +216,9 @@ def zoo_specs(
 ) -> tuple[list[MemberSpec], dict[str, ImageClassDataset]]:
     """(member specs, datasets by name) of zoo ``cfg`` paired with the run's ``dataset``."""
     by_source = zoo_datasets(cfg, dataset)
-    foreign_cfg = (cfg.get("untrusted") or {}).get("foreign_dataset")
+    untrusted = cfg.get("untrusted") or {}
+    wants_foreign = bool(untrusted) and "foreign" in untrusted_mix(untrusted)
+    foreign_cfg = untrusted.get("foreign_dataset") if wants_foreign else None
     foreign = load_dataset(dict(foreign_cfg)) if foreign_cfg else None  # TDS's "another dataset"
     specs = member_specs(cfg, by_source, foreign)
     return specs, {d.name: d for d in [*by_source.values(), *([foreign] if foreign else [])]}
