@@ -298,8 +298,13 @@ def make_record(
         )
     peak, peak_kind = peak_memory_gb(device)
     episodes = float(method.train_stats.get("meta_train_episodes", 0))
+    # A resumed meta-training ran partly in earlier processes: count their checkpointed seconds too,
+    # or the episode count (all processes) over this process's seconds inflates the throughput.
+    resumed_s = float(method.train_stats.get("resumed_seconds", 0.0))
+    meta_train_s = meta_train_s + resumed_s
     throughput = {
         "meta_train_s": meta_train_s,
+        "meta_train_resumed_s": resumed_s,
         "meta_train_episodes": episodes,
         "episodes_per_s": episodes / meta_train_s if meta_train_s > 0 and episodes else 0.0,
         "eval_s": result.seconds,

@@ -81,6 +81,7 @@ class PurerTrainer:
         self.best: dict[str, Any] = {"val_acc": None, "iteration": 0, "params": None}
         self.seconds = 0.0
         self.resumed_at = 0  # meta-iteration of the checkpoint this process started from
+        self.resumed_seconds = 0.0  # meta-training seconds spent by earlier processes
 
     def _initialise(self, cfg: PurerConfig, zoo: Zoo) -> None:
         """Averaged init (SS conv4 zoos of the meta model's width) or the random init; else raise."""
@@ -236,7 +237,7 @@ class PurerTrainer:
         checkpoint, art = self._paths()
         if checkpoint is not None and checkpoint.exists():
             self.load_state_dict(load_checkpoint(checkpoint, self.ctx.device))
-            self.resumed_at = self.it
+            self.resumed_at, self.resumed_seconds = self.it, self.seconds
             log.info("purer: resumed from %s at meta-iteration %d", checkpoint, self.it)
         if self.it == 0:
             self._grid("start")
@@ -302,4 +303,5 @@ class PurerTrainer:
             "adversarial_steps": float(adversarial),
             "curriculum_switches": float(len(self.curriculum.events) if self.curriculum else 0),
             "resumed_at_iteration": float(self.resumed_at),
+            "resumed_seconds": float(self.resumed_seconds),
         }

@@ -164,6 +164,14 @@ def test_purer_end_to_end_records_selection_artefacts_and_throughput(tmp_path, s
     assert shared.config["method"]["icfil"]["enabled"] is False
     assert original.train_stats["resumed_at_iteration"] == 0
     assert shared.train_stats["resumed_at_iteration"] == 4
+    # Its meta-training seconds are the checkpointed ones of the run that trained (not ~0 s of
+    # this process), so its throughput is that run's, not 4 iterations over a checkpoint load.
+    assert original.throughput["meta_train_resumed_s"] == 0
+    resumed = shared.train_stats["resumed_seconds"]
+    assert original.train_stats["meta_iterations_per_s"] == pytest.approx(4 / resumed)
+    assert shared.throughput["meta_train_resumed_s"] == resumed
+    assert shared.throughput["meta_train_s"] > resumed
+    assert shared.throughput["episodes_per_s"] < 16 / resumed
     assert shared.train_stats["selected_iteration"] == original.train_stats["selected_iteration"]
     assert shared.seeds["method"] == original.seeds["method"]  # one training, whichever runs first
     assert shared.extra_metrics == original.extra_metrics

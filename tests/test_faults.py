@@ -79,6 +79,7 @@ def test_kill_9_during_purer_meta_training_then_rerun_gives_the_identical_record
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = _record(straight / "results"), _record(killed / "results")
     assert 0 < b["train_stats"]["resumed_at_iteration"] < 16
+    assert b["throughput"]["meta_train_resumed_s"] == b["train_stats"]["resumed_seconds"] > 0
     assert a["per_episode"] == b["per_episode"] and a["metrics"] == b["metrics"]
     assert a["extra_metrics"] == b["extra_metrics"]
     assert a["train_stats"]["selected_iteration"] == b["train_stats"]["selected_iteration"]

@@ -118,6 +118,7 @@ def test_killed_meta_training_resumes_to_the_same_model(name, tiny_zoo, small_gl
     resumed_stats: dict = {}
     resumed = run(tmp_path / "killed", resumed_stats)
     assert torch.equal(straight, resumed)
+    assert straight_stats["resumed_seconds"] == 0 < resumed_stats["resumed_seconds"]
     timeless = {k for k in straight_stats if "second" in k or k.endswith("_per_s")}
     assert {k: v for k, v in resumed_stats.items() if k not in timeless} == {
         k: v for k, v in straight_stats.items() if k not in timeless

@@ -38,10 +38,15 @@ TaskLoss = Callable[[nn.Module, Episode], tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class LoopResult:
-    """What the loop did: iterations run, seconds, the selected iteration and the val history."""
+    """What the loop did: iterations run, seconds, the selected iteration and the val history.
+
+    ``seconds`` sums the loop's time over every process of a resumed run (up to its last
+    checkpoint); ``resumed_seconds`` is the part spent by earlier processes (0 for a fresh run).
+    """
 
     iterations: int = 0
     seconds: float = 0.0
+    resumed_seconds: float = 0.0
     selected_iteration: int = 0
     selected_val: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
@@ -114,6 +119,7 @@ def meta_train_loop(
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             best_state, result = saved["best"], LoopResult(**saved["result"])
+            result.resumed_seconds = result.seconds
             checkpoint.state.load(saved["method"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise IntegrityError(
@@ -186,6 +192,7 @@ def loop_stats(result: LoopResult, meta_batch: int) -> dict[str, float]:
         "meta_train_episodes": float(result.iterations * meta_batch),
         "meta_iterations_per_s": result.iterations / seconds,
         "selected_iteration": float(result.selected_iteration),
+        "resumed_seconds": float(result.resumed_seconds),
     }
     if result.selected_val is not None:
         stats["val_acc_selected"] = float(result.selected_val)
