@@ -17,15 +17,18 @@ log = logging.getLogger(__name__)
 
 
 def collect_experiment(
-    results: Path, experiment: str, reference: str = REFERENCE
+    results: Path, experiment: str, reference: str | None = None
 ) -> tuple[pd.DataFrame, str]:
     """Build the leaderboard of one experiment from its records under ``results/runs``.
 
-    The experiment YAML's ``experiment.compare_to`` (a list of methods) adds paired differences to
-    each of them beside the ones to ``reference``.
+    ``reference`` defaults to the experiment YAML's ``experiment.reference`` (as the end-of-sweep
+    callback uses), else ``random_init``. The YAML's ``experiment.compare_to`` (a list of methods)
+    adds paired differences to each of them beside the ones to ``reference``.
     """
     records = read_records(results / "runs" / experiment)
     spec = experiment_yaml(experiment)
+    if reference is None:
+        reference = str((spec.get("experiment") or {}).get("reference") or REFERENCE)
     swept = str((((spec.get("hydra") or {}).get("sweeper") or {}).get("params") or {}).get("method") or "")
     expected = [m.strip() for m in swept.split(",") if m.strip()]
     compare_to = [str(m) for m in ((spec.get("experiment") or {}).get("compare_to") or [])]
@@ -75,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dfml-collect", description=__doc__)
     parser.add_argument("experiments", nargs="*", help="experiment names (default: all with records)")
     parser.add_argument("--results", default="results", help="results directory (default: ./results)")
-    parser.add_argument("--reference", default=REFERENCE, help="method for paired differences")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help=f"method for paired differences (default: the experiment's reference, else {REFERENCE})",
+    )
     parser.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print")
     parser.add_argument(
         "--sync-mlflow",

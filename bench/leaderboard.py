@@ -6,10 +6,16 @@ seeds (per-run CIs over episodes, averaged; ``n_seeds`` says how many). Paired d
 reference method (``random_init`` by default) are computed episode by episode on identical suites;
 an experiment's ``compare_to`` methods (e.g. ``purer``) get further paired-difference columns
 ``delta_vs_<method>`` / ``delta_vs_<method>_ci95`` and sections.
+
+Records of one method that share a setting but differ in configuration (an ablation run with
+``method.adv.scale=1`` beside the default, a smoke run with ``eval.limit=50``) are never pooled:
+each configuration gets its own row, named by the settings that tell them apart (see
+:func:`row_names`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +28,79 @@ from bench.records import RunRecord
 
 GROUP = ["table", "method", "dataset", "zoo", "task", "test_steps", "profile"]
 REFERENCE = "random_init"
+log = logging.getLogger(__name__)
+
+#: Config keys that never change a result (prefixes of flattened dotted keys).
+RESULT_NEUTRAL = ("experiment.description", "force", "paths.", "threads", "tracking.", "device.description")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _setting(record: RunRecord) -> tuple:
+    """What a leaderboard cell of one method is: one record per (setting, seed, suite)."""
+    s = record.setting
+    return (
+        s["dataset"],
+        s["zoo"],
+        s["task"],
+        s.get("profile", "-"),
+        record.seeds["root"],
+        record.hashes["suite"],
+    )
+
+
+def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
+    """Map each run key to its leaderboard row name: the method, plus what sets its config apart.
+
+    Where several finished records of one method share a cell (same setting, seed and suite), the
+    config keys whose values differ between them (ignoring ``RESULT_NEUTRAL`` ones) are appended
+    to every record of that method, e.g. ``purer [method.adv.scale=1.0]`` / ``purer
+    [method.adv.scale=10.0]``, so that rows stay consistent across settings. Records whose configs
+    do not differ (other code, same key inputs) are told apart by run key.
+    """
+    ok = [r for r in records if r.status == "ok"]
+    by_method: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r in ok:
+        by_method[(r.experiment, r.method)].append(r)
+    names = {r.run_key: r.method for r in ok}
+    for (_, method), group in by_method.items():
+        flat = {r.run_key: _flatten(r.config) for r in group}
+        cells: dict[tuple, list[RunRecord]] = defaultdict(list)
+        for r in group:
+            cells[_setting(r)].append(r)
+        keys: set[str] = set()
+        for members in cells.values():
+            if len(members) > 1:
+                union = set().union(*(flat[r.run_key] for r in members))
+                keys |= {k for k in union if len({repr(flat[r.run_key].get(k)) for r in members}) > 1}
+        keys = {k for k in keys if not k.startswith(RESULT_NEUTRAL)}
+        for r in group:
+            if keys:
+                names[r.run_key] = (
+                    f"{method} [" + ", ".join(f"{k}={flat[r.run_key].get(k)}" for k in sorted(keys)) + "]"
+                )
+        for members in cells.values():
+            if len({names[r.run_key] for r in members}) < len(members):
+                for r in members:
+                    names[r.run_key] = f"{names[r.run_key]} [run {r.run_key}]"
+    return names
+
+
+def base_method(name: str) -> str:
+    """The registry name of a row name (``purer [method.adv.scale=1.0]`` -> ``purer``)."""
+    return name.split(" [", 1)[0]
 
 
 def _rows(records: Sequence[RunRecord]) -> list[dict[str, object]]:
+    names = row_names(records)
     rows = []
     for record in records:
         if record.status != "ok":
@@ -33,7 +109,7 @@ def _rows(records: Sequence[RunRecord]) -> list[dict[str, object]]:
             rows.append(
                 {
                     "table": record.experiment,
-                    "method": record.method,
+                    "method": names[record.run_key],
                     "data_free": record.data_free,
                     "real_data": record.real_data_use,
                     "dataset": record.setting["dataset"],
@@ -55,33 +131,40 @@ def _rows(records: Sequence[RunRecord]) -> list[dict[str, object]]:
 
 
 def _paired(records: Sequence[RunRecord], reference: str) -> dict[tuple, dict[str, float]]:
-    """Group key -> paired difference to ``reference`` pooled over matching (seed, suite) runs."""
-    by_setting: dict[tuple, RunRecord] = {}
+    """Group key -> paired difference to ``reference`` pooled over matching (seed, suite) runs.
+
+    The reference must have exactly one finished configuration in a cell (else, ambiguous, no
+    difference is computed for that cell); runs whose episode counts differ are not paired.
+    """
+    names = row_names(records)
+    references: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in records:
-        if r.status == "ok":
-            key = (
-                r.experiment,
-                r.method,
-                r.setting["dataset"],
-                r.setting["zoo"],
-                r.setting["task"],
-                r.seeds["root"],
-                r.hashes["suite"],
-            )
-            by_setting[key] = r
+        if r.status == "ok" and r.method == reference:
+            references[(r.experiment, *_setting(r))].append(r)
     pooled: dict[tuple, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
-    for (table, method, dataset, zoo, task, seed, suite), record in by_setting.items():
-        ref = by_setting.get((table, reference, dataset, zoo, task, seed, suite))
-        if ref is None or method == reference:
+    for record in records:
+        if record.status != "ok" or record.method == reference:
             continue
+        candidates = references.get((record.experiment, *_setting(record)), [])
+        if len(candidates) != 1:
+            if len(candidates) > 1:
+                log.warning(
+                    "%s: %d configurations of the reference %s in one cell (%s); no paired difference",
+                    names[record.run_key],
+                    len(candidates),
+                    reference,
+                    ", ".join(sorted(c.run_key for c in candidates)),
+                )
+            continue
+        (ref,) = candidates
         for readout, values in record.per_episode.items():
-            if readout in ref.per_episode:
+            if readout in ref.per_episode and len(values) == len(ref.per_episode[readout]):
                 group = (
-                    table,
-                    method,
-                    dataset,
-                    zoo,
-                    task,
+                    record.experiment,
+                    names[record.run_key],
+                    record.setting["dataset"],
+                    record.setting["zoo"],
+                    record.setting["task"],
                     int(readout.split("_")[1]),
                     record.setting.get("profile", "-"),
                 )
@@ -157,7 +240,8 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
 
     Only for (table, zoo, profile) groups evaluated on >= 2 datasets, and only for methods that have
     every dataset. The datasets' suites are independent, so the CI of the mean is
-    sqrt(sum ci_d^2) / n_datasets (same for the paired difference). ``dataset`` is
+    sqrt(sum ci_d^2) / n_datasets (same for the paired difference; missing where any dataset's
+    difference is missing, never an average of the ones present). ``dataset`` is
     ``average over <d1>, <d2>``.
     """
     rows = []
@@ -186,13 +270,13 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
                     "n_seeds": int(cells["n_seeds"].min()),
                     "episodes_per_s": cells["episodes_per_s"].mean(),
                     "reference": cells["reference"].iloc[0],
-                    "delta_vs_reference": cells["delta_vs_reference"].mean(),
-                    "delta_ci95": (cells["delta_ci95"] ** 2).sum() ** 0.5 / k,
+                    "delta_vs_reference": cells["delta_vs_reference"].mean(skipna=False),
+                    "delta_ci95": (cells["delta_ci95"] ** 2).sum(min_count=k) ** 0.5 / k,
                     "run_keys": ";".join(sorted(set(";".join(cells["run_keys"]).split(";")))),
                     **{
-                        column: cells[column].mean()
+                        column: cells[column].mean(skipna=False)
                         if suffix == ""
-                        else (cells[column] ** 2).sum() ** 0.5 / k
+                        else (cells[column] ** 2).sum(min_count=k) ** 0.5 / k
                         for m in compare_to
                         for suffix, column in (("", f"delta_vs_{m}"), ("_ci95", f"delta_vs_{m}_ci95"))
                     },
@@ -257,22 +341,50 @@ def _sections(table: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFr
     return sorted(groups, key=lambda item: (item[0][0].startswith(AVERAGE_PREFIX), item[0]))
 
 
+def provenance_lines(records: Sequence[RunRecord]) -> list[str]:
+    """Footer: failed runs (named, with their errors) and the code versions behind the numbers."""
+    lines = []
+    failed = [r for r in records if r.status != "ok"]
+    if failed:
+        lines += ["Failed runs (a record with status `failed`; their cells show X):", ""]
+        for r in sorted(failed, key=lambda r: (r.method, r.run_key)):
+            setting = " · ".join(str(r.setting.get(k, "-")) for k in ("dataset", "zoo", "task"))
+            lines.append(f"- `{r.method}` {setting} (run `{r.run_key}`): {r.error}")
+        lines.append("")
+    commits: dict[str, int] = defaultdict(int)
+    for r in records:
+        if r.status == "ok":
+            sha = str(r.hashes.get("git_sha") or "unknown")[:7]
+            commits[sha + (" (uncommitted changes)" if r.hashes.get("git_dirty") else "")] += 1
+    if commits:
+        listed = ", ".join(f"{c} × {n}" for c, n in sorted(commits.items(), key=lambda kv: (-kv[1], kv[0])))
+        lines += [f"Code behind these records (git commit × records): {listed}.", ""]
+    return lines
+
+
 def markdown_table(
-    table: pd.DataFrame, title: str, expected: Sequence[str] = (), compare_to: Sequence[str] = ()
+    table: pd.DataFrame,
+    title: str,
+    expected: Sequence[str] = (),
+    compare_to: Sequence[str] = (),
+    footer: Sequence[str] = (),
 ) -> str:
     """The formatted leaderboard: accuracy pivot, paired-difference pivots and a footer.
 
     ``expected``: the methods the experiment sweeps; those without any finished record are listed
-    under the title (a partial table says what it lacks).
+    under the title (a partial table says what it lacks). ``footer``: lines appended at the end
+    (see :func:`provenance_lines`).
     """
-    missing = [m for m in expected if table.empty or m not in set(table["method"])]
+    present = set() if table.empty else {base_method(m) for m in table["method"]}
+    missing = [m for m in expected if m not in present]
     not_run = [
         "Not run yet (in the experiment's sweep, no finished record): "
         + ", ".join(f"`{m}`" for m in missing),
         "",
     ]
     if table.empty:
-        return f"# {title}\n\nNo finished runs.\n" + ("\n" + not_run[0] + "\n" if missing else "")
+        text = f"# {title}\n\nNo finished runs.\n" + ("\n" + not_run[0] + "\n" if missing else "")
+        return text + ("\n" + "\n".join(footer).rstrip() + "\n" if footer else "")
     lines = [f"# Leaderboard: {title}", "", *(not_run if missing else [])]
     for (dataset, zoo, profile), part in _sections(table):
         n_eps = sorted(set(part["n_episodes"].astype(int)))
@@ -306,6 +418,7 @@ def markdown_table(
                     _pivot(others, column, f"{column}_ci95", signed=True).to_markdown(),
                     "",
                 ]
+    lines += list(footer)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -324,8 +437,10 @@ def write_leaderboard(
     ``expected`` (the sweep's methods) lists the ones not run yet; ``compare_to`` adds paired
     differences to those methods.
     """
-    table = tidy_table([r for r in records if r.experiment == table_id], reference, compare_to)
-    markdown = markdown_table(table, table_id, expected, [m for m in compare_to if m != reference])
+    mine = [r for r in records if r.experiment == table_id]
+    table = tidy_table(mine, reference, compare_to)
+    others = [m for m in compare_to if m != reference]
+    markdown = markdown_table(table, table_id, expected, others, provenance_lines(mine))
     if paper is not None:
         markdown += "\n" + paper_comparison(table, paper)
     atomic_write_text(out_dir / f"{table_id}.csv", table.to_csv(index=False, float_format="%.4f"))
@@ -347,9 +462,12 @@ def paper_comparison(table: pd.DataFrame, paper: dict) -> str:
     """Markdown ``paper | ours | Δ`` for the published numbers of an experiment's ``paper:`` block.
 
     ``paper = {source, readout, results: {method: {task: [mean, ci95]}}}``; ours = the readout
-    with ``readout`` test steps (PURER's protocol: 1). Every published cell is flagged unverified.
+    with ``readout`` test steps (PURER's protocol: 1) of the ``profile`` (default ``paper``) runs —
+    never a cpu-profile number — and, for a multi-dataset table, the average over its datasets.
+    Every published cell is flagged unverified.
     """
     readout = int(paper.get("readout", 1))
+    profile = str(paper.get("profile", "paper"))
     lines = [
         f"Published numbers ({paper.get('source', 'unknown source')}; **unverified**) vs ours, "
         f"{readout}-step readout:",
@@ -360,8 +478,20 @@ def paper_comparison(table: pd.DataFrame, paper: dict) -> str:
     for method, cells in sorted((paper.get("results") or {}).items()):
         for task, (mean, ci) in sorted(cells.items()):
             hit = table[
-                (table["method"] == method) & (table["task"] == task) & (table["test_steps"] == readout)
+                (table["method"] == method)
+                & (table["task"] == task)
+                & (table["test_steps"] == readout)
+                & (table["profile"] == profile)
+                & ~table["dataset"].str.startswith(AVERAGE_PREFIX)
             ]
+            if len(hit) > 1:  # several datasets (MH): the published number is their average
+                hit = table[
+                    (table["method"] == method)
+                    & (table["task"] == task)
+                    & (table["test_steps"] == readout)
+                    & (table["profile"] == profile)
+                    & table["dataset"].str.startswith(AVERAGE_PREFIX)
+                ]
             if hit.empty:
                 ours, delta = "X", "—"
             else:

@@ -100,10 +100,22 @@ def episodes_csv(record: RunRecord) -> str:
     return buffer.getvalue()
 
 
+#: Written beside a record once it is in an MLflow store (see ``bench.tracking``).
+MLFLOW_MARKER = "mlflow_run.json"
+
+
 def write_record(run_dir: Path, record: RunRecord, config_yaml: str) -> None:
-    """Write config, episodes and record atomically, then the ``done`` marker (last)."""
+    """Write config, episodes and record atomically, then the ``done`` marker (last).
+
+    Files of a previous record in ``run_dir`` that this one would not replace go first: its
+    ``episodes.csv`` (a failed record has none) and its MLflow marker (the new record is not in
+    the store until it is uploaded).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "done").unlink(missing_ok=True)
+    (run_dir / MLFLOW_MARKER).unlink(missing_ok=True)
+    if not record.per_episode:
+        (run_dir / "episodes.csv").unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.yaml", config_yaml)
     if record.per_episode:
         atomic_write_text(run_dir / "episodes.csv", episodes_csv(record))

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.atomic import atomic_write_json
-from bench.records import RunRecord
+from bench.records import MLFLOW_MARKER, RunRecord
 
 log = logging.getLogger(__name__)
 #: Per-run marker: the tracking URI and MLflow run id the record was mirrored to.
-MARKER = "mlflow_run.json"
+MARKER = MLFLOW_MARKER
 
 
 class Sink(Protocol):
@@ -106,6 +106,7 @@ def record_tags(record: RunRecord) -> dict[str, str]:
             "zoo_hash": str(record.hashes.get("zoo")),
             "suite_hash": str(record.hashes.get("suite")),
             "device": str(record.environment.get("device_name")),
+            "finished_at": str(record.finished_at),  # which record of this run key (a rerun replaces)
         }
     )
     return tags
@@ -148,7 +149,12 @@ class MlflowSink:
         return marker.is_file() and json.loads(marker.read_text()).get("uri") == self.uri
 
     def _existing_run(self, record: RunRecord) -> str | None:
-        """The id of a run already named ``record.run_key`` in the experiment (no duplicate uploads)."""
+        """The id of the MLflow run already holding this very record (no duplicate uploads).
+
+        Runs of the same run key holding another record (an earlier ``force=true`` run, a failed
+        attempt since retried: their ``finished_at`` tag differs) are superseded: they are deleted
+        (MLflow's soft delete), so the store shows what ``results/runs`` holds.
+        """
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=self.uri)
@@ -159,9 +165,13 @@ class MlflowSink:
             [experiment.experiment_id], filter_string=f"tags.run_key = '{record.run_key}'", max_results=10
         )
         for run in found:
-            if run.info.status in ("FINISHED", "FAILED"):
+            same = run.data.tags.get("finished_at") == str(record.finished_at)
+            if same and run.info.status in ("FINISHED", "FAILED"):
                 return run.info.run_id
-        for run in found:  # left half-logged by an interrupted attempt: replace it
+        for run in found:  # superseded, or left half-logged by an interrupted attempt: replace it
+            log.info(
+                "MLflow run %s (run key %s) superseded by a newer record", run.info.run_id, record.run_key
+            )
             client.delete_run(run.info.run_id)
         return None
 

@@ -149,3 +149,112 @@ def test_compare_to_adds_paired_differences_to_a_second_method(tmp_path):
     rows = [line.split("|")[1].strip() for line in section.splitlines()[2:]]
     assert rows[0] == "random_init" and "weight_average" not in rows
     assert "delta_vs_weight_average" in (tmp_path / "golden.csv").read_text().splitlines()[0]
+
+
+def _variant(record, run_key: str, **config):
+    """A copy of ``record`` run with another configuration (other run key, shifted accuracies)."""
+    import copy
+
+    twin = copy.deepcopy(record)
+    twin.run_key = run_key
+    for dotted, value in config.items():
+        node = twin.config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return twin
+
+
+def test_two_configurations_of_one_method_in_one_cell_get_their_own_rows():
+    from bench.evaluate import summarize
+
+    records = fixture_records()
+    variants = []
+    for record in records:
+        if record.method == "weight_average":
+            twin = _variant(record, record.run_key + "-ablation", **{"method.scale": 2.0})
+            twin.per_episode = {k: [v - 20.0 for v in vs] for k, vs in twin.per_episode.items()}
+            twin.metrics = {k: summarize(v) for k, v in twin.per_episode.items()}
+            variants.append(twin)
+            record.config["method"]["scale"] = 1.0
+    table = tidy_table(records + variants)
+    names = set(table.method)
+    assert {"weight_average [method.scale=1.0]", "weight_average [method.scale=2.0]"} <= names
+    assert "weight_average" not in names  # never pooled into one row
+    pick = (table.task == "5w1s") & (table.test_steps == 10)
+    one = table[pick & (table.method == "weight_average [method.scale=1.0]")].iloc[0]
+    two = table[pick & (table.method == "weight_average [method.scale=2.0]")].iloc[0]
+    assert one.acc_mean - two.acc_mean == pytest.approx(20.0, abs=1e-6)
+    assert one.delta_vs_reference - two.delta_vs_reference == pytest.approx(20.0, abs=1e-6)
+    # the sweep's method is present (as variants), so it is not listed as "not run yet"
+    from bench.leaderboard import markdown_table
+
+    assert "Not run yet" not in markdown_table(table, "golden", expected=["weight_average"])
+
+
+def test_a_short_smoke_run_beside_a_full_one_is_its_own_row_and_is_not_paired():
+    records = fixture_records()
+    smoke = next(r for r in records if r.method == "weight_average" and r.setting["task"] == "5w1s")
+    short = _variant(smoke, "smoke-run", **{"eval.limit": 5})
+    from bench.evaluate import summarize
+
+    short.per_episode = {k: v[:5] for k, v in short.per_episode.items()}
+    short.metrics = {k: summarize(v) for k, v in short.per_episode.items()}
+    table = tidy_table([*records, short])  # a mismatched episode count used to raise here
+    row = table[table.method == "weight_average [eval.limit=5]"]
+    assert set(row.n_episodes) == {5} and row.delta_vs_reference.isna().all()
+    full = table[(table.method == "weight_average [eval.limit=None]") & (table.task == "5w1s")]
+    assert set(full.n_episodes) == {40} and full.delta_vs_reference.notna().all()
+
+
+def test_profiles_pair_within_their_own_profile_and_the_paper_comparison_uses_paper_runs():
+    import copy
+
+    from bench.leaderboard import paper_comparison
+
+    records = fixture_records()
+    paper = []
+    for record in records:
+        twin = copy.deepcopy(record)
+        twin.run_key, twin.setting["profile"] = record.run_key + "-paper", "paper"
+        twin.config["profile"] = "paper"
+        for summary in twin.metrics.values():
+            summary["mean"] += 30.0
+        paper.append(twin)
+    table = tidy_table(records + paper)
+    wa = table[(table.method == "weight_average") & (table.test_steps == 10)]
+    assert set(wa.profile) == {"cpu", "paper"} and wa.delta_vs_reference.notna().all()
+    block = {"source": "test", "readout": 10, "results": {"weight_average": {"5w1s": [50.0, 1.0]}}}
+    ours = table[(table.method == "weight_average") & (table.task == "5w1s") & (table.test_steps == 10)]
+    paper_mean = ours[ours.profile == "paper"].acc_mean.iloc[0]
+    assert f"| {paper_mean:.2f} ±" in paper_comparison(table, block)
+
+
+def test_a_dataset_average_is_missing_where_one_dataset_lacks_the_difference():
+    import copy
+
+    records = fixture_records()
+    second = []
+    for record in records:
+        if record.method == "random_init" and record.setting["task"] == "5w1s":
+            continue  # the reference is missing on the second dataset for 5w1s
+        twin = copy.deepcopy(record)
+        twin.setting["dataset"], twin.run_key = "omniglot", record.run_key + "-o"
+        second.append(twin)
+    table = tidy_table(records + second)
+    average = table[(table.dataset == "average over glyphs, omniglot") & (table.method == "weight_average")]
+    assert average[average.task == "5w1s"].delta_vs_reference.isna().all()
+    assert average[average.task == "5w5s"].delta_vs_reference.notna().all()
+
+
+def test_the_markdown_names_failed_runs_and_the_code_behind_the_numbers(tmp_path):
+    records = fixture_records()
+    records[0].status, records[0].error = "failed", "FloatingPointError: non-finite loss"
+    records[1].hashes["git_dirty"] = True
+    _, markdown = write_leaderboard(records, tmp_path, "golden")
+    assert f"(run `{records[0].run_key}`): FloatingPointError: non-finite loss" in markdown
+    assert (
+        "Code behind these records (git commit × records): fixture × 9, fixture (uncommitted changes) × 1."
+        in markdown
+    )

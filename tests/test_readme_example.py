@@ -52,3 +52,14 @@ def test_readme_baseline_example_runs_and_reaches_the_leaderboard(tmp_path, smal
     finally:
         module.unlink(missing_ok=True)
         config.unlink(missing_ok=True)
+
+
+def test_the_readme_prints_the_committed_default_leaderboard():
+    """README command 1's printed table is the committed ``results/leaderboards/default.md``'s."""
+    readme = (ROOT / "README.md").read_text()
+    committed = (ROOT / "results" / "leaderboards" / "default.md").read_text()
+    block = readme.split("It ends by printing")[1].split("```")[1]
+    rows = [line for line in block.splitlines() if line.startswith("| ") and "±" in line]
+    assert rows, "no leaderboard rows in the README"
+    for row in rows:
+        assert row in committed, f"README row not in results/leaderboards/default.md: {row}"

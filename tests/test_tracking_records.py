@@ -38,6 +38,31 @@ def test_mlflow_sink_round_trip(tmp_path):
     assert (tmp_path / "mlartifacts").is_dir()  # next to the DB, not in the working directory
 
 
+def test_a_rerun_replaces_its_run_in_mlflow_and_a_repeated_upload_does_not_duplicate(tmp_path):
+    from bench.evaluate import summarize
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ensure_store(uri)
+    sink, run_dir = MlflowSink(uri, "golden"), tmp_path / "runs" / "k"
+    first = fake_record("weight_average", True, 45.0, "5w1s", 0)
+    first.finished_at = "2026-01-01T00:00:00+00:00"
+    write_record(run_dir, first, "a: 1\n")
+    assert sink.log_record(first, run_dir) and sink.synced(run_dir)
+    assert sink.log_record(first, run_dir)  # the same record again (e.g. --sync-mlflow): no duplicate
+    rerun = fake_record("weight_average", True, 45.0, "5w1s", 0)  # a force=true rerun: same run key
+    rerun.finished_at = "2026-02-01T00:00:00+00:00"
+    rerun.per_episode = {k: [v - 10.0 for v in vs] for k, vs in rerun.per_episode.items()}
+    rerun.metrics = {k: summarize(v) for k, v in rerun.per_episode.items()}
+    write_record(run_dir, rerun, "a: 1\n")
+    assert not sink.synced(run_dir)  # the old marker went with the old record
+    assert sink.log_record(rerun, run_dir)
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["golden"])
+    assert len(runs) == 1
+    assert runs.iloc[0]["metrics.acc_mean"] == pytest.approx(rerun.acc_mean)
+    assert runs.iloc[0]["tags.finished_at"] == rerun.finished_at
+
+
 def test_unreachable_tracking_server_warns_and_keeps_the_record(tmp_path, caplog):
     record = fake_record("random_init", True, 30.0, "5w1s", 0)
     run_dir = tmp_path / record.run_key
