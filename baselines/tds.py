@@ -17,7 +17,8 @@ Ref: Hu et al., "Task-Distributionally Robust Data-Free Meta-Learning", arXiv 23
   inverts ``members_per_round`` members.
 - **Member selection**: one logit per member, softmax sampling without replacement, REINFORCE (Adam
   lr 0.1) with a moving-average baseline; the reward of a round is the change of the mean
-  pseudo-validation accuracy (over the plateau window) from one round to the next.
+  pseudo-validation accuracy (over the plateau window) from one round to the next (so the first
+  round, which has no level before it, updates nothing).
 
 Real meta-val (opt-in): the paper scores the plateau check and the reward on real meta-val episodes.
 ``tds`` (the default) uses held-out *pseudo* episodes instead, so it stays data-free;
@@ -123,6 +124,10 @@ class Tds(MetaLearner):
     """Conditional-generator inversion, KD on fresh tasks, interpolated replay, REINFORCE member selection."""
 
     Config = TdsConfig
+    #: 2: the first round no longer updates the member-selection policy. It has no level to start
+    #: from, so its "reward" was the raw pseudo-val accuracy (~50 points against later changes of a
+    #: few), which pushed the policy away from the members it had just chosen for ~15 rounds.
+    code_version = 2
 
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
         """Rounds of member inversion driven by a pseudo-val plateau; ProtoNet meta-training."""
@@ -137,7 +142,13 @@ class Tds(MetaLearner):
         policy = torch.zeros(len(zoo.members), requires_grad=True)
         policy_opt = torch.optim.Adam([policy], lr=cfg.policy_lr)
         state = {"fresh": [], "best": -1.0, "stale": 0, "window": [], "round": None, "baseline": 0.0}
-        stats = {"member_inversions": 0.0, "rounds": 0.0, "inversion_seconds": 0.0, "interpolated_tasks": 0.0}
+        stats = {
+            "member_inversions": 0.0,
+            "rounds": 0.0,
+            "policy_updates": 0.0,
+            "inversion_seconds": 0.0,
+            "interpolated_tasks": 0.0,
+        }
         if cfg.val_signal == "real":
             stats["real_val_episodes"] = 0.0
         model_box: list[torch.nn.Module] = [fresh_meta_model(ctx, cfg.width)]
@@ -157,9 +168,12 @@ class Tds(MetaLearner):
             return sum(accs) / len(accs)
 
         def new_round() -> None:
-            level = sum(state["window"]) / len(state["window"]) if state["window"] else 0.0
-            if state["round"] is not None:  # REINFORCE update for the previous round's selection
-                log_prob, level_before, _ = state["round"]
+            level = sum(state["window"]) / len(state["window"]) if state["window"] else None
+            previous = state["round"]
+            # REINFORCE update for the previous round's selection. The first round has no level to
+            # start from (the pseudo-val bank is filled by its own inversions): no reward, no update.
+            if previous is not None and previous[1] is not None and level is not None:
+                log_prob, level_before, _ = previous
                 reward = level - level_before
                 advantage = reward - state["baseline"]
                 state["baseline"] = (
@@ -168,6 +182,7 @@ class Tds(MetaLearner):
                 policy_opt.zero_grad(set_to_none=True)
                 (-advantage * log_prob).backward()
                 policy_opt.step()
+                stats["policy_updates"] += 1
             k = min(cfg.members_per_round, len(zoo.members))
             chosen = torch.multinomial(
                 policy.detach().softmax(0), k, replacement=False, generator=gens["policy"]

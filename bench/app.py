@@ -52,6 +52,9 @@ def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     # whole config is already in the identity; dropping it keeps keys stable across that addition.
     identity["zoo"].pop("dataset", None)
     identity["device_type"] = device.type
+    version = METHODS.get(str(cfg.method.name)).code_version
+    if version != 1:
+        identity["method_code_version"] = version
     return identity
 
 

@@ -116,6 +116,10 @@ class MetaLearner(ABC):
     same_architecture_only: ClassVar[bool] = False
     #: Config keys that change only the test-time learner, never meta-training (see train_dir).
     eval_only_keys: ClassVar[tuple[str, ...]] = ()
+    #: Bumped when a code change alters the method's numbers (a bug fix): runs of another version
+    #: get other run keys and train dirs, so they are re-run instead of skipped as finished and
+    #: never resume an old checkpoint. Version 1 adds nothing to the key (keys predate the field).
+    code_version: ClassVar[int] = 1
 
     def __init__(self, cfg: MethodConfig, context: MethodContext) -> None:
         self.cfg, self.context = cfg, context

@@ -114,8 +114,30 @@ def test_paper_block_prints_paper_ours_delta():
 
     block = experiment_paper_block("paper_ss_cifar_fs")
     assert block["results"]["purer"]["5w1s"] == [38.66, 0.78] and block["readout"] == 1
-    text = paper_comparison(tidy_table(fixture_records()), block)
+    records = fixture_records()  # cpu-profile records: never set against published numbers
+    assert "| random_init | 5w1s | 28.59 ± 0.56 | X | — |" in paper_comparison(tidy_table(records), block)
+    for record in records:
+        record.setting["profile"] = "paper"
+    text = paper_comparison(tidy_table(records), block)
     assert "**unverified**" in text and "| purer | 5w1s | 38.66 ± 0.78 | X | — |" in text
     assert re.search(
         r"\| random_init \| 5w1s \| 28.59 ± 0.56 \| \d+\.\d\d ± \d+\.\d\d \| [+-]\d+\.\d\d \|", text
     )
+
+
+def test_a_method_code_version_enters_only_that_methods_run_keys(monkeypatch):
+    from hydra import compose, initialize_config_module
+
+    from bench.app import run_identity
+    from bench.hashing import spec_hash
+    from bench.method import METHODS
+
+    device = torch.device("cpu")
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        tds = compose("config", overrides=["experiment=omniglot", "method=tds"])
+        average = compose("config", overrides=["experiment=omniglot", "method=weight_average"])
+    assert run_identity(tds, device)["method_code_version"] == METHODS.get("tds").code_version >= 2
+    assert "method_code_version" not in run_identity(average, device)  # version 1: keys as before
+    before = spec_hash(run_identity(tds, device))
+    monkeypatch.setattr(METHODS.get("tds"), "code_version", METHODS.get("tds").code_version + 1)
+    assert spec_hash(run_identity(tds, device)) != before

@@ -65,12 +65,17 @@ def test_plateaus_trigger_rounds_of_member_inversions_and_the_policy_learns(tiny
     patient = _tds(patience=100)
     patient.meta_train(tiny_zoo, Budget(meta_iterations=6), torch.Generator())
     eager = _tds(patience=1, members_per_round=2)
-    learner = eager.meta_train(tiny_zoo, Budget(meta_iterations=8), torch.Generator())
+    learner = eager.meta_train(tiny_zoo, Budget(meta_iterations=12), torch.Generator())
     assert (
         patient.train_stats["rounds"] == 1 and patient.train_stats["member_inversions"] == 3
     )  # min(4, 3 members)
+    assert patient.train_stats["policy_updates"] == 0  # one round: no level before it, no reward
+    assert patient.train_stats["policy_max_prob"] == pytest.approx(1 / 3)
     stats = eager.train_stats
     assert stats["rounds"] >= 3 and stats["member_inversions"] == 2 * stats["rounds"]
+    # round r's selection is rewarded when round r + 1 starts, with the level change since round r
+    # started: never the first round (no level before it) nor the last (training ends first)
+    assert stats["policy_updates"] == stats["rounds"] - 2
     assert stats["policy_max_prob"] != pytest.approx(1 / 3)  # REINFORCE moved the member logits
     assert stats["interpolated_tasks"] > 0
     support = torch.randn(5, 3, 32, 32)
