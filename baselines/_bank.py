@@ -9,6 +9,8 @@ pseudo tasks across members.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from bench.errors import BenchError
@@ -17,17 +19,31 @@ from purer.inversion import InversionWeights, inversion_loss, running_targets
 from purer.teachers import teacher_forward
 from zoos.zoo import ZooMember
 
+log = logging.getLogger(__name__)
 
-def require_member_classes(zoo, n_way: int, method: str) -> None:  # noqa: ANN001 - Zoo
-    """Raise unless every member holds >= ``n_way`` classes (methods that distil one member's task)."""
-    small = [
-        f"member {m.spec.index} ({len(m.spec.classes)})" for m in zoo.members if len(m.spec.classes) < n_way
-    ]
-    if small:
+
+def distillable_members(zoo, n_way: int, method: str, train_stats: dict[str, float]):  # noqa: ANN001, ANN201 - Zoo
+    """``zoo`` restricted to the members holding >= ``n_way`` classes.
+
+    For the methods that distil one member's ``n_way``-way task at a time. PURER's 13-member split
+    of 64 classes leaves the last member 4 classes: it cannot give a 5-way task, so it is left
+    out, with a warning and ``train_stats["members_too_few_classes"]`` in the record. Raises when
+    no member is left.
+    """
+    import dataclasses
+
+    small = [m for m in zoo.members if len(m.spec.classes) < n_way]
+    train_stats["members_too_few_classes"] = float(len(small))
+    if not small:
+        return zoo
+    names = ", ".join(f"member {m.spec.index} ({len(m.spec.classes)})" for m in small[:5])
+    if len(small) == len(zoo.members):
         raise BenchError(
-            f"{method} distils one member's task at a time, so every member needs >= {n_way} classes "
-            f"for {n_way}-way tasks; too few in: {', '.join(small[:5])}"
+            f"{method} distils one member's task at a time, so members need >= {n_way} classes for "
+            f"{n_way}-way tasks; none has: {names}"
         )
+    log.warning("%s: %d member(s) with fewer than %d classes left out: %s", method, len(small), n_way, names)
+    return dataclasses.replace(zoo, members=[m for m in zoo.members if len(m.spec.classes) >= n_way])
 
 
 def invert_batch(

@@ -72,7 +72,7 @@ class BiDfMkdBase(MetaLearner):
         """Invert / distil / replay for the scheduled iterations; meta-val selection; fine-tune learner."""
         cfg: BiDfMkdConfig = self.cfg  # type: ignore[assignment]
         ctx = self.context
-        check_generator_setup(cfg, zoo, ctx, str(cfg.name))
+        zoo = check_generator_setup(cfg, zoo, self, str(cfg.name))
         iterations = budget.meta_iterations or cfg.meta_iterations
         boundary_start = (
             cfg.boundary_start if cfg.boundary_start is not None else round(iterations * 4000 / 60000)

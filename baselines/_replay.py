@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines._bank import ClassBank, require_member_classes
+from baselines._bank import ClassBank, distillable_members
 from baselines._kd import KD_LOSSES
 from bench.errors import BenchError
 from bench.learners.episodic import (
@@ -89,17 +89,22 @@ class ReplayStall:
         self.accs = [float(a) for a in state["accs"]]
 
 
-def check_generator_setup(cfg, zoo, context, name: str, per_class: int | None = None) -> None:  # noqa: ANN001
-    """Raise on an unknown ``kd_loss``, members narrower than the task, or too few images per class."""
+def check_generator_setup(cfg, zoo, method, name: str, per_class: int | None = None):  # noqa: ANN001, ANN201
+    """The zoo of members ``method`` can distil (see ``distillable_members``).
+
+    Raises on an unknown ``kd_loss`` or too few images per class.
+    """
+    context = method.context
     kind = getattr(cfg, "kd_loss", "kl")
     if kind not in KD_LOSSES:
         raise BenchError(f"method.kd_loss={kind!r} is not one of: {', '.join(KD_LOSSES)}")
-    require_member_classes(zoo, context.n_way, name)
+    zoo = distillable_members(zoo, context.n_way, name, method.train_stats)
     if per_class is not None and per_class < context.k_shot + cfg.n_query:
         raise BenchError(
             f"{name}: images_per_class={per_class} must be >= k_shot + n_query = {context.k_shot} + "
             f"{cfg.n_query} (each class is split into support and query)"
         )
+    return zoo
 
 
 def masked_disagreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:

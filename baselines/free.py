@@ -82,7 +82,7 @@ class Free(MetaLearner):
         """Epochs of FIVE/BELL whenever replay stalls; meta-val selection; fine-tune learner."""
         cfg: FreeConfig = self.cfg  # type: ignore[assignment]
         ctx = self.context
-        check_generator_setup(cfg, zoo, ctx, "free", cfg.images_per_class)
+        zoo = check_generator_setup(cfg, zoo, self, "free", cfg.images_per_class)
         iterations = budget.meta_iterations or cfg.meta_iterations
         gens = {k: make_generator(derive_seed(ctx.seed, "free", k)) for k in ("members", "synth", "tasks")}
         meta_gen = fresh_generator(

@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from baselines._bank import ClassBank, require_member_classes
+from baselines._bank import ClassBank, distillable_members
 from baselines._generator import fresh_conditional_generator, fresh_generator
 from baselines._kd import kd_loss
 from bench.errors import BenchError
@@ -133,7 +133,7 @@ class Tds(MetaLearner):
         """Rounds of member inversion driven by a pseudo-val plateau; ProtoNet meta-training."""
         cfg: TdsConfig = self.cfg  # type: ignore[assignment]
         ctx, n_way = self.context, self.context.n_way
-        require_member_classes(zoo, n_way, "tds")
+        zoo = distillable_members(zoo, n_way, "tds", self.train_stats)
         self._check_val_signal()
         iterations = budget.meta_iterations or cfg.meta_iterations
         streams = ("policy", "synth", "tasks", "mix") + (("real_val",) if cfg.val_signal == "real" else ())

@@ -107,7 +107,7 @@ class Tgr(MetaLearner):
         """Embed and group members, then epochs of grouped meta-updates whenever replay stalls."""
         cfg: TgrConfig = self.cfg  # type: ignore[assignment]
         ctx = self.context
-        check_generator_setup(cfg, zoo, ctx, "tgr", cfg.images_per_class)
+        zoo = check_generator_setup(cfg, zoo, self, "tgr", cfg.images_per_class)
         iterations = budget.meta_iterations or cfg.meta_iterations
         gens = {
             k: make_generator(derive_seed(ctx.seed, "tgr", k)) for k in ("synth", "groups", "tasks", "probe")

@@ -130,11 +130,25 @@ def test_bidfmkd_inverts_the_next_member_when_replay_accuracy_stalls(tiny_zoo):
     assert impatient.train_stats["teacher_queries"] > patient.train_stats["teacher_queries"]
 
 
-def test_bidfmkd_refuses_members_with_fewer_classes_than_the_task(tiny_zoo):
+def test_bidfmkd_leaves_out_members_with_fewer_classes_than_the_task(tiny_zoo, caplog):
+    from baselines._bank import distillable_members
+
     cls = METHODS.get("bidfmkd")
     method = cls(dataclasses.replace(cls.Config(), name="bidfmkd"), MethodContext(6, 1, 32, 3, CPU, 0))
-    with pytest.raises(BenchError, match="needs >= 6 classes"):
+    with pytest.raises(BenchError, match="members need >= 6 classes for 6-way tasks; none has"):
         method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
+    # PURER's 64-class split: the last member holds 4 classes and cannot give a 5-way task
+    last = tiny_zoo.members[-1]
+    short = dataclasses.replace(last, spec=dataclasses.replace(last.spec, classes=last.spec.classes[:4]))
+    zoo = dataclasses.replace(tiny_zoo, members=[*tiny_zoo.members[:-1], short])
+    stats: dict = {}
+    kept = distillable_members(zoo, 5, "bidfmkd", stats)
+    assert kept.members == tiny_zoo.members[:-1] and stats["members_too_few_classes"] == 1
+    assert "1 member(s) with fewer than 5 classes left out: member" in caplog.text
+    impatient = _method("bidfmkd", patience=0)  # a new member every iteration: never the short one
+    impatient.meta_train(zoo, Budget(meta_iterations=4), torch.Generator().manual_seed(0))
+    assert impatient.train_stats["members_too_few_classes"] == 1
+    assert impatient.train_stats["member_inversions"] == 4
     bad = _method("bidfmkd", kd_loss="kl_probs")
     with pytest.raises(BenchError, match="kl_prob_legacy"):
         bad.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
