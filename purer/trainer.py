@@ -249,6 +249,9 @@ class PurerTrainer:
         while self.it < self.iterations:
             if self.max_seconds is not None and time.perf_counter() - started > self.max_seconds:
                 log.warning("purer: budget.max_seconds reached at meta-iteration %d", self.it)
+                if checkpoint is not None and self.it:  # a rerun resumes here and ends at once
+                    self.seconds = time.perf_counter() - started
+                    save_checkpoint(checkpoint, self.state_dict())
                 break
             try:
                 row = self.meta_iteration()

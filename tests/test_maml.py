@@ -82,3 +82,31 @@ def test_batch_stat_bn_has_no_buffers_and_is_transductive():
     model, _, _ = _setup()
     assert dict(model.named_buffers()) == {}
     assert FineTuneLearner(model, 0.01).transductive
+
+
+def test_a_run_stopped_by_max_seconds_resumes_to_the_same_model_without_training_more(tmp_path):
+    import time
+
+    from bench.learners.episodic import LoopCheckpoint, meta_train_loop
+
+    calls = []
+
+    def loss(model: torch.nn.Module, task: None) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(1)
+        time.sleep(0.2)  # iteration k ends at ~0.2 k s: the 0.5 s budget stops it after iteration 3
+        return (model(torch.ones(1, 2)) - 3.0).pow(2).sum(), torch.tensor(50.0)
+
+    def run() -> tuple[torch.Tensor, int]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 1)
+        checkpoint = LoopCheckpoint(tmp_path / "checkpoint.pt", every=2)  # periodic save at 2 only
+        result = meta_train_loop(
+            model, lambda it: [None], loss, None, 100, 0.1, 10**6, None, 0.5, "toy", checkpoint=checkpoint
+        )
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), result.iterations
+
+    first, done = run()
+    assert 2 < done < 100
+    calls.clear()
+    again, resumed = run()  # the budget is spent: it must not train past the stopping point
+    assert calls == [] and resumed == done and torch.equal(first, again)

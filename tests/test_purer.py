@@ -159,6 +159,34 @@ def test_killed_run_resumes_to_identical_state(tmp_path):
     assert (tmp_path / "a" / "artefacts" / "curves.png").is_file()
 
 
+def test_a_run_stopped_by_max_seconds_resumes_without_training_more(tmp_path):
+    import time
+
+    cfg = PurerConfig(meta_iterations=50, checkpoint_every=100)  # no periodic checkpoint before the stop
+    calls = []
+
+    def trainer() -> PurerTrainer:
+        made = _trainer(cfg, work_dir=tmp_path)
+        made.max_seconds = 0.5
+        original = made.meta_iteration
+
+        def slow() -> dict:
+            calls.append(made.it)
+            time.sleep(0.2)
+            return original()
+
+        made.meta_iteration = slow
+        return made
+
+    first = trainer()
+    first.run()
+    assert 1 <= first.it < 50
+    calls.clear()
+    again = trainer()
+    again.run()  # resumes at the stopping point, finds the budget spent, trains nothing more
+    assert calls == [] and again.it == first.it and torch.equal(again.data.X, first.data.X)
+
+
 # ----------------------------------------------------------------------------- ICFIL
 def test_supervised_contrastive_prefers_aligned_features():
     anchors = torch.nn.functional.normalize(torch.eye(2), dim=1)

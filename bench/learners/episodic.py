@@ -136,9 +136,23 @@ def meta_train_loop(
         initial=result.iterations,
         total=iterations,
     )
+
+    def save() -> None:
+        result.seconds = time.perf_counter() - started
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "best": best_state,
+            "result": asdict(result),
+            "method": checkpoint.state.save(),
+        }
+        save_checkpoint(checkpoint.path, state)
+
     for it in bar:
         if max_seconds is not None and time.perf_counter() - started > max_seconds:
             log.warning("%s: budget.max_seconds reached at iteration %d", description, it - 1)
+            if checkpoint is not None and result.iterations:
+                save()  # a rerun resumes here, finds the budget spent and ends with this very model
             break
         if before_iteration is not None:
             before_iteration(it)
@@ -166,15 +180,7 @@ def meta_train_loop(
         result.history.append(row)
         bar.set_postfix(acc=f"{row['acc']:.1f}", loss=f"{row['loss']:.2f}")
         if checkpoint is not None and (it % checkpoint.every == 0 or it == iterations):
-            result.seconds = time.perf_counter() - started
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "best": best_state,
-                "result": asdict(result),
-                "method": checkpoint.state.save(),
-            }
-            save_checkpoint(checkpoint.path, state)
+            save()
         _iteration_done(it)
     result.seconds = time.perf_counter() - started
     if best_state is not None:
