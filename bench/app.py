@@ -25,7 +25,7 @@ from bench.data.base import allow_real_data
 from bench.environment import environment, git_state
 from bench.errors import BenchError, DataFreeViolation
 from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
-from bench.hashing import spec_hash
+from bench.hashing import object_fingerprint, spec_hash
 from bench.method import METHODS, Budget, MetaLearner, MethodContext, validate_method_config
 from bench.paths import resolve_results_dir
 from bench.records import RunRecord, finished_run, readout_name, write_record
@@ -241,6 +241,7 @@ def run_one(cfg: DictConfig) -> Path:
             cfg.eval.limit,
             description=f"{cfg.method.name} {shape.label}",
             progress=work_dir / "eval_progress.json",
+            fingerprint=object_fingerprint(learner),
         )
     except (FloatingPointError, DataFreeViolation, torch.OutOfMemoryError) as error:
         write_failed_record(cfg, key, run_dir, started, device, error)

@@ -61,15 +61,28 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 
 
 def _resume(
-    progress: Path | None, suite: TaskSuite, readouts: list[int]
+    progress: Path | None, suite: TaskSuite, readouts: list[int], fingerprint: str | None
 ) -> tuple[dict[int, list[float]], float]:
-    """Per-episode results and seconds saved by an interrupted evaluation of the same suite."""
+    """Per-episode results and seconds saved by an interrupted evaluation.
+
+    Only those of the same suite, readouts and learner (``fingerprint``); progress files written
+    before fingerprints were saved are accepted.
+    """
     empty: dict[int, list[float]] = {s: [] for s in readouts}
     if progress is None or not progress.is_file():
         return empty, 0.0
     saved = json.loads(progress.read_text())
     if saved.get("suite") != suite.content_hash or saved.get("readouts") != readouts:
         log.warning("ignoring %s: it belongs to another suite or readout list", progress)
+        return empty, 0.0
+    if fingerprint is not None and saved.get("learner", fingerprint) != fingerprint:
+        log.warning(
+            "ignoring %s: it was written for another trained model (learner fingerprint %s, now %s); "
+            "evaluating from the first episode",
+            progress,
+            str(saved.get("learner"))[:12],
+            fingerprint[:12],
+        )
         return empty, 0.0
     per_episode = {int(k): list(v) for k, v in saved["per_episode"].items()}
     log.info("resuming evaluation at episode %d from %s", len(per_episode[readouts[0]]), progress)
@@ -85,19 +98,21 @@ def evaluate(
     description: str = "eval",
     progress: Path | None = None,
     save_every: int = 25,
+    fingerprint: str | None = None,
 ) -> EvalResult:
     """Run ``learner`` on the first ``limit`` (default all) episodes of ``suite``.
 
     Each episode adapts once; ``adapt_readouts`` yields a classifier per readout step count.
     With ``progress``, the per-episode results are saved atomically every ``save_every`` episodes
     and a rerun continues after the last saved episode (episodes are independent and seeded, so
-    the final list is identical to an uninterrupted run's).
+    the final list is identical to an uninterrupted run's). ``fingerprint`` (of the learner, see
+    ``bench.hashing.object_fingerprint``) is saved with them: progress of another model is ignored.
     """
     readouts = sorted({int(s) for s in readouts})
     if not readouts or readouts[0] < 0:
         raise BenchError(f"test_steps must be a non-empty list of integers >= 0; got {readouts}")
     n = len(suite) if limit is None else min(limit, len(suite))
-    per_episode, seconds_before = _resume(progress, suite, readouts)
+    per_episode, seconds_before = _resume(progress, suite, readouts, fingerprint)
     first = min(len(per_episode[readouts[0]]), n)
     per_episode = {s: v[:first] for s, v in per_episode.items()}
     bar = tqdm(
@@ -117,6 +132,8 @@ def evaluate(
             bar.set_postfix(acc=f"{sum(per_episode[readouts[-1]]) / (index + 1):.1f}")
         if progress is not None and ((index + 1) % save_every == 0 or index + 1 == n):
             payload = {"suite": suite.content_hash, "readouts": readouts, "per_episode": per_episode}
+            if fingerprint is not None:
+                payload["learner"] = fingerprint
             atomic_write_json(progress, {**payload, "seconds": time.perf_counter() - start})
     synchronize(device)
     return EvalResult(per_episode, time.perf_counter() - start, n)

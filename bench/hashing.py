@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,44 @@ def tensor_sha256(tensor: Any) -> str:
     t = tensor.detach().cpu().contiguous()
     header = f"{t.dtype}:{tuple(t.shape)}".encode()
     return sha256_bytes(header + t.numpy().tobytes())
+
+
+#: Not walked by :func:`object_fingerprint`: code, not numbers.
+CODE_OBJECTS = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
+
+
+def object_fingerprint(obj: Any) -> str:
+    """sha256 over every tensor reachable from ``obj`` (attributes, modules' state, containers).
+
+    Identifies a trained learner's numbers: the same weights give the same fingerprint in any
+    process (values, not memory layout or object ids). Objects are walked once (cycles are safe);
+    names of the attributes are part of the digest, so a tensor moved between fields changes it.
+    """
+    import torch
+    from torch import nn
+
+    digest = hashlib.sha256()
+    seen: set[int] = set()
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, torch.Tensor):
+            digest.update(f"{path}={tensor_sha256(value)};".encode())
+            return
+        if isinstance(value, str | bytes | int | float | bool) or value is None or id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, nn.Module):
+            for name, tensor in value.state_dict().items():
+                walk(tensor, f"{path}.{name}")
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                walk(value[key], f"{path}[{key}]")
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                walk(item, f"{path}[{index}]")
+        elif hasattr(value, "__dict__") and not isinstance(value, CODE_OBJECTS):
+            for name in sorted(vars(value)):
+                walk(vars(value)[name], f"{path}.{name}")
+
+    walk(obj, "")
+    return digest.hexdigest()

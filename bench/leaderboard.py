@@ -141,7 +141,10 @@ def _paired(records: Sequence[RunRecord], reference: str) -> dict[tuple, dict[st
     for r in records:
         if r.status == "ok" and r.method == reference:
             references[(r.experiment, *_setting(r))].append(r)
-    pooled: dict[tuple, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    # group -> suite -> per-seed (method, reference) episode lists
+    pooled: dict[tuple, dict[str, list[tuple[list[float], list[float]]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for record in records:
         if record.status != "ok" or record.method == reference:
             continue
@@ -168,9 +171,25 @@ def _paired(records: Sequence[RunRecord], reference: str) -> dict[tuple, dict[st
                     int(readout.split("_")[1]),
                     record.setting.get("profile", "-"),
                 )
-                pooled[group][0].extend(values)
-                pooled[group][1].extend(ref.per_episode[readout])
-    return {k: paired_difference(a, b) for k, (a, b) in pooled.items()}
+                pooled[group][record.hashes["suite"]].append((values, ref.per_episode[readout]))
+    return {group: paired_difference(*_seed_means(suites)) for group, suites in pooled.items()}
+
+
+def _seed_means(suites: dict[str, list[tuple[list[float], list[float]]]]) -> tuple[list[float], list[float]]:
+    """Per episode, the mean over seeds that share its suite; suites' episodes are concatenated.
+
+    Seeds evaluated on one suite see the same episodes, so they are not independent samples: the
+    CI of a difference is over episodes of the seed-averaged accuracies (a repeated seed adds no
+    information and leaves the CI as it was).
+    """
+    methods, references = [], []
+    for runs in suites.values():
+        lengths = {len(a) for a, _ in runs}
+        if len(lengths) != 1:
+            raise ValueError(f"seeds of one suite with different episode counts: {sorted(lengths)}")
+        methods += [sum(column) / len(runs) for column in zip(*(a for a, _ in runs), strict=True)]
+        references += [sum(column) / len(runs) for column in zip(*(b for _, b in runs), strict=True)]
+    return methods, references
 
 
 def tidy_table(

@@ -56,3 +56,36 @@ def test_evaluate_rejects_bad_readouts(small_glyphs):
     suite = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 2, seed=0)
     with pytest.raises(BenchError, match="test_steps"):
         evaluate(_Constant(), suite, [])
+
+
+def test_progress_of_another_trained_model_is_not_resumed(small_glyphs, tmp_path, caplog):
+    from bench.hashing import object_fingerprint
+    from bench.learners.maml import FineTuneLearner
+    from bench.seeding import make_generator
+    from zoos.architectures import build_model
+
+    def learner(seed: int) -> FineTuneLearner:
+        model = build_model("conv4", 5, small_glyphs.image_size, 3, make_generator(seed), batch_stat_bn=True)
+        return FineTuneLearner(model, 0.01, 1)
+
+    suite = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 6, seed=0)
+    progress = tmp_path / "eval_progress.json"
+    first = learner(0)
+    assert object_fingerprint(first) == object_fingerprint(learner(0)) != object_fingerprint(learner(1))
+    done = evaluate(
+        first, suite, [1], limit=4, progress=progress, save_every=2, fingerprint=object_fingerprint(first)
+    )
+    # the same model continues after the saved episodes; another model starts over
+    same = evaluate(first, suite, [1], progress=progress, save_every=2, fingerprint=object_fingerprint(first))
+    assert same.per_episode[1][:4] == done.per_episode[1] and "ignoring" not in caplog.text
+    other = learner(1)
+    straight = evaluate(other, suite, [1])
+    progress.unlink()
+    evaluate(
+        first, suite, [1], limit=4, progress=progress, save_every=2, fingerprint=object_fingerprint(first)
+    )
+    resumed = evaluate(
+        other, suite, [1], progress=progress, save_every=2, fingerprint=object_fingerprint(other)
+    )
+    assert "written for another trained model" in caplog.text
+    assert resumed.per_episode[1] == straight.per_episode[1]

@@ -258,3 +258,19 @@ def test_the_markdown_names_failed_runs_and_the_code_behind_the_numbers(tmp_path
         "Code behind these records (git commit × records): fixture × 9, fixture (uncommitted changes) × 1."
         in markdown
     )
+
+
+def test_a_repeated_seed_on_the_same_suite_does_not_narrow_the_paired_ci():
+    import copy
+
+    seed0 = [r for r in fixture_records() if r.seeds["root"] == 0]
+    repeat = []
+    for record in seed0:  # seed 1 on the same suite, with exactly seed 0's episode results
+        twin = copy.deepcopy(record)
+        twin.run_key, twin.seeds["root"], twin.config["seed"] = record.run_key + "-again", 1, 1
+        repeat.append(twin)
+    pick = lambda t: t[(t.method == "weight_average") & (t.task == "5w1s") & (t.test_steps == 10)].iloc[0]  # noqa: E731
+    one, two = pick(tidy_table(seed0)), pick(tidy_table(seed0 + repeat))
+    assert two.n_seeds == 2 and one.n_seeds == 1
+    assert two.delta_vs_reference == pytest.approx(one.delta_vs_reference)
+    assert two.delta_ci95 == pytest.approx(one.delta_ci95)  # pooling as 80 independent episodes: x 0.71
