@@ -25,6 +25,7 @@ import pandas as pd
 from bench.atomic import atomic_write_text
 from bench.evaluate import paired_difference
 from bench.records import RunRecord
+from bench.tracking import flatten
 
 GROUP = ["table", "method", "dataset", "zoo", "task", "test_steps", "profile"]
 REFERENCE = "random_init"
@@ -32,16 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Config keys that never change a result (prefixes of flattened dotted keys).
 RESULT_NEUTRAL = ("experiment.description", "force", "paths.", "threads", "tracking.", "device.description")
-
-
-def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _setting(record: RunRecord) -> tuple:
@@ -72,7 +63,7 @@ def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
         by_method[(r.experiment, r.method)].append(r)
     names = {r.run_key: r.method for r in ok}
     for (_, method), group in by_method.items():
-        flat = {r.run_key: _flatten(r.config) for r in group}
+        flat = {r.run_key: flatten(r.config) for r in group}
         cells: dict[tuple, list[RunRecord]] = defaultdict(list)
         for r in group:
             cells[_setting(r)].append(r)
