@@ -138,15 +138,17 @@ class MlflowSink:
                 record.experiment,
             )
             return False
-        atomic_write_json(
-            run_dir / MARKER, {"uri": self.uri, "run_id": run_id, "experiment": self.experiment}
-        )
+        marker = {"uri": self.uri, "run_id": run_id, "experiment": self.experiment}
+        atomic_write_json(run_dir / MARKER, {**marker, "finished_at": str(record.finished_at)})
         return True
 
-    def synced(self, run_dir: Path) -> bool:
-        """True when ``run_dir``'s record is known to be in this store."""
+    def synced(self, run_dir: Path, record: RunRecord) -> bool:
+        """True when this very ``record`` (not an earlier one of its run key) is known to be in this store."""
         marker = run_dir / MARKER
-        return marker.is_file() and json.loads(marker.read_text()).get("uri") == self.uri
+        if not marker.is_file():
+            return False
+        saved = json.loads(marker.read_text())
+        return saved.get("uri") == self.uri and saved.get("finished_at") == str(record.finished_at)
 
     def _existing_run(self, record: RunRecord) -> str | None:
         """The id of the MLflow run already holding this very record (no duplicate uploads).

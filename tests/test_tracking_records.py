@@ -47,14 +47,16 @@ def test_a_rerun_replaces_its_run_in_mlflow_and_a_repeated_upload_does_not_dupli
     first = fake_record("weight_average", True, 45.0, "5w1s", 0)
     first.finished_at = "2026-01-01T00:00:00+00:00"
     write_record(run_dir, first, "a: 1\n")
-    assert sink.log_record(first, run_dir) and sink.synced(run_dir)
+    assert sink.log_record(first, run_dir) and sink.synced(run_dir, first)
     assert sink.log_record(first, run_dir)  # the same record again (e.g. --sync-mlflow): no duplicate
     rerun = fake_record("weight_average", True, 45.0, "5w1s", 0)  # a force=true rerun: same run key
     rerun.finished_at = "2026-02-01T00:00:00+00:00"
     rerun.per_episode = {k: [v - 10.0 for v in vs] for k, vs in rerun.per_episode.items()}
     rerun.metrics = {k: summarize(v) for k, v in rerun.per_episode.items()}
     write_record(run_dir, rerun, "a: 1\n")
-    assert not sink.synced(run_dir)  # the old marker went with the old record
+    assert not sink.synced(run_dir, rerun)  # the old marker went with the old record
+    (run_dir / "mlflow_run.json").write_text(json.dumps({"uri": uri, "run_id": "x"}))  # pre-fix marker
+    assert not sink.synced(run_dir, rerun)  # a marker that does not name this record is not trusted
     assert sink.log_record(rerun, run_dir)
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["golden"])
