@@ -90,8 +90,7 @@ def base_method(name: str) -> str:
     return name.split(" [", 1)[0]
 
 
-def _rows(records: Sequence[RunRecord]) -> list[dict[str, object]]:
-    names = row_names(records)
+def _rows(records: Sequence[RunRecord], names: dict[str, str]) -> list[dict[str, object]]:
     rows = []
     for record in records:
         if record.status != "ok":
@@ -121,13 +120,15 @@ def _rows(records: Sequence[RunRecord]) -> list[dict[str, object]]:
     return rows
 
 
-def _paired(records: Sequence[RunRecord], reference: str) -> dict[tuple, dict[str, float]]:
+def _paired(
+    records: Sequence[RunRecord], reference: str, names: dict[str, str]
+) -> dict[tuple, dict[str, float]]:
     """Group key -> paired difference to ``reference`` pooled over matching (seed, suite) runs.
 
     The reference must have exactly one finished configuration in a cell (else, ambiguous, no
     difference is computed for that cell); runs whose episode counts differ are not paired.
+    ``names``: :func:`row_names` of ``records``.
     """
-    names = row_names(records)
     references: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in records:
         if r.status == "ok" and r.method == reference:
@@ -173,13 +174,14 @@ def _seed_means(suites: dict[str, list[tuple[list[float], list[float]]]]) -> tup
     CI of a difference is over episodes of the seed-averaged accuracies (a repeated seed adds no
     information and leaves the CI as it was).
     """
+
+    def mean_over_seeds(lists: list[list[float]]) -> list[float]:
+        return [sum(column) / len(lists) for column in zip(*lists, strict=True)]
+
     methods, references = [], []
     for runs in suites.values():
-        lengths = {len(a) for a, _ in runs}
-        if len(lengths) != 1:
-            raise ValueError(f"seeds of one suite with different episode counts: {sorted(lengths)}")
-        methods += [sum(column) / len(runs) for column in zip(*(a for a, _ in runs), strict=True)]
-        references += [sum(column) / len(runs) for column in zip(*(b for _, b in runs), strict=True)]
+        methods += mean_over_seeds([a for a, _ in runs])
+        references += mean_over_seeds([b for _, b in runs])
     return methods, references
 
 
@@ -206,7 +208,8 @@ def tidy_table(
         *(column for m in extra for column in (f"delta_vs_{m}", f"delta_vs_{m}_ci95")),
         "run_keys",
     ]
-    rows = _rows(records)
+    names = row_names(records)
+    rows = _rows(records, names)
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
@@ -224,13 +227,13 @@ def tidy_table(
         )
         .reset_index()
     )
-    paired = _paired(records, reference)
+    paired = _paired(records, reference, names)
     deltas = [paired.get(tuple(row[g] for g in GROUP)) for _, row in table.iterrows()]
     table["reference"] = reference
     table["delta_vs_reference"] = [d["mean"] if d else float("nan") for d in deltas]
     table["delta_ci95"] = [d["ci95"] if d else float("nan") for d in deltas]
     for method in extra:
-        paired = _paired(records, method)
+        paired = _paired(records, method, names)
         deltas = [paired.get(tuple(row[g] for g in GROUP)) for _, row in table.iterrows()]
         table[f"delta_vs_{method}"] = [d["mean"] if d else float("nan") for d in deltas]
         table[f"delta_vs_{method}_ci95"] = [d["ci95"] if d else float("nan") for d in deltas]

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.atomic import atomic_write_json
-from bench.records import MLFLOW_MARKER, RunRecord
+from bench.records import MLFLOW_MARKER as MARKER
+from bench.records import RunRecord
 
 log = logging.getLogger(__name__)
 #: Per-run marker: the tracking URI and MLflow run id the record was mirrored to.
-MARKER = MLFLOW_MARKER
 
 
 class Sink(Protocol):
