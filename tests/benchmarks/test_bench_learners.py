@@ -1,6 +1,6 @@
 """pytest-benchmark micro-benchmarks (run once as smoke tests in CI; measure with --benchmark-enable).
 
-    pytest tests/benchmarks --benchmark-enable --benchmark-json=results/throughput/bench-<device>.json
+    pytest tests/benchmarks --benchmark-enable -n0 --benchmark-json=results/throughput/bench-<device>.json
 
 Speed is measured here, never asserted.
 """

@@ -3,7 +3,7 @@
 
 Measure (they run once as smoke tests otherwise)::
 
-    pytest tests/benchmarks/test_bench_purer.py --benchmark-enable --benchmark-columns=median,iqr
+    pytest tests/benchmarks/test_bench_purer.py --benchmark-enable -n0 --benchmark-columns=median,iqr
 
 Variants, interleaved in one process as the 2-core machine's timings drift between processes:
 
