@@ -23,6 +23,25 @@ from purer.trainer import PurerTrainer
 from zoos.zoo import Zoo
 
 
+def test_probe_metrics(test_evals: list[dict], selected: int, last: int) -> dict[str, float]:
+    """Labelled test-probe numbers (purer.md §10), from the probes already run at each selection.
+
+    The probe is the first ``val_episodes`` episodes of the test suite at the primary readout,
+    without ICFIL. ``acc_test_best_of_evals`` is the reference's selection on test (only to compare
+    with published numbers); ``acc_test_probe_last`` scores the last checkpoint and
+    ``acc_test_probe_selected`` the meta-val-selected one on the same probe, so the two compare
+    like for like. A key is absent when no probe ran at that iteration.
+    """
+    if not test_evals:
+        return {}
+    by_iteration = {int(e["iteration"]): float(e["test_acc"]) for e in test_evals}
+    metrics = {"acc_test_best_of_evals": max(by_iteration.values())}
+    for name, iteration in (("acc_test_probe_last", last), ("acc_test_probe_selected", selected)):
+        if iteration in by_iteration:
+            metrics[name] = by_iteration[iteration]
+    return metrics
+
+
 @METHODS.register("purer")
 class Purer(MetaLearner):
     """PURER: ECI meta-training on pixels inverted from the zoo + ICFIL test-time calibration."""
@@ -43,9 +62,7 @@ class Purer(MetaLearner):
         if trainer.best["val_acc"] is not None:
             self.train_stats["val_acc_selected"] = float(trainer.best["val_acc"])
         self.extra_metrics["selection_rule_is_meta_val"] = float(rule == "meta_val_best")
-        if trainer.test_evals:
-            # Reference-style selection on the test split: labelled, only to compare with papers.
-            self.extra_metrics["acc_test_best_of_evals"] = max(e["test_acc"] for e in trainer.test_evals)
+        self.extra_metrics.update(test_probe_metrics(trainer.test_evals, iteration, trainer.it))
         self._write_log(trainer)
         learner = FineTuneLearner(model, cfg.inner_lr)
         return IcfilLearner(learner, cfg.icfil, seed) if cfg.icfil.enabled else learner

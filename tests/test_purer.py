@@ -230,6 +230,25 @@ def test_purer_returns_icfil_learner_only_when_enabled():
         assert torch.equal(on.base.init_params[key], value), key
 
 
+def test_record_holds_the_labelled_test_probe_of_the_selected_and_the_last_checkpoint():
+    """purer.md §10: best-of-test (reference), plus last vs meta-val-selected on the same probe."""
+    cfg = PurerConfig(meta_iterations=4)
+    cfg.selection = dataclasses.replace(cfg.selection, every=1)
+    cfg.icfil = dataclasses.replace(cfg.icfil, enabled=False)
+    method = Purer(cfg, _context())
+    val_scores, test_scores = iter([40.0, 55.0, 50.0, 45.0]), iter([30.0, 35.0, 60.0, 33.0])
+    method.validate = lambda learner: next(val_scores)
+    method.test_probe = lambda learner: next(test_scores)
+    method.meta_train(
+        synthetic_conv4_zoo(n_members=3, n_classes=15), Budget(), torch.Generator().manual_seed(0)
+    )
+    assert method.train_stats["selected_iteration"] == 2  # best meta-val
+    assert method.extra_metrics["acc_test_best_of_evals"] == 60.0  # iteration 3: selection on test
+    assert method.extra_metrics["acc_test_probe_selected"] == 35.0
+    assert method.extra_metrics["acc_test_probe_last"] == 33.0
+    assert method.extra_metrics["selection_rule_is_meta_val"] == 1.0
+
+
 # ----------------------------------------------------------------------------- torch.compile
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler (g++)")
 def test_compiled_inversion_objective_matches_eager_within_tolerance():
