@@ -13,6 +13,11 @@ import torch
 _CACHE = os.environ.get("DFML_TEST_CACHE") or tempfile.mkdtemp(prefix="dfml-test-cache-")
 os.environ["DFML_CACHE"] = _CACHE
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Subprocesses the tests start (dfml-run, dfml-zoo) inherit this: one OpenMP thread each, as in
+# this process. Tests run one xdist worker per core; a 2-thread child beside another busy worker
+# oversubscribes the cores and OpenMP's spin-waits then cost more than the second thread gains
+# (measured: a 2-worker suite took 21m56s with 2-thread children, longer than 1 worker).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SMALL_GLYPHS = {"name": "glyphs", "max_classes": 260, "image_size": 32}
 TINY_ZOO = {
