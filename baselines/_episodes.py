@@ -40,8 +40,9 @@ def train_on_real_episodes(
     budget: Budget,
     task_loss: TaskLoss,
     make_learner: Callable[[nn.Module], Learner],
+    model: nn.Module | None = None,
 ) -> nn.Module:
-    """Meta-train a fresh conv4 on real episodes with meta-val selection; fills ``train_stats``."""
+    """Meta-train ``model`` (default a fresh conv4) on real episodes with meta-val selection."""
     cfg: EpisodicConfig = method.cfg  # type: ignore[assignment]
     iterations = budget.meta_iterations or cfg.meta_iterations
     sample = real_task_stream(
@@ -49,6 +50,6 @@ def train_on_real_episodes(
     )
     # The episode stream is a pure function of the iteration: nothing but the loop's state to save.
     model, _ = train_episodic(
-        method, budget, iterations, sample, task_loss, make_learner, resumable=Resumable()
+        method, budget, iterations, sample, task_loss, make_learner, model=model, resumable=Resumable()
     )
     return model

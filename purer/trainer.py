@@ -32,7 +32,7 @@ from purer.compilation import compiled
 from purer.config import PurerConfig
 from purer.curriculum import Curriculum
 from purer.dynamic_data import DynamicDataset
-from zoos.averaging import averaged_meta_params
+from zoos.averaging import load_average_init
 from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo
 
@@ -91,14 +91,7 @@ class PurerTrainer:
             return
         if cfg.init != "average":
             raise BenchError(f"purer init {cfg.init!r} unknown; valid: average, random")
-        widths = sorted({int(m.spec.arch_options.get("width", 32)) for m in zoo.members})
-        if widths != [cfg.width]:
-            raise BenchError(
-                f"purer init: average needs conv4 members of the meta model's width {cfg.width}; the zoo "
-                f"has widths {widths} (set method.width or method.init=random)"
-            )
-        params = averaged_meta_params(zoo, "purer", self.ctx.n_way, cfg.average_head)
-        self.model.load_state_dict(params, strict=False)
+        load_average_init(self.model, zoo, "purer", cfg.width, self.ctx.n_way, cfg.average_head)
 
     # ----------------------------------------------------------------- one iteration
     def data_step(self) -> dict[str, float]:

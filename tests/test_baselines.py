@@ -55,3 +55,34 @@ def test_only_oracles_are_ever_given_the_real_dataset(name, small_glyphs):
     attach_real_data(method, small_glyphs, TaskShape(5, 1, 15))
     assert (method.real_data is small_glyphs) == cls.uses_real_data == name.endswith("_oracle")
     assert (method.sample_real_val is not None) == cls.uses_real_val == (name == "tds_real_val")
+
+
+@pytest.mark.parametrize("init", ["random", "average"])
+def test_maml_oracle_starts_from_a_fresh_model_or_the_zoo_average(init, tiny_zoo, small_glyphs):
+    from bench.method import Budget
+    from zoos.averaging import averaged_meta_params
+
+    cls = METHODS.get("maml_oracle")
+    context = MethodContext(5, 1, 32, 3, torch.device("cpu"), 0)
+    # outer_lr 0: one meta-iteration leaves the starting point as it was.
+    method = cls(
+        cls.Config(name="maml_oracle", init=init, outer_lr=0.0, select_every=1, val_episodes=2), context
+    )
+    attach_real_data(method, small_glyphs, TaskShape(5, 1, 15))
+    method.validate = lambda learner: 50.0
+    learner = method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator().manual_seed(0))
+    average = averaged_meta_params(tiny_zoo, "maml_oracle", 5, True)
+    equal = [torch.equal(learner.init_params[k], v) for k, v in average.items()]
+    assert all(equal) if init == "average" else not any(equal)
+
+
+def test_maml_oracle_unknown_init_names_the_valid_ones(tiny_zoo, small_glyphs):
+    from bench.method import Budget
+
+    cls = METHODS.get("maml_oracle")
+    method = cls(
+        cls.Config(name="maml_oracle", init="zoo"), MethodContext(5, 1, 32, 3, torch.device("cpu"), 0)
+    )
+    attach_real_data(method, small_glyphs, TaskShape(5, 1, 15))
+    with pytest.raises(BenchError, match="init 'zoo' unknown; valid: random, average"):
+        method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator().manual_seed(0))

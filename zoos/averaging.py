@@ -83,3 +83,19 @@ def averaged_meta_params(zoo: Zoo, method: str, n_way: int, average_head: bool) 
     """Element-wise averaged conv4 parameters for a meta model (raises on zoos it cannot average)."""
     check_averageable(zoo, method, n_way)
     return meta_params(average_state(zoo), average_head)
+
+
+def load_average_init(
+    model: torch.nn.Module, zoo: Zoo, method: str, width: int, n_way: int, average_head: bool = True
+) -> None:
+    """Start a conv4 meta model of ``width`` from the zoo's element-wise average (in place).
+
+    Raises, naming the fix, unless the zoo is SS conv4 of that width with ``n_way``-wide heads.
+    """
+    widths = sorted({int(m.spec.arch_options.get("width", 32)) for m in zoo.members})
+    if widths != [width]:
+        raise BenchError(
+            f"{method} init: average needs conv4 members of the meta model's width {width}; the zoo "
+            f"has widths {widths} (set method.width or method.init=random)"
+        )
+    model.load_state_dict(averaged_meta_params(zoo, method, n_way, average_head), strict=False)
