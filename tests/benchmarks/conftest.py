@@ -1,4 +1,9 @@
-"""Benchmarks measure with torch's default thread count (the suite itself runs single-threaded)."""
+"""Benchmarks measure with torch's default thread count (the suite itself runs single-threaded).
+
+Under pytest-xdist (the default ``pytest`` run) benchmarks do not time and only run once as smoke
+tests beside other workers; they keep the suite's single thread there, since a second thread on
+a core another worker uses only adds OpenMP spin-waits.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _all_cores() -> Iterator[None]:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
     previous = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     yield
