@@ -102,6 +102,7 @@ def _rows(records: Sequence[RunRecord], names: dict[str, str]) -> list[dict[str,
                     "method": names[record.run_key],
                     "data_free": record.data_free,
                     "real_data": record.real_data_use,
+                    "external_model": bool(record.train_stats.get("uses_external_model", 0.0)),
                     "dataset": record.setting["dataset"],
                     "zoo": record.setting["zoo"],
                     "task": record.setting["task"],
@@ -197,6 +198,7 @@ def tidy_table(
         *GROUP,
         "data_free",
         "real_data",
+        "external_model",
         "acc_mean",
         "acc_ci95",
         "n_episodes",
@@ -218,6 +220,7 @@ def tidy_table(
         .agg(
             data_free=("data_free", "all"),
             real_data=("real_data", "first"),
+            external_model=("external_model", "any"),
             acc_mean=("acc_mean", "mean"),
             acc_ci95=("acc_ci95", "mean"),
             n_episodes=("n_episodes", "min"),
@@ -277,6 +280,7 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
                     "profile": profile,
                     "data_free": bool(cells["data_free"].all()),
                     "real_data": cells["real_data"].iloc[0],
+                    "external_model": bool(cells["external_model"].any()),
                     "acc_mean": cells["acc_mean"].mean(),
                     "acc_ci95": (cells["acc_ci95"] ** 2).sum() ** 0.5 / k,
                     "n_episodes": int(cells["n_episodes"].min()),
@@ -320,8 +324,13 @@ REAL_DATA_LABEL = {
 }
 
 
-def _row_label(method: str, real_data: str) -> str:
-    return method + REAL_DATA_LABEL[real_data]
+#: Row-label suffix of a method whose meta-training used a model from outside the zoo (e.g. TGR
+#: with a user-given similarity probe): not purely "learnt from the zoo" either.
+EXTERNAL_MODEL_LABEL = " (uses an external model)"
+
+
+def _row_label(method: str, real_data: str, external_model: bool = False) -> str:
+    return method + REAL_DATA_LABEL[real_data] + (EXTERNAL_MODEL_LABEL if external_model else "")
 
 
 def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFrame:
@@ -329,9 +338,11 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
         {(t, s) for t, s in zip(table["task"], table["test_steps"], strict=True)},
         key=lambda ts: (ts[0], ts[1]),
     )
-    methods = list(dict.fromkeys(zip(table["method"], table["real_data"], strict=True)))
+    methods = list(
+        dict.fromkeys(zip(table["method"], table["real_data"], table["external_model"], strict=True))
+    )
     cells = {}
-    for method, real_data in methods:
+    for method, real_data, external_model in methods:
         row = {}
         for task, steps in settings:
             hit = table[
@@ -342,7 +353,7 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
             else:
                 sign = "+" if signed else ""
                 row[setting_label(task, steps)] = f"{hit.iloc[0][value]:{sign}.1f} ± {hit.iloc[0][ci]:.1f}"
-        cells[_row_label(method, real_data)] = row
+        cells[_row_label(method, real_data, external_model)] = row
     frame = pd.DataFrame.from_dict(cells, orient="index")
     frame.index.name = "method"
     return frame

@@ -47,6 +47,21 @@ def test_markdown_marks_oracles_missing_runs_and_paper_protocol():
     assert "Paired difference to `random_init`" in text
 
 
+def test_a_method_that_used_an_external_model_is_labelled(tmp_path):
+    """TGR with a user-given probe records uses_external_model = 1: its row says so."""
+    records = fixture_records()
+    for r in records:
+        if r.method == "weight_average":
+            r.train_stats["uses_external_model"] = 1.0
+    write_leaderboard(records, tmp_path, "golden")
+    text = (tmp_path / "golden.md").read_text()
+    assert "weight_average (uses an external model)" in text
+    assert "random_init (uses an external model)" not in text
+    csv = pd.read_csv(tmp_path / "golden.csv")
+    assert set(csv[csv.method == "weight_average"].external_model) == {True}
+    assert not csv[csv.method == "random_init"].external_model.any()
+
+
 def test_failed_runs_are_not_counted():
     records = fixture_records()
     records[0].status = "failed"
