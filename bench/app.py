@@ -28,7 +28,7 @@ from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
 from bench.hashing import object_fingerprint, spec_hash
 from bench.method import METHODS, Budget, MetaLearner, MethodContext, validate_method_config
 from bench.paths import resolve_results_dir
-from bench.records import RunRecord, finished_run, readout_name, write_record
+from bench.records import IDENTITY_KEYS, RunRecord, finished_run, readout_name, write_record
 from bench.seeding import derive_seed, make_generator
 from bench.tasks import Episode, EpisodeSampler, TaskShape, TaskSuite
 from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, synchronize
@@ -38,10 +38,8 @@ from zoos.zoo import load_or_build_zoo
 
 log = logging.getLogger(__name__)
 
+
 #: Config sections that define what a run computes (its identity); paths/tracking/force do not.
-IDENTITY_KEYS = ("dataset", "zoo", "method", "task", "seed", "budget", "eval", "profile")
-
-
 def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """The part of the resolved config that determines the numbers, plus the device type."""
     plain = OmegaConf.to_container(cfg, resolve=True)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from bench.atomic import atomic_write_text
 from bench.evaluate import paired_difference
-from bench.records import RunRecord
+from bench.records import IDENTITY_KEYS, RunRecord
 from bench.tracking import flatten
 
 GROUP = ["table", "method", "dataset", "zoo", "task", "test_steps", "profile"]
@@ -32,7 +32,12 @@ REFERENCE = "random_init"
 log = logging.getLogger(__name__)
 
 #: Config keys that never change a result (prefixes of flattened dotted keys).
-RESULT_NEUTRAL = ("experiment.description", "force", "paths.", "threads", "tracking.", "device.description")
+#: Config keys that can tell two runs' numbers apart: the run-key sections and the device (an
+#: allowlist: a presentation key added to the experiment later, e.g. ``experiment.compare_to``,
+#: must not split one method's rows between records made before and after it).
+RESULT_KEYS = tuple(f"{k}." for k in IDENTITY_KEYS) + ("seed", "profile", "device.")
+#: How a row name shows a key that a record's config does not have (the method's default applied).
+UNSET = "default"
 
 
 def _setting(record: RunRecord) -> tuple:
@@ -52,7 +57,7 @@ def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
     """Map each run key to its leaderboard row name: the method, plus what sets its config apart.
 
     Where several finished records of one method share a cell (same setting, seed and suite), the
-    config keys whose values differ between them (ignoring ``RESULT_NEUTRAL`` ones) are appended
+    config keys whose values differ between them (``RESULT_KEYS`` ones, descriptions aside) are appended
     to every record of that method, e.g. ``purer [method.adv.scale=1.0]`` / ``purer
     [method.adv.scale=10.0]``, so that rows stay consistent across settings. Records whose configs
     do not differ (other code, same key inputs) are told apart by run key.
@@ -72,11 +77,13 @@ def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
             if len(members) > 1:
                 union = set().union(*(flat[r.run_key] for r in members))
                 keys |= {k for k in union if len({repr(flat[r.run_key].get(k)) for r in members}) > 1}
-        keys = {k for k in keys if not k.startswith(RESULT_NEUTRAL)}
+        keys = {k for k in keys if k.startswith(RESULT_KEYS) and not k.endswith(".description")}
         for r in group:
             if keys:
                 names[r.run_key] = (
-                    f"{method} [" + ", ".join(f"{k}={flat[r.run_key].get(k)}" for k in sorted(keys)) + "]"
+                    f"{method} ["
+                    + ", ".join(f"{k}={flat[r.run_key].get(k, UNSET)}" for k in sorted(keys))
+                    + "]"
                 )
         for members in cells.values():
             if len({names[r.run_key] for r in members}) < len(members):

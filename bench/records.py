@@ -23,6 +23,10 @@ from bench.atomic import atomic_write_json, atomic_write_text, is_done
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+#: The top-level config sections that determine a run's numbers (its run key hashes them, less
+#: their ``description``s, plus the device type); everything else (experiment, paths, tracking,
+#: threads, force) is presentation or plumbing.
+IDENTITY_KEYS = ("dataset", "zoo", "method", "task", "seed", "budget", "eval", "profile")
 
 
 @dataclass

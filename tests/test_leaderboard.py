@@ -208,6 +208,23 @@ def test_two_configurations_of_one_method_in_one_cell_get_their_own_rows():
     assert "Not run yet" not in markdown_table(table, "golden", expected=["weight_average"])
 
 
+def test_a_presentation_key_does_not_name_rows_only_the_result_keys_do():
+    """An experiment key added after some runs (experiment.compare_to) is no config difference."""
+    records = fixture_records()
+    variants = []
+    for record in records:
+        if record.method == "weight_average":
+            twin = _variant(
+                record,
+                record.run_key + "-init",
+                **{"method.init": "average", "experiment.compare_to": ["purer"]},
+            )
+            variants.append(twin)
+    names = set(tidy_table(records + variants).method)
+    assert {"weight_average [method.init=default]", "weight_average [method.init=average]"} <= names
+    assert not any("experiment." in name for name in names)
+
+
 def test_a_short_smoke_run_beside_a_full_one_is_its_own_row_and_is_not_paired():
     records = fixture_records()
     smoke = next(r for r in records if r.method == "weight_average" and r.setting["task"] == "5w1s")
@@ -219,7 +236,7 @@ def test_a_short_smoke_run_beside_a_full_one_is_its_own_row_and_is_not_paired():
     table = tidy_table([*records, short])  # a mismatched episode count used to raise here
     row = table[table.method == "weight_average [eval.limit=5]"]
     assert set(row.n_episodes) == {5} and row.delta_vs_reference.isna().all()
-    full = table[(table.method == "weight_average [eval.limit=None]") & (table.task == "5w1s")]
+    full = table[(table.method == "weight_average [eval.limit=default]") & (table.task == "5w1s")]
     assert set(full.n_episodes) == {40} and full.delta_vs_reference.notna().all()
 
 
