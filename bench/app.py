@@ -39,7 +39,6 @@ from zoos.zoo import load_or_build_zoo
 log = logging.getLogger(__name__)
 
 
-#: Config sections that define what a run computes (its identity); paths/tracking/force do not.
 def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """The part of the resolved config that determines the numbers, plus the device type."""
     plain = OmegaConf.to_container(cfg, resolve=True)

@@ -31,7 +31,6 @@ GROUP = ["table", "method", "dataset", "zoo", "task", "test_steps", "profile"]
 REFERENCE = "random_init"
 log = logging.getLogger(__name__)
 
-#: Config keys that never change a result (prefixes of flattened dotted keys).
 #: Config keys that can tell two runs' numbers apart: the run-key sections and the device (an
 #: allowlist: a presentation key added to the experiment later, e.g. ``experiment.compare_to``,
 #: must not split one method's rows between records made before and after it).

@@ -23,7 +23,7 @@ from purer.trainer import PurerTrainer
 from zoos.zoo import Zoo
 
 
-def test_probe_metrics(test_evals: list[dict], selected: int, last: int) -> dict[str, float]:
+def probe_metrics(test_evals: list[dict], selected: int, last: int) -> dict[str, float]:
     """Labelled test-probe numbers (purer.md §10), from the probes already run at each selection.
 
     The probe is the first ``val_episodes`` episodes of the test suite at the primary readout,
@@ -62,7 +62,7 @@ class Purer(MetaLearner):
         if trainer.best["val_acc"] is not None:
             self.train_stats["val_acc_selected"] = float(trainer.best["val_acc"])
         self.extra_metrics["selection_rule_is_meta_val"] = float(rule == "meta_val_best")
-        self.extra_metrics.update(test_probe_metrics(trainer.test_evals, iteration, trainer.it))
+        self.extra_metrics.update(probe_metrics(trainer.test_evals, iteration, trainer.it))
         self._write_log(trainer)
         learner = FineTuneLearner(model, cfg.inner_lr)
         return IcfilLearner(learner, cfg.icfil, seed) if cfg.icfil.enabled else learner
