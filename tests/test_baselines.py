@@ -10,9 +10,10 @@ import torch
 from baselines._bank import ClassBank, invert_batch
 from bench.app import attach_real_data
 from bench.errors import BenchError
-from bench.method import METHODS, MethodContext
+from bench.method import METHODS, Budget, MethodContext
 from bench.tasks import TaskShape
 from purer.inversion import InversionWeights
+from zoos.averaging import averaged_meta_params
 
 WEIGHTS = InversionWeights(1.0, 0.01, 1e-4, 0.0, 2)
 
@@ -59,9 +60,6 @@ def test_only_oracles_are_ever_given_the_real_dataset(name, small_glyphs):
 
 @pytest.mark.parametrize("init", ["random", "average"])
 def test_maml_oracle_starts_from_a_fresh_model_or_the_zoo_average(init, tiny_zoo, small_glyphs):
-    from bench.method import Budget
-    from zoos.averaging import averaged_meta_params
-
     cls = METHODS.get("maml_oracle")
     context = MethodContext(5, 1, 32, 3, torch.device("cpu"), 0)
     # outer_lr 0: one meta-iteration leaves the starting point as it was.
@@ -77,8 +75,6 @@ def test_maml_oracle_starts_from_a_fresh_model_or_the_zoo_average(init, tiny_zoo
 
 
 def test_maml_oracle_unknown_init_names_the_valid_ones(tiny_zoo, small_glyphs):
-    from bench.method import Budget
-
     cls = METHODS.get("maml_oracle")
     method = cls(
         cls.Config(name="maml_oracle", init="zoo"), MethodContext(5, 1, 32, 3, torch.device("cpu"), 0)
