@@ -33,13 +33,19 @@ class InversionWeights:
 
 
 class _BatchMoments(torch.autograd.Function):
-    """Per-channel (mean, biased var) with a one-pass fused backward (first order only)."""
+    """Per-channel (mean, biased var) with a one-pass fused backward (first order only).
+
+    The moments are always accumulated in float32 (at least): under bf16 autocast the conv outputs
+    are bfloat16, whose 8-bit mantissa makes ``E[x^2] - E[x]^2`` lose most of the variance
+    (27 % error at mean 3, std 0.5). For float32 input ``x.float()`` is ``x`` itself.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
-        count = x.numel() // x.shape[1]
-        mean = x.sum(dim=(0, 2, 3)) / count
-        var = ((x * x).sum(dim=(0, 2, 3)) / count - mean * mean).clamp_min(0.0)
+        wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        count = wide.numel() // wide.shape[1]
+        mean = wide.sum(dim=(0, 2, 3)) / count
+        var = ((wide * wide).sum(dim=(0, 2, 3)) / count - mean * mean).clamp_min(0.0)
         ctx.save_for_backward(x, mean)
         return mean, var
 
@@ -51,7 +57,8 @@ class _BatchMoments(torch.autograd.Function):
         grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
         slope = (2.0 / count) * grad_var  # d var / d x = 2 (x - mean) / count
         offset = grad_mean / count - slope * mean
-        return torch.addcmul(offset.view(1, -1, 1, 1), x, slope.view(1, -1, 1, 1))
+        grad = torch.addcmul(offset.view(1, -1, 1, 1), x.to(mean.dtype), slope.view(1, -1, 1, 1))
+        return grad.to(x.dtype)
 
 
 def batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

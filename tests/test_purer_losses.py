@@ -46,6 +46,55 @@ def test_batch_moments_match_biased_variance_and_gradcheck():
     assert torch.autograd.gradcheck(batch_moments, (x.requires_grad_(True),))
 
 
+def test_batch_moments_accumulate_bf16_input_in_float32():
+    # Under bf16 autocast the conv outputs are bfloat16; E[x^2] - E[x]^2 in bf16 loses ~27 % of
+    # the variance at mean 3, std 0.5. The moments must match float64 moments of the same values.
+    x = (torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5 + 3).bfloat16()
+    exact = x.double()
+    mean, var = batch_moments(x)
+    assert mean.dtype == torch.float32 and var.dtype == torch.float32
+    assert torch.allclose(var.double(), exact.var((0, 2, 3), unbiased=False), rtol=1e-4)
+    assert torch.allclose(mean.double(), exact.mean((0, 2, 3)), rtol=1e-5)
+    leaf = x.clone().requires_grad_(True)
+    grad = torch.autograd.grad(batch_moments(leaf)[1].sum(), leaf)[0]
+    expected = 2 * (exact - exact.mean((0, 2, 3), keepdim=True)) / (64 * 8 * 8)
+    assert grad.dtype == torch.bfloat16
+    assert torch.allclose(grad.double(), expected, rtol=2e-2, atol=1e-6)
+
+
+def test_random_roll_offsets_stay_within_jitter_on_the_spatial_dims():
+    x = torch.arange(2 * 3 * 7 * 7, dtype=torch.float32).view(2, 3, 7, 7)
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        rolled = random_roll(x, 2, generator)
+        matches = [
+            (dx, dy)
+            for dx in range(-3, 4)
+            for dy in range(-3, 4)
+            if torch.equal(rolled, torch.roll(x, shifts=(dx, dy), dims=(2, 3)))
+        ]
+        assert len(matches) == 1, "a roll must be one circular shift of H and W, nothing else"
+        seen.add(matches[0])
+    assert seen == {(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)}
+
+
+def test_cross_entropy_and_l2_terms_by_hand():
+    # A linear "teacher" with fixed logits: CE of logits (0, ln 3) for target 1 is ln(4/3);
+    # the L2 term is the Frobenius norm of the (rolled = unrolled, jitter 0) images.
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    images = torch.tensor([[[[3.0, 0.0], [0.0, 4.0]]]])
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, list]:
+        return logits + 0 * x.sum(), []
+
+    weights = InversionWeights(ce=1.0, bn=0.0, tv=0.0, l2=1.0, jitter=0)
+    loss, parts = inversion_loss(forward, [], images, torch.tensor([1]), weights, torch.Generator())
+    assert float(parts["ce"]) == pytest.approx(math.log(4.0 / 3.0))
+    assert float(parts["l2"]) == pytest.approx(5.0)
+    assert float(loss) == pytest.approx(math.log(4.0 / 3.0) + 5.0)
+
+
 def test_random_roll_is_circular_and_seeded():
     x = torch.arange(25.0).view(1, 1, 5, 5)
     a = random_roll(x, 2, torch.Generator().manual_seed(3))
@@ -82,6 +131,20 @@ def test_hooks_record_bn_inputs_in_forward_order():
     assert len(moments) == 4
     assert torch.allclose(moments[0][0], first_bn_input.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(moments[0][1], first_bn_input.var((0, 2, 3), unbiased=False), atol=1e-5)
+    # every BN layer: capture each BN's input with plain (non-fused) statistics
+    bn_inputs: list[torch.Tensor] = []
+    layers = [m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    handles = [m.register_forward_pre_hook(lambda _m, inp: bn_inputs.append(inp[0])) for m in layers]
+    try:
+        teacher(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(bn_inputs) == 4
+    for (mean, var), captured in zip(moments, bn_inputs, strict=True):
+        assert torch.allclose(mean, captured.mean((0, 2, 3)), atol=1e-5)
+        assert torch.allclose(var, captured.var((0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-5)
+    assert all(not layer._forward_pre_hooks for layer in layers), "hooks must be removed"
     assert torch.allclose(logits, teacher(x))
 
 
