@@ -22,14 +22,16 @@ def save_image_grid(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     path: Path,
-    max_classes: int = 16,
+    max_classes: int | None = None,
     per_class: int = 8,
 ) -> Path:
-    """PNG with one row per class (first ``max_classes``), ``per_class`` images, un-normalised.
+    """PNG with one row per class (row i = class i of X), ``per_class`` images each, un-normalised.
 
-    X: (n_classes * images_per_class, C, H, W) in normalised input space.
+    X: (n_classes * images_per_class, C, H, W) in normalised input space. Every class is drawn
+    unless ``max_classes`` caps the rows.
     """
-    n_classes = min(max_classes, X.shape[0] // images_per_class)
+    n_classes = X.shape[0] // images_per_class
+    n_classes = n_classes if max_classes is None else min(max_classes, n_classes)
     per_class = min(per_class, images_per_class)
     rows = torch.stack([torch.arange(per_class) + c * images_per_class for c in range(n_classes)]).flatten()
     images = X.detach()[rows.to(X.device)].float().cpu()

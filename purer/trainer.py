@@ -21,12 +21,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from bench.atomic import atomic_write_bytes
 from bench.checkpoint import load_checkpoint, save_checkpoint
 from bench.errors import BenchError
 from bench.learners.maml import FineTuneLearner, maml_task_loss, meta_step, module_params
 from bench.method import Budget, MetaLearner
 from bench.progress import progress_enabled
 from bench.seeding import derive_seed, make_generator
+from bench.timing import synchronize
 from purer.artefacts import save_curves, save_image_grid
 from purer.compilation import compiled
 from purer.config import PurerConfig
@@ -37,6 +39,9 @@ from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo
 
 log = logging.getLogger(__name__)
+
+
+GRID_TAGS = ("start", "middle", "end")
 
 
 def adv_start(cfg: PurerConfig, iterations: int) -> int:
@@ -80,6 +85,8 @@ class PurerTrainer:
         self.it, self.history, self.test_evals = 0, [], []
         self.best: dict[str, Any] = {"val_acc": None, "iteration": 0, "params": None}
         self.seconds = 0.0
+        # time inside meta_iteration() only (no selection, checkpoints or grids), and what it did
+        self.step = {"seconds": 0.0, "iterations": 0, "images": 0.0}
         self.resumed_at = 0  # meta-iteration of the checkpoint this process started from
         self.resumed_seconds = 0.0  # meta-training seconds spent by earlier processes
 
@@ -127,6 +134,7 @@ class PurerTrainer:
         self.data.optimizer.step()
         self.model.zero_grad(set_to_none=True)  # theta is not updated on the adversarial task
         parts["objective"], parts["adversarial"] = float(objective.detach()), float(adversarial)
+        parts["inverted_images"] = float(sum(len(self.data.teachers[i].rows) for i in ids))
         return parts
 
     def meta_iteration(self) -> dict[str, Any]:
@@ -180,6 +188,7 @@ class PurerTrainer:
         return {
             "it": self.it,
             "seconds": self.seconds,
+            "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "X": self.data.X.detach(),
@@ -194,6 +203,8 @@ class PurerTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.it, self.seconds = state["it"], state["seconds"]
+        # checkpoints written before the step timer existed: the rates cover this process only
+        self.step = dict(state.get("step", {"seconds": 0.0, "iterations": 0, "images": 0.0}))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         with torch.no_grad():
@@ -212,18 +223,40 @@ class PurerTrainer:
         checkpoint = state_dir / "checkpoint.pt" if state_dir else None
         return checkpoint, (self.ctx.work_dir / "artefacts" if self.ctx.work_dir else None)
 
+    def _grid_dir(self) -> Path | None:
+        """The training's grid folder, beside its checkpoint.
+
+        Resumed runs and runs sharing the training (``purer`` evaluates ``purer_no_icfil``'s) thus
+        still have the start and middle grids.
+        """
+        state_dir = self.ctx.train_dir or self.ctx.work_dir
+        return state_dir / "grids" if state_dir else None
+
     def _grid(self, tag: str) -> None:
-        _, art = self._paths()
-        if art is not None:
-            path = save_image_grid(
+        """Draw X as ``synthesized_<tag>.png`` in the training's grid folder."""
+        grids = self._grid_dir()
+        if grids is not None:
+            save_image_grid(
                 self.data.X,
                 self.data.images_per_class,
                 self.zoo.mean,
                 self.zoo.std,
-                art / f"synthesized_{tag}.png",
+                grids / f"synthesized_{tag}.png",
             )
-            if path not in self.method.artifacts:
-                self.method.artifacts.append(path)
+
+    def _publish_grids(self, art: Path) -> None:
+        """Copy the training's start / middle / end grids into this run's artefacts and register them."""
+        grids = self._grid_dir()
+        for tag in GRID_TAGS:
+            source = grids / f"synthesized_{tag}.png" if grids is not None else None
+            if source is None or not source.exists():
+                log.warning("purer: no %s grid for this training (made before grids were kept)", tag)
+                continue
+            target = art / source.name
+            if target != source:
+                atomic_write_bytes(target, source.read_bytes())
+            if target not in self.method.artifacts:
+                self.method.artifacts.append(target)
 
     def run(self) -> None:
         """Train to ``iterations`` (or ``max_seconds``), resuming from the checkpoint if present."""
@@ -247,7 +280,12 @@ class PurerTrainer:
                     save_checkpoint(checkpoint, self.state_dict())
                 break
             try:
+                step_start = time.perf_counter()
                 row = self.meta_iteration()
+                synchronize(self.ctx.device)
+                self.step["seconds"] += time.perf_counter() - step_start
+                self.step["iterations"] += 1
+                self.step["images"] += row["inverted_images"]
             except FloatingPointError as error:
                 saved = self.it - self.it % self.cfg.checkpoint_every
                 kept = f"{checkpoint} (meta-iteration {saved}) is kept" if checkpoint else "no checkpoint"
@@ -276,6 +314,7 @@ class PurerTrainer:
         bar.close()
         self._grid("end")
         if art is not None:
+            self._publish_grids(art)
             events = self.curriculum.events if self.curriculum else []
             self.method.artifacts.append(save_curves(self.history, events, art / "curves.png"))
 
@@ -289,12 +328,17 @@ class PurerTrainer:
     def stats(self) -> dict[str, Any]:
         """Counters and throughput for the record."""
         seconds = max(self.seconds, 1e-9)
+        step_seconds = max(self.step["seconds"], 1e-9)
         adversarial = sum(int(h.get("adversarial", 0)) for h in self.history)
         return {
             "meta_iterations": float(self.it),
             "meta_train_episodes": float(self.it * self.cfg.meta_batch),
-            "meta_iterations_per_s": self.it / seconds,
-            "synth_images_per_s": self.it * self.data.X.shape[0] / seconds,
+            # rates of the meta-iteration itself (data step + MAML step), timed by this code
+            "meta_iterations_per_s": self.step["iterations"] / step_seconds,
+            "synth_images_per_s": self.step["images"] / step_seconds,
+            "timed_meta_iterations": float(self.step["iterations"]),
+            # the whole loop: selection (meta-val + test probe), checkpoints and grids included
+            "meta_iterations_per_s_with_selection": self.it / seconds,
             "synth_images": float(self.data.X.shape[0]),
             "adversarial_steps": float(adversarial),
             "curriculum_switches": float(len(self.curriculum.events) if self.curriculum else 0),

@@ -107,6 +107,9 @@ def test_adversarial_step_increases_query_loss_touches_only_sampled_classes_and_
     p = trainer.data.images_per_class
     sampled = {int(c) for c in task.classes}
     assert {int(r) // p for r in changed.nonzero().flatten()} == sampled  # support + query images
+    # every row of those classes moved: the 1 support + 15 query images of each (p = 16), so the
+    # support images got a gradient through the second-order inner step as well
+    assert p == 16 and int(changed.sum()) == 5 * p
     trainer.gens["tasks"].set_state(state)
     task_after = trainer.data.sample_task(5, 1, 15, trainer.gens["tasks"], detach=True)
     after = float(maml_task_loss(trainer.model, params, task_after, 1, 0.01)[0].detach())
@@ -157,6 +160,10 @@ def test_killed_run_resumes_to_identical_state(tmp_path):
     assert [h["outer_loss"] for h in resumed.history] == [h["outer_loss"] for h in straight.history]
     assert (tmp_path / "a" / "artefacts" / "synthesized_end.png").is_file()
     assert (tmp_path / "a" / "artefacts" / "curves.png").is_file()
+    # the resumed run still publishes the grids drawn before the kill (start, middle at 3)
+    grids = [tmp_path / "b" / "artefacts" / f"synthesized_{tag}.png" for tag in ("start", "middle", "end")]
+    assert all(path in resumed.method.artifacts and path.is_file() for path in grids)
+    assert resumed.stats()["timed_meta_iterations"] == 6  # the step timer is checkpointed too
 
 
 def test_a_run_stopped_by_max_seconds_resumes_without_training_more(tmp_path):
