@@ -28,6 +28,7 @@ from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
 from bench.hashing import object_fingerprint, spec_hash
 from bench.method import METHODS, Budget, MetaLearner, MethodContext, validate_method_config
 from bench.paths import resolve_results_dir
+from bench.profiles import check_profile
 from bench.records import IDENTITY_KEYS, RunRecord, finished_run, readout_name, write_record
 from bench.seeding import derive_seed, make_generator
 from bench.tasks import Episode, EpisodeSampler, TaskShape, TaskSuite
@@ -176,6 +177,7 @@ def with_method_overrides(cfg: DictConfig) -> DictConfig:
 def run_one(cfg: DictConfig) -> Path:
     """Run (or skip, if finished) the job described by ``cfg``; returns its run directory."""
     cfg = with_method_overrides(cfg)
+    check_profile(cfg)
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name))
     if cfg.get("threads") is not None:

@@ -68,6 +68,15 @@ class LegacyConfig:
     cumulative_node_weighting: bool = False
 
 
+#: The reference schedule (purer.md §13): what ``profile: paper`` must run.
+PAPER_SCHEDULE = {
+    "meta_iterations": 60000,
+    "adv.start": 4000,
+    "selection.every": 500,
+    "selection.val_episodes": 600,
+}
+
+
 @dataclass
 class PurerConfig(MethodConfig):
     """All of PURER's hyper-parameters."""

@@ -31,7 +31,7 @@ from bench.seeding import derive_seed, make_generator
 from bench.timing import synchronize
 from purer.artefacts import save_curves, save_image_grid
 from purer.compilation import compiled
-from purer.config import PurerConfig
+from purer.config import PAPER_SCHEDULE, PurerConfig
 from purer.curriculum import Curriculum
 from purer.dynamic_data import DynamicDataset
 from zoos.averaging import load_average_init
@@ -62,6 +62,7 @@ class PurerTrainer:
         self.gens = {
             name: make_generator(derive_seed(seed, "purer", name)) for name in ("pixels", "jitter", "tasks")
         }
+        self._check_profile()
         self.model = fresh_meta_model(ctx, cfg.width)
         self._initialise(cfg, zoo)
         if cfg.channels_last:
@@ -89,6 +90,25 @@ class PurerTrainer:
         self.step = {"seconds": 0.0, "iterations": 0, "images": 0.0}
         self.resumed_at = 0  # meta-iteration of the checkpoint this process started from
         self.resumed_seconds = 0.0  # meta-training seconds spent by earlier processes
+
+    def _check_profile(self) -> None:
+        """``profile: paper`` runs the reference schedule, nothing shorter (the label is in records)."""
+        if self.cfg.profile not in ("cpu", "paper"):
+            raise BenchError(f"purer profile {self.cfg.profile!r} unknown; valid: cpu, paper")
+        if self.cfg.profile != "paper":
+            return
+        actual = {
+            "meta_iterations": self.iterations,
+            "adv.start": adv_start(self.cfg, self.iterations),
+            "selection.every": self.cfg.selection.every,
+            "selection.val_episodes": self.cfg.selection.val_episodes,
+        }
+        wrong = [f"{k}={actual[k]} (paper: {v})" for k, v in PAPER_SCHEDULE.items() if actual[k] != v]
+        if wrong:
+            raise BenchError(
+                f"purer profile 'paper' with a different schedule: {', '.join(wrong)}; set the paper "
+                "values (the paper_* experiments do) or use profile cpu"
+            )
 
     def _initialise(self, cfg: PurerConfig, zoo: Zoo) -> None:
         """Averaged init (SS conv4 zoos of the meta model's width) or the random init; else raise."""

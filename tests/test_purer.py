@@ -285,3 +285,16 @@ def test_unknown_compile_mode_is_a_clear_error():
         BenchError, match="purer compile 'fast' unknown; valid: off, default, reduce-overhead"
     ):
         _trainer(PurerConfig(compile="fast"))
+
+
+def test_paper_profile_refuses_a_shortened_schedule_naming_each_value():
+    cfg = PurerConfig(meta_iterations=60000, profile="paper")
+    with pytest.raises(BenchError) as error:
+        _trainer(cfg)
+    message = str(error.value)
+    assert "meta_iterations" not in message  # 60000 is right
+    assert "adv.start=4000" not in message  # derived 60000 * 4000 / 60000 = 4000 is right
+    assert "selection.every=250 (paper: 500)" in message
+    assert "selection.val_episodes=200 (paper: 600)" in message
+    cfg.selection = dataclasses.replace(cfg.selection, every=500, val_episodes=600)
+    assert _trainer(cfg).iterations == 60000  # the full paper schedule is accepted
