@@ -26,6 +26,7 @@ from bench.environment import environment, git_state
 from bench.errors import BenchError, DataFreeViolation
 from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
 from bench.hashing import object_fingerprint, spec_hash
+from bench.legacy import legacy_switches
 from bench.method import METHODS, Budget, MetaLearner, MethodContext, validate_method_config
 from bench.paths import resolve_results_dir
 from bench.profiles import check_profile
@@ -336,6 +337,7 @@ def make_record(
         config=OmegaConf.to_container(cfg, resolve=True),
         choices=hydra_choices(),
         seeds=seeds,
+        legacy=legacy_switches(OmegaConf.to_container(cfg.method, resolve=True)),
         hashes={"dataset": dataset.content_hash, "zoo": zoo.key, "suite": suite.content_hash, **git_state()},
         environment=environment(device),
         metrics={readout_name(s): summarize(v) for s, v in sorted(result.per_episode.items())},

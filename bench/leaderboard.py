@@ -24,6 +24,7 @@ import pandas as pd
 
 from bench.atomic import atomic_write_text
 from bench.evaluate import paired_difference
+from bench.legacy import legacy_switches
 from bench.records import IDENTITY_KEYS, RunRecord
 from bench.tracking import flatten
 
@@ -109,6 +110,7 @@ def _rows(records: Sequence[RunRecord], names: dict[str, str]) -> list[dict[str,
                     "data_free": record.data_free,
                     "real_data": record.real_data_use,
                     "external_model": bool(record.train_stats.get("uses_external_model", 0.0)),
+                    "legacy": ";".join(record_legacy(record)),
                     "dataset": record.setting["dataset"],
                     "zoo": record.setting["zoo"],
                     "task": record.setting["task"],
@@ -205,6 +207,7 @@ def tidy_table(
         "data_free",
         "real_data",
         "external_model",
+        "legacy",
         "acc_mean",
         "acc_ci95",
         "n_episodes",
@@ -227,6 +230,7 @@ def tidy_table(
             data_free=("data_free", "all"),
             real_data=("real_data", "first"),
             external_model=("external_model", "any"),
+            legacy=("legacy", _join_switches),
             acc_mean=("acc_mean", "mean"),
             acc_ci95=("acc_ci95", "mean"),
             n_episodes=("n_episodes", "min"),
@@ -287,6 +291,7 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
                     "data_free": bool(cells["data_free"].all()),
                     "real_data": cells["real_data"].iloc[0],
                     "external_model": bool(cells["external_model"].any()),
+                    "legacy": _join_switches(cells["legacy"]),
                     "acc_mean": cells["acc_mean"].mean(),
                     "acc_ci95": (cells["acc_ci95"] ** 2).sum() ** 0.5 / k,
                     "n_episodes": int(cells["n_episodes"].min()),
@@ -335,8 +340,19 @@ REAL_DATA_LABEL = {
 EXTERNAL_MODEL_LABEL = " (uses an external model)"
 
 
-def _row_label(method: str, real_data: str, external_model: bool = False) -> str:
-    return method + REAL_DATA_LABEL[real_data] + (EXTERNAL_MODEL_LABEL if external_model else "")
+def _row_label(method: str, real_data: str, external_model: bool = False, legacy: str = "") -> str:
+    label = method + REAL_DATA_LABEL[real_data] + (EXTERNAL_MODEL_LABEL if external_model else "")
+    return label + (f" (legacy: {legacy.replace(';', ', ')})" if legacy else "")
+
+
+def record_legacy(record: RunRecord) -> list[str]:
+    """The record's legacy switches; derived from its config for records older than the field."""
+    return record.legacy or legacy_switches(record.config.get("method") or {})
+
+
+def _join_switches(values: pd.Series) -> str:
+    """Union of ``;``-joined switch lists, sorted (``""`` = none)."""
+    return ";".join(sorted({switch for value in values for switch in str(value).split(";") if switch}))
 
 
 def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFrame:
@@ -344,11 +360,10 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
         {(t, s) for t, s in zip(table["task"], table["test_steps"], strict=True)},
         key=lambda ts: (ts[0], ts[1]),
     )
-    methods = list(
-        dict.fromkeys(zip(table["method"], table["real_data"], table["external_model"], strict=True))
-    )
+    flags = zip(table["method"], table["real_data"], table["external_model"], table["legacy"], strict=True)
+    methods = list(dict.fromkeys(flags))
     cells = {}
-    for method, real_data, external_model in methods:
+    for method, real_data, external_model, legacy in methods:
         row = {}
         for task, steps in settings:
             hit = table[
@@ -359,7 +374,7 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
             else:
                 sign = "+" if signed else ""
                 row[setting_label(task, steps)] = f"{hit.iloc[0][value]:{sign}.1f} ± {hit.iloc[0][ci]:.1f}"
-        cells[_row_label(method, real_data, external_model)] = row
+        cells[_row_label(method, real_data, external_model, legacy)] = row
     frame = pd.DataFrame.from_dict(cells, orient="index")
     frame.index.name = "method"
     return frame

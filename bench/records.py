@@ -63,6 +63,8 @@ class RunRecord:
     #: Files the method produced (paths relative to the run directory), mirrored to MLflow.
     artifacts: list[str] = field(default_factory=list)
     transductive: bool = False
+    #: Reference-code behaviours switched on (``bench.legacy``); empty = the method as specified.
+    legacy: list[str] = field(default_factory=list)
     started_at: str = ""
     finished_at: str = ""
     error: str | None = None

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from bench.leaderboard import setting_label, tidy_table, write_leaderboard
+from bench.legacy import legacy_switches
 from bench.records import read_records
 from tests.fixtures.make_leaderboard_fixture import EXPECTED, RUNS, fixture_records
 
@@ -60,6 +61,32 @@ def test_a_method_that_used_an_external_model_is_labelled(tmp_path):
     csv = pd.read_csv(tmp_path / "golden.csv")
     assert set(csv[csv.method == "weight_average"].external_model) == {True}
     assert not csv[csv.method == "random_init"].external_model.any()
+
+
+def test_a_run_with_reference_behaviours_switched_on_is_labelled(tmp_path):
+    """purer.md §11: runs with a legacy switch are flagged and get their own row label."""
+    records = fixture_records()
+    for r in records:
+        if r.method == "weight_average" and r.setting["task"] == "5w1s":
+            r.legacy = ["legacy.cumulative_node_weighting"]
+        if r.method == "maml_oracle":  # a record older than the field: derived from its config
+            r.config["method"]["kd_loss"] = "kl_prob_legacy"
+    write_leaderboard(records, tmp_path, "golden")
+    text = (tmp_path / "golden.md").read_text()
+    assert "weight_average (legacy: legacy.cumulative_node_weighting)" in text
+    assert "maml_oracle (oracle: uses real data) (legacy: kd_loss=kl_prob_legacy)" in text
+    csv = pd.read_csv(tmp_path / "golden.csv", keep_default_na=False)
+    assert set(csv[(csv.method == "weight_average") & (csv.task == "5w1s")].legacy) == {
+        "legacy.cumulative_node_weighting"
+    }
+    assert set(csv[csv.method == "random_init"].legacy) == {""}
+
+
+def test_legacy_switches_reads_legacy_blocks_and_legacy_choices():
+    assert legacy_switches({"name": "purer", "legacy": {"cumulative_node_weighting": False}}) == []
+    assert legacy_switches(
+        {"kd_loss": "kl_prob_legacy", "legacy": {"alias_members": True, "bank_last_member_only": False}}
+    ) == ["kd_loss=kl_prob_legacy", "legacy.alias_members"]
 
 
 def test_failed_runs_are_not_counted():
