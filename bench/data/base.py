@@ -79,10 +79,21 @@ class ImageClassDataset:
     manifest: dict[str, Any] = field(default_factory=dict)
     _index: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
+    def __getattribute__(self, name: str) -> Any:
+        """Guard ``images`` like :meth:`read_rows` (both doors to the pixels are watched)."""
+        if name == "images":
+            _check_guard(object.__getattribute__(self, "name"))
+        return object.__getattribute__(self, name)
+
+    @property
+    def _pixels(self) -> torch.Tensor:
+        """``images`` without the guard check, for metadata and for :meth:`read_rows`."""
+        return object.__getattribute__(self, "images")
+
     @property
     def image_size(self) -> int:
         """Side length in pixels (images are square)."""
-        return int(self.images.shape[-1])
+        return int(self._pixels.shape[-1])
 
     def split_classes(self, split: str) -> list[int]:
         """Class indices of ``split`` ('train', 'val' or 'test')."""
@@ -106,7 +117,7 @@ class ImageClassDataset:
     def read_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """uint8 images at ``rows``, shape (len(rows), C_stored, H, W); guarded when data-free."""
         _check_guard(self.name)
-        return self.images[rows]
+        return self._pixels[rows]
 
     def normalize(self, images_uint8: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         """uint8 (B, C_stored, H, W) -> float32 (B, channels, H, W) in normalised input space."""
@@ -124,6 +135,6 @@ class ImageClassDataset:
             "content_hash": self.content_hash,
             "image_size": self.image_size,
             "channels": self.channels,
-            "n_images": int(self.images.shape[0]),
+            "n_images": int(self._pixels.shape[0]),
             "classes_per_split": {s: len(c) for s, c in self.splits.items()},
         }
