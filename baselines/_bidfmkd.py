@@ -6,10 +6,12 @@ Ref: Hu et al., "Learning to Learn from APIs: Black-Box Data-Free Meta-Learning"
 1. **Inversion** of one random member: a freshly initialised generator and latent codes (Adam 1e-3,
    betas 0.5/0.999, ``generate_iterations`` steps) make ``bank_support`` + ``bank_query`` images per
    class that the member labels as that class (CE). White-box: true gradients. Black-box: the member
-   is only a query-counting ``logits(x)`` API and the image gradient is the zero-order estimate,
-   reaching the generator through the surrogate ⟨ĝ, x⟩. After ``boundary_start`` iterations the
-   query images also move towards teacher-student disagreement on images where both agree
-   (white-box: per-image KL; black-box: L1 between logits).
+   is only a query-counting ``probabilities(x)`` API (softmax outputs; the losses use their logs)
+   and the image gradient is the zero-order estimate, reaching the generator through the surrogate
+   ⟨ĝ, x⟩. After ``boundary_start`` iterations the query images also move towards teacher-student
+   disagreement on images where both agree (white-box: per-image KL, ``masked_disagreement``;
+   black-box: L1 between teacher and student log-probabilities). ``boundary_inversions`` counts the
+   query sets synthesised with this term.
 2. **Bi-level KD** on the new member's task (one outer step): inner ``kd_inner_steps`` SGD steps
    matching the student to the teacher on the synthetic support, outer the same matching on the
    synthetic query (``kd_loss``: ``kl`` on log-probabilities by default, ``kl_prob_legacy`` = the
@@ -18,7 +20,9 @@ Ref: Hu et al., "Learning to Learn from APIs: Black-Box Data-Free Meta-Learning"
    across members (a bank keeping ``bank_capacity`` batches per class). The next member is inverted
    after ``patience`` iterations without a new best replay training accuracy.
 
-Checkpoints are selected on the harness's meta-val probe; the learner fine-tunes at test.
+Checkpoints are selected on the harness's meta-val probe; the learner fine-tunes at test. The record
+carries ``inversion_seconds_per_member`` (support + query synthesis of one member), as ``dfmaml`` and
+``free`` do.
 """
 
 from __future__ import annotations
@@ -32,8 +36,14 @@ import torch.nn.functional as F
 from baselines._bank import ClassBank
 from baselines._generator import fresh_generator
 from baselines._kd import KDEpisode, bilevel_kd_loss
-from baselines._replay import GeneratorReplayConfig, ReplayStall, check_generator_setup, train_replay_maml
-from baselines._zero_order import QueryCountingTeacher, zero_order_gradient
+from baselines._replay import (
+    GeneratorReplayConfig,
+    ReplayStall,
+    check_generator_setup,
+    masked_disagreement,
+    train_replay_maml,
+)
+from baselines._zero_order import QueryCountingTeacher, log_probabilities, zero_order_gradient
 from bench.learners.episodic import Resumable
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import Budget, Learner, MetaLearner
@@ -83,7 +93,13 @@ class BiDfMkdBase(MetaLearner):
         bank = ClassBank(cfg.bank_capacity)
         state = {"kd_task": None, "model": None}
         stall = ReplayStall(cfg.patience)
-        stats = {"member_inversions": 0.0, "teacher_queries": 0.0, "inversion_seconds": 0.0, "kd_steps": 0.0}
+        stats = {
+            "member_inversions": 0.0,
+            "boundary_inversions": 0.0,
+            "teacher_queries": 0.0,
+            "inversion_seconds": 0.0,
+            "kd_steps": 0.0,
+        }
 
         def before(it: int) -> None:
             if not stall.step() and it > 1:
@@ -152,6 +168,8 @@ class BiDfMkdBase(MetaLearner):
         self.train_stats.update(
             {
                 "inversion_steps": stats["member_inversions"] * 2 * cfg.generate_iterations,
+                "inversion_seconds_per_member": stats["inversion_seconds"]
+                / max(stats["member_inversions"], 1.0),
                 "synth_images": float(bank.images_synthesised),
                 "synth_images_per_s": bank.images_synthesised / seconds,
                 "bank_classes": float(bank.n_classes),
@@ -170,12 +188,18 @@ class BiDfMkdBase(MetaLearner):
         generator: torch.Generator,
         stats: dict[str, float],
     ) -> dict[str, list[torch.Tensor]]:
-        """Per-class images and teacher logits: {"support": [(S, C, H, W)] * n_classes, "support_t": ...}."""
+        """Per-class images and teacher scores: {"support": [(S, C, H, W)] * n_classes, "support_t": ...}.
+
+        Teacher scores (S, n_classes) are logits (white-box) or log-probabilities (black-box); the KD
+        losses are softmaxes of them, which a per-row shift leaves unchanged. A query set made with
+        the boundary term adds 1 to ``stats["boundary_inversions"]``.
+        """
         cfg: BiDfMkdConfig = self.cfg  # type: ignore[assignment]
         n_classes = len(member.spec.classes)
         pools: dict[str, list[torch.Tensor]] = {}
         for part, per_class in (("support", cfg.bank_support), ("query", cfg.bank_query)):
             use_boundary = boundary and part == "query" and student is not None and cfg.boundary_weight > 0
+            stats["boundary_inversions"] += float(use_boundary)
             images, logits = self._synthesize(
                 zoo, member, n_classes, per_class, student if use_boundary else None, generator, stats
             )
@@ -193,7 +217,10 @@ class BiDfMkdBase(MetaLearner):
         generator: torch.Generator,
         stats: dict[str, float],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images (n_classes*per_class, C, H, W), teacher logits) from a fresh generator (class-blocked)."""
+        """(images (n_classes*per_class, C, H, W), teacher scores (n_classes*per_class, n_classes)).
+
+        A fresh generator, class-blocked; scores as in :meth:`_invert`.
+        """
         cfg: BiDfMkdConfig = self.cfg  # type: ignore[assignment]
         device = self.context.device
         net = fresh_generator(
@@ -204,33 +231,43 @@ class BiDfMkdBase(MetaLearner):
         labels = torch.arange(n_classes, device=device).repeat_interleave(per_class)
         optimizer = torch.optim.Adam([*net.parameters(), z], lr=cfg.generator_lr, betas=(0.5, 0.999))
         frozen = None if student is None else {k: v.detach() for k, v in module_params(student).items()}
-        api = QueryCountingTeacher(member.model)
+        api = QueryCountingTeacher(member.model) if self.black_box else None
         for _ in range(cfg.generate_iterations):
             x = net(z)
-            if self.black_box:
+            if api is not None:
                 loss = self._zero_order_loss(api, x, labels, student, frozen, generator)
             else:
-                logits = member.model(x)
+                loss = self._white_box_loss(member, x, labels, student, frozen)
                 stats["teacher_queries"] += n
-                loss = F.cross_entropy(logits, labels)
-                if frozen is not None:
-                    s_logits = forward(student, frozen, x)
-                    agree = (logits.argmax(1) == s_logits.argmax(1)).float().detach()
-                    kl = F.kl_div(
-                        F.log_softmax(s_logits, 1),
-                        F.log_softmax(logits, 1),
-                        reduction="none",
-                        log_target=True,
-                    )
-                    loss = loss - cfg.boundary_weight * (agree * kl.sum(1)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         with torch.no_grad():
             images = net(z)
-        teacher_logits = api.logits(images)
-        stats["teacher_queries"] += api.queries
-        return images, teacher_logits
+            if api is None:
+                scores = member.model(images)
+                stats["teacher_queries"] += n
+            else:
+                scores = log_probabilities(api.probabilities(images))
+                stats["teacher_queries"] += api.queries
+        return images, scores
+
+    def _white_box_loss(
+        self,
+        member: ZooMember,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        student: torch.nn.Module | None,
+        frozen: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Member CE on images x (B, C, H, W), labels (B,), minus the boundary term given a student."""
+        cfg: BiDfMkdConfig = self.cfg  # type: ignore[assignment]
+        logits = member.model(x)
+        loss = F.cross_entropy(logits, labels)
+        if frozen is not None:
+            boundary = masked_disagreement(logits, forward(student, frozen, x))  # (B,)
+            loss = loss - cfg.boundary_weight * boundary.mean()
+        return loss
 
     def _zero_order_loss(
         self,
@@ -241,30 +278,35 @@ class BiDfMkdBase(MetaLearner):
         frozen: dict[str, torch.Tensor] | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """Surrogate whose x-gradient is the ZO estimate of the teacher terms (+ the exact student term)."""
+        """Surrogate whose x-gradient is the ZO estimate of the teacher terms (+ the exact student term).
+
+        Images x (B, C, H, W), labels (B,). Teacher terms use only log p of the API's answers: CE is
+        -log p[label] (= CE on the logits), the boundary term the L1 distance between teacher and
+        student log-probabilities on the images where their argmax agree.
+        """
         cfg: BiDfMkdZoConfig = self.cfg  # type: ignore[assignment]
-        s_logits = None if frozen is None else forward(student, frozen, x)
-        s_fixed = None if s_logits is None else s_logits.detach()
+        s_log = None if frozen is None else F.log_softmax(forward(student, frozen, x), 1)
+        s_fixed = None if s_log is None else s_log.detach()
         agree = None
 
         def per_image(images: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-            t = api.logits(images)
-            value = F.cross_entropy(t, labels[source], reduction="none")
+            log_t = log_probabilities(api.probabilities(images))
+            value = F.nll_loss(log_t, labels[source], reduction="none")
             if s_fixed is not None:
-                value = value - cfg.boundary_weight * agree[source] * (t - s_fixed[source]).abs().sum(1)
+                value = value - cfg.boundary_weight * agree[source] * (log_t - s_fixed[source]).abs().sum(1)
             return value
 
         if s_fixed is not None:
-            t_now = api.logits(x)
-            agree = (t_now.argmax(1) == s_fixed.argmax(1)).float()
+            log_t_now = log_probabilities(api.probabilities(x))
+            agree = (log_t_now.argmax(1) == s_fixed.argmax(1)).float()
         g = zero_order_gradient(per_image, x.detach(), cfg.zo_directions, cfg.zo_mu, cfg.zo_chunks, generator)
         surrogate = (g * x).sum() / x.shape[0]
-        if s_logits is not None:  # the student is ours: its part of the boundary term is exact
-            surrogate = surrogate - cfg.boundary_weight * (agree * (t_now - s_logits).abs().sum(1)).mean()
+        if s_log is not None:  # the student is ours: its part of the boundary term is exact
+            surrogate = surrogate - cfg.boundary_weight * (agree * (log_t_now - s_log).abs().sum(1)).mean()
         return surrogate
 
     def _kd_episode(self, pools: dict[str, list[torch.Tensor]], generator: torch.Generator) -> KDEpisode:
-        """An N-way KD task from the freshly inverted member (teacher logits restricted to its classes)."""
+        """An N-way KD task from the freshly inverted member (teacher scores restricted to its classes)."""
         ctx, cfg = self.context, self.cfg
         chosen = torch.randperm(len(pools["support"]), generator=generator)[: ctx.n_way].tolist()
         parts: dict[str, list[torch.Tensor]] = {"sx": [], "st": [], "qx": [], "qt": []}

@@ -1,8 +1,9 @@
 """Black-box access to a zoo member and the zero-order gradient estimator (BiDf-MKD, baselines.md §3.8).
 
 :class:`QueryCountingTeacher` is the only way ``bidfmkd_zo`` touches a member: a no-grad
-``logits(x)`` that counts every image sent. :func:`zero_order_gradient` estimates the gradient of a
-per-image loss from such queries alone:
+``probabilities(x)`` (the softmax output, all an API returns) that counts every image sent;
+:func:`log_probabilities` turns its answers into the log-probabilities the losses are built from.
+:func:`zero_order_gradient` estimates the gradient of a per-image loss from such queries alone:
 
     ĝ_i = (d / q) · Σ_u u · [L_i(x_i + μu) − L_i(x_i)] / μ,   u uniform on the unit sphere of R^d,
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: (images (N, C, H, W), source (N,) index of the image each row perturbs) -> per-row loss (N,),
@@ -22,17 +24,26 @@ PerImageLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class QueryCountingTeacher:
-    """A member behind an API: logits only, no gradients, every queried image counted."""
+    """A member behind an API: output probabilities only, no gradients, every queried image counted."""
 
     def __init__(self, model: nn.Module) -> None:
         self._model = model
         self.queries = 0
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, n_classes) for images x (B, C, H, W); adds B to :attr:`queries`."""
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (B, n_classes) for images x (B, C, H, W); adds B to :attr:`queries`."""
         self.queries += int(x.shape[0])
-        return self._model(x.detach())
+        return F.softmax(self._model(x.detach()), dim=1)
+
+
+def log_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (B, n_classes) of API answers p (B, n_classes), p clamped at the smallest normal.
+
+    Equal to ``log_softmax`` of the member's logits (up to rounding) wherever p does not underflow;
+    an underflowed class gets log(tiny) (about -87 in float32) instead of -inf.
+    """
+    return torch.log(probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny))
 
 
 def zero_order_gradient(

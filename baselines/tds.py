@@ -25,7 +25,8 @@ Real meta-val (opt-in): the paper scores the plateau check and the reward on rea
 ``tds_real_val`` (``val_signal: real``) is the paper's variant: ``val_checks`` fresh real meta-val
 episodes per check, drawn through the harness's ``sample_real_val``; its records say
 ``data_free: false``, ``real_data: meta_val`` and the leaderboard marks the row. Images are at the
-zoo's resolution (the paper uses 32 px everywhere).
+zoo's resolution (the paper uses 32 px everywhere). The record carries
+``inversion_seconds_per_member`` (generator training + sampling of one member), as ``dfmaml`` does.
 """
 
 from __future__ import annotations
@@ -292,6 +293,8 @@ class Tds(MetaLearner):
                 "synth_images_per_s": (train_bank.images_synthesised + val_bank.images_synthesised)
                 / max(result.seconds, 1e-9),
                 "bank_classes": float(train_bank.n_classes),
+                "inversion_seconds_per_member": stats["inversion_seconds"]
+                / max(stats["member_inversions"], 1.0),
                 "policy_max_prob": float(probabilities.max()),
                 "policy_entropy": float(-(probabilities * probabilities.clamp_min(1e-12).log()).sum()),
             }

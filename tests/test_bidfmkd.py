@@ -11,7 +11,7 @@ from torch import nn
 
 from baselines._generator import fresh_generator
 from baselines._kd import kd_loss
-from baselines._zero_order import zero_order_gradient
+from baselines._zero_order import QueryCountingTeacher, log_probabilities, zero_order_gradient
 from bench.errors import BenchError
 from bench.method import METHODS, Budget, MethodContext
 from zoos.zoo import Zoo
@@ -67,23 +67,67 @@ def test_generator_makes_normalised_images_of_the_zoo_size(size):
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5  # sigmoid range before normalisation
 
 
-class _NoGradMember(nn.Module):
-    """Wraps a member so that any gradient request through it fails the test."""
+#: What a white-box method would reach for on a member; the call-only wrapper refuses every one.
+INTROSPECTION = (
+    "parameters",
+    "named_parameters",
+    "buffers",
+    "named_buffers",
+    "modules",
+    "named_modules",
+    "children",
+    "named_children",
+    "state_dict",
+    "features",
+    "head",
+    "eval",
+    "training",
+)
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.requires_grad:
-            raise AssertionError("bidfmkd_zo asked for a gradient through a member")
-        return self.model(x)
+def _call_only(model: nn.Module) -> object:
+    """``model`` behind an API: calling it without gradients is all it allows.
+
+    Calling with autograd on (or on an input that requires grad) fails the test, and so does any
+    attribute: parameters, buffers, modules, their ``named_*`` forms, ``state_dict``, submodules.
+    The model lives only in the closure of the per-member class, not in any attribute.
+    """
+
+    class CallOnlyMember:
+        __slots__ = ()
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled() or x.requires_grad:
+                raise AssertionError("bidfmkd_zo asked for a gradient through a member")
+            return model(x)
+
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"bidfmkd_zo accessed member.{name}; a black-box member can only be called")
+
+        def __setattr__(self, name: str, value: object) -> None:
+            raise AssertionError(f"bidfmkd_zo set member.{name}; a black-box member can only be called")
+
+    return CallOnlyMember()
 
 
 def _black_box(zoo: Zoo) -> Zoo:
     return dataclasses.replace(
-        zoo, members=[dataclasses.replace(m, model=_NoGradMember(m.model)) for m in zoo.members]
+        zoo, members=[dataclasses.replace(m, model=_call_only(m.model)) for m in zoo.members]
     )
+
+
+def test_the_black_box_wrapper_refuses_everything_but_no_grad_calls(tiny_zoo):
+    member = _black_box(tiny_zoo).members[0].model
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(member(x), tiny_zoo.members[0].model(x))
+    with pytest.raises(AssertionError, match="gradient through a member"):
+        member(x)
+    for name in INTROSPECTION:
+        with pytest.raises(AssertionError, match=rf"member\.{name}; a black-box member can only be called"):
+            getattr(member, name)
+    with pytest.raises(AssertionError, match="set member.training"):
+        member.training = False
 
 
 def _method(name: str, **changes):  # noqa: ANN003, ANN202
@@ -104,20 +148,54 @@ def test_bidfmkd_zo_only_queries_members_and_counts_every_query(tiny_zoo):
     stats, n_cls = method.train_stats, 5
     # per inversion and part: steps * images * (1 + q) ZO queries + one final labelling query
     per_part = lambda per_class: 2 * n_cls * per_class * (1 + 10) + n_cls * per_class  # noqa: E731
-    assert stats["member_inversions"] >= 1
+    assert stats["member_inversions"] >= 1 and stats["boundary_inversions"] == 0  # boundary_start not reached
     assert stats["teacher_queries"] == stats["member_inversions"] * (per_part(3) + per_part(15))
     assert stats["black_box"] == 1.0 and stats["kd_steps"] == stats["member_inversions"]
+    assert stats["inversion_seconds_per_member"] > 0
     episode_x = torch.randn(5, 3, 32, 32)
     assert learner.adapt(episode_x, torch.arange(5))(torch.randn(10, 3, 32, 32)).shape == (10, 5)
     with pytest.raises(AssertionError, match="gradient through a member"):  # the wrapper does bite
         _method("bidfmkd").meta_train(wrapped, Budget(meta_iterations=1), torch.Generator().manual_seed(0))
 
 
+def test_the_api_answers_probabilities_whose_logs_match_the_members_log_softmax(tiny_zoo):
+    api = QueryCountingTeacher(_call_only(tiny_zoo.members[0].model))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    p = api.probabilities(x)
+    assert api.queries == 4 and p.shape == (4, 5) and not p.requires_grad
+    assert torch.allclose(p.sum(1), torch.ones(4)) and (p >= 0).all()
+    with torch.no_grad():
+        expected = F.log_softmax(tiny_zoo.members[0].model(x), 1)
+    assert torch.allclose(log_probabilities(p), expected, atol=1e-5)
+    assert torch.isfinite(log_probabilities(torch.tensor([[1.0, 0.0]]))).all()  # underflow: clamped, not -inf
+
+
 def test_bidfmkd_zo_boundary_queries_run_black_box(tiny_zoo):
     wrapped = _black_box(tiny_zoo)
     method = _method("bidfmkd_zo", boundary_start=0, patience=0)
     method.meta_train(wrapped, Budget(meta_iterations=4), torch.Generator().manual_seed(0))
-    assert method.train_stats["member_inversions"] >= 2  # the second one synthesises boundary queries
+    stats = method.train_stats
+    assert stats["member_inversions"] == 4  # patience 0: a new member every iteration
+    # every inversion after the first (no student yet) synthesises its query set with the boundary term
+    assert stats["boundary_inversions"] == stats["member_inversions"] - 1 > 0
+
+
+def test_white_box_boundary_term_is_the_shared_masked_kl(tiny_zoo):
+    from bench.learners.maml import module_params
+    from zoos.meta_model import fresh_meta_model
+
+    method = _method("bidfmkd", boundary_weight=0.7)
+    member, student = tiny_zoo.members[0], fresh_meta_model(method.context, 32)
+    frozen = {k: v.detach() for k, v in module_params(student).items()}
+    x, labels = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(6) % 5
+    t, s = member.model(x), student(x)
+    agree = (t.argmax(1) == s.argmax(1)).float()
+    assert 0 < agree.sum() < len(agree)  # the mask keeps some images and drops others
+    kl = (F.softmax(t, 1) * (F.log_softmax(t, 1) - F.log_softmax(s, 1))).sum(1)
+    by_hand = F.cross_entropy(t, labels) - 0.7 * (agree * kl).mean()
+    loss = method._white_box_loss(member, x, labels, student, frozen)
+    assert torch.allclose(loss, by_hand, atol=1e-6)
+    assert torch.equal(method._white_box_loss(member, x, labels, None, None), F.cross_entropy(t, labels))
 
 
 def test_bidfmkd_inverts_the_next_member_when_replay_accuracy_stalls(tiny_zoo):
@@ -127,6 +205,8 @@ def test_bidfmkd_inverts_the_next_member_when_replay_accuracy_stalls(tiny_zoo):
     impatient.meta_train(tiny_zoo, Budget(meta_iterations=5), torch.Generator().manual_seed(0))
     assert patient.train_stats["member_inversions"] == 1 == patient.train_stats["kd_steps"]
     assert impatient.train_stats["member_inversions"] == 5
+    assert impatient.train_stats["inversion_seconds_per_member"] > 0
+    assert impatient.train_stats["boundary_inversions"] == 4  # boundary_start 0: all but the first
     assert impatient.train_stats["teacher_queries"] > patient.train_stats["teacher_queries"]
 
 

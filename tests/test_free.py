@@ -92,3 +92,55 @@ def test_bell_moves_theta_towards_the_sequentially_distilled_clone():
         assert (torch.sign(step[changed]) == torch.sign(wanted[changed])).all()
         moved += int(changed.sum())
     assert moved > 0
+
+
+def test_the_meta_generator_takes_adam_steps_during_meta_training(tiny_zoo, monkeypatch):
+    """FIVE's outer step: the meta-generator's parameters move (1 warm-up epoch + the first epoch)."""
+    import baselines.free as free
+
+    made: list[tuple[torch.nn.Module, list[torch.Tensor]]] = []  # (generator, its initial parameters)
+    original = free.fresh_generator
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        net = original(*args, **kwargs)
+        made.append((net, [p.detach().clone() for p in net.parameters()]))
+        return net
+
+    monkeypatch.setattr(free, "fresh_generator", recording)
+    method = _free(patience=10**6)
+    method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
+    assert len(made) == 1 and method.train_stats["epochs"] == 2
+    meta_gen, initial = made[0]
+    moved = [not torch.equal(a, b.detach()) for a, b in zip(initial, meta_gen.parameters(), strict=True)]
+    assert all(moved), "every meta-generator tensor takes the epochs' Adam steps"
+
+
+def test_recovery_sums_the_clones_last_step_gradients_into_the_meta_generator(tiny_zoo):
+    """meta_gen.grad = Σ_members the clone's last-step gradient; Adam's first step then moves against it."""
+    import copy
+
+    from baselines._generator import fresh_generator
+
+    method = _free()
+    cfg = method.cfg
+    meta_gen = fresh_generator(cfg.nz, cfg.ngf, 32, 3, tiny_zoo.mean, tiny_zoo.std, torch.Generator(), CPU)
+    members, gen = tiny_zoo.members[:2], torch.Generator().manual_seed(0)
+    stats = {"member_recoveries": 0.0, "recovery_seconds": 0.0}
+    starts, together = [], copy.deepcopy(meta_gen)
+    for member in members:  # as one epoch does: both members' clones write into one meta-generator
+        starts.append(gen.get_state())
+        method._recover(member, together, len(member.spec.classes), None, gen, stats)
+    alone = []
+    for member, start in zip(members, starts, strict=True):  # each member's gradient on its own
+        single = copy.deepcopy(meta_gen)
+        method._recover(member, single, len(member.spec.classes), None, gen.set_state(start), stats)
+        alone.append([p.grad for p in single.parameters()])
+    summed = [a + b for a, b in zip(*alone, strict=True)]
+    assert all(torch.equal(p.grad, s) for p, s in zip(together.parameters(), summed, strict=True))
+    assert all(g.abs().sum() > 0 for g in alone[0]) and stats["member_recoveries"] == 4
+    assert all(p.grad is None for p in meta_gen.parameters())  # clones never touch the original's
+    before = [p.detach().clone() for p in together.parameters()]
+    torch.optim.Adam(together.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999)).step()
+    for old, p, g in zip(before, together.parameters(), summed, strict=True):
+        clear = g.abs() > 1e-6  # Adam's first step is -lr·g/(|g| + eps): the sign of -g
+        assert torch.equal(torch.sign(p.detach() - old)[clear], -torch.sign(g[clear]))

@@ -71,6 +71,10 @@ def test_plateaus_trigger_rounds_of_member_inversions_and_the_policy_learns(tiny
     )  # min(4, 3 members)
     assert patient.train_stats["policy_updates"] == 0  # one round: no level before it, no reward
     assert patient.train_stats["policy_max_prob"] == pytest.approx(1 / 3)
+    assert patient.train_stats["inversion_seconds_per_member"] == pytest.approx(
+        patient.train_stats["inversion_seconds"] / 3
+    )
+    assert patient.train_stats["inversion_seconds_per_member"] > 0
     stats = eager.train_stats
     assert stats["rounds"] >= 3 and stats["member_inversions"] == 2 * stats["rounds"]
     # round r's selection is rewarded when round r + 1 starts, with the level change since round r

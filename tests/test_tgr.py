@@ -33,17 +33,25 @@ def _tgr(**changes):  # noqa: ANN003, ANN202
 
 def test_tgr_embeds_groups_and_trains_without_outside_knowledge(tiny_zoo):
     method = _tgr(probe=ProbeConfig(epochs=2))
+    embedding_stats = {"member_inversions": 0.0, "inversion_seconds": 0.0}
     similarity = method._similarity(
-        tiny_zoo,
-        {k: torch.Generator().manual_seed(1) for k in ("synth", "probe")},
-        {"member_inversions": 0.0, "inversion_seconds": 0.0},
+        tiny_zoo, {k: torch.Generator().manual_seed(1) for k in ("synth", "probe")}, embedding_stats
     )
+    assert embedding_stats["embedding_inversions"] == 3 == embedding_stats["member_inversions"]
+    assert embedding_stats["embedding_seconds"] == embedding_stats["inversion_seconds"] > 0
     assert similarity.shape == (3, 3) and torch.allclose(similarity, similarity.T)
     assert torch.allclose(similarity.diagonal(), torch.ones(3, dtype=similarity.dtype))
     learner = method.meta_train(tiny_zoo, Budget(meta_iterations=3), torch.Generator())
     stats = method.train_stats
     assert stats["uses_external_model"] == 0.0 and stats["epochs"] >= 1 and 1 <= stats["groups"] <= 2
     assert 3 + stats["epochs"] <= stats["member_inversions"] <= 3 + 2 * stats["epochs"]  # embedding + epochs
+    assert stats["embedding_inversions"] == 3  # one per member, counted apart from the epochs'
+    assert 0 < stats["embedding_seconds"] < stats["inversion_seconds"]
+    epoch_inversions = stats["member_inversions"] - stats["embedding_inversions"]
+    assert stats["inversion_seconds_per_member"] == pytest.approx(
+        (stats["inversion_seconds"] - stats["embedding_seconds"]) / epoch_inversions
+    )
+    assert stats["inversion_seconds_per_member"] > 0
     assert learner.adapt(torch.randn(5, 3, 32, 32), torch.arange(5))(torch.randn(2, 3, 32, 32)).shape == (
         2,
         5,
