@@ -298,3 +298,66 @@ def test_paper_profile_refuses_a_shortened_schedule_naming_each_value():
     assert "selection.val_episodes=200 (paper: 600)" in message
     cfg.selection = dataclasses.replace(cfg.selection, every=500, val_episodes=600)
     assert _trainer(cfg).iterations == 60000  # the full paper schedule is accepted
+
+
+def test_teachers_per_step_inverts_only_the_drawn_members_rows():
+    cfg = PurerConfig(meta_iterations=4, curriculum=False)
+    cfg.synthesis = dataclasses.replace(cfg.synthesis, teachers_per_step=1)
+    trainer = _trainer(cfg, members=3)
+    before = trainer.data.X.detach().clone()
+    parts = trainer.data_step()
+    moved = ((trainer.data.X.detach() - before).abs().flatten(1).sum(1) > 0).nonzero().flatten()
+    owners = [
+        i for i, slot in enumerate(trainer.data.teachers) if set(slot.rows.tolist()) == set(moved.tolist())
+    ]
+    assert len(owners) == 1, "exactly one member's 5 classes x 16 images moved"
+    assert parts["inverted_images"] == len(moved) == 5 * 16
+
+
+def test_a_class_held_by_two_members_is_inverted_by_both():
+    # overlapping zoo (PURER-Plus / FREE protocol): member 1 also holds member 0's first class
+    zoo = synthetic_conv4_zoo(n_members=2, n_classes=10)
+    shared = zoo.members[0].spec.classes[0]
+    spec = dataclasses.replace(zoo.members[1].spec, classes=(shared, *zoo.members[1].spec.classes[1:]))
+    zoo = dataclasses.replace(zoo, members=[zoo.members[0], dataclasses.replace(zoo.members[1], spec=spec)])
+    cfg = PurerConfig(meta_iterations=4, init="random")
+    trainer = PurerTrainer(Purer(cfg, _context()), cfg, zoo, Budget(), 0)
+    data = trainer.data
+    shared = zoo.members[0].class_keys[0]  # the dynamic dataset's name for that class
+    assert shared in zoo.members[1].class_keys
+    assert data.n_classes == 9  # 10 class slots, one shared
+    first, second = (set(slot.rows.tolist()) for slot in data.teachers)
+    p = data.images_per_class
+    shared_rows = set(range(data.class_names.index(shared) * p, (data.class_names.index(shared) + 1) * p))
+    assert first & second == shared_rows
+    # each owner labels the shared rows with its own local label of that class (0 for both here)
+    for slot in data.teachers:
+        local = slot.targets[[i for i, r in enumerate(slot.rows.tolist()) if r in shared_rows]]
+        assert set(local.tolist()) == {0}
+
+    # and both owners' gradients reach the shared rows: dropping either changes their gradient
+    def grad_of(ids: list[int]) -> torch.Tensor:
+        data.X.grad = None
+        still = dataclasses.replace(trainer.weights, jitter=0)  # same (no) roll whoever is alone
+        loss, _ = data.inversion_objective(still, torch.Generator().manual_seed(0), ids, False)
+        loss.backward()
+        return data.X.grad[sorted(shared_rows)].clone()
+
+    both, only_first, only_second = grad_of([0, 1]), grad_of([0]), grad_of([1])
+    assert torch.allclose(both, only_first + only_second, rtol=1e-4, atol=1e-7)
+    assert only_first.abs().sum() > 0 and only_second.abs().sum() > 0
+
+
+def test_averaged_init_refuses_a_mixed_architecture_zoo():
+    from bench.seeding import make_generator
+    from zoos.architectures import build_model
+    from zoos.zoo import ZooMember
+
+    zoo = synthetic_conv4_zoo(n_members=2, n_classes=10)
+    resnet = build_model("resnet10", 5, 32, 3, make_generator(0)).eval().requires_grad_(False)
+    spec = dataclasses.replace(zoo.members[1].spec, arch="resnet10", arch_options={})
+    member = ZooMember(spec, resnet, 0.0, 0.0, "-", 0)
+    zoo = dataclasses.replace(zoo, members=[zoo.members[0], member])
+    cfg = PurerConfig(meta_iterations=4)
+    with pytest.raises(BenchError, match=r"resnet10|architecture|init=random"):
+        PurerTrainer(Purer(cfg, _context()), cfg, zoo, Budget(), 0)
