@@ -64,9 +64,9 @@ def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
     """
     ok = [r for r in records if r.status == "ok"]
     by_method: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    for r in ok:
-        by_method[(r.experiment, r.method)].append(r)
-    names = {r.run_key: r.method for r in ok}
+    for r in ok:  # a run with reference bugs switched on is a different row from the start
+        by_method[(r.experiment, r.method + _legacy_label(record_legacy(r)))].append(r)
+    names = {r.run_key: r.method + _legacy_label(record_legacy(r)) for r in ok}
     for (_, method), group in by_method.items():
         flat = {r.run_key: flatten(r.config) for r in group}
         cells: dict[tuple, list[RunRecord]] = defaultdict(list)
@@ -340,9 +340,13 @@ REAL_DATA_LABEL = {
 EXTERNAL_MODEL_LABEL = " (uses an external model)"
 
 
-def _row_label(method: str, real_data: str, external_model: bool = False, legacy: str = "") -> str:
-    label = method + REAL_DATA_LABEL[real_data] + (EXTERNAL_MODEL_LABEL if external_model else "")
-    return label + (f" (legacy: {legacy.replace(';', ', ')})" if legacy else "")
+def _row_label(method: str, real_data: str, external_model: bool = False) -> str:
+    return method + REAL_DATA_LABEL[real_data] + (EXTERNAL_MODEL_LABEL if external_model else "")
+
+
+def _legacy_label(switches: Sequence[str]) -> str:
+    """Row-name suffix of a run with reference-code bugs switched on (``""`` for none)."""
+    return f" (legacy: {', '.join(switches)})" if switches else ""
 
 
 def record_legacy(record: RunRecord) -> list[str]:
@@ -360,10 +364,11 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
         {(t, s) for t, s in zip(table["task"], table["test_steps"], strict=True)},
         key=lambda ts: (ts[0], ts[1]),
     )
-    flags = zip(table["method"], table["real_data"], table["external_model"], table["legacy"], strict=True)
-    methods = list(dict.fromkeys(flags))
+    methods = list(
+        dict.fromkeys(zip(table["method"], table["real_data"], table["external_model"], strict=True))
+    )
     cells = {}
-    for method, real_data, external_model, legacy in methods:
+    for method, real_data, external_model in methods:
         row = {}
         for task, steps in settings:
             hit = table[
@@ -374,7 +379,7 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
             else:
                 sign = "+" if signed else ""
                 row[setting_label(task, steps)] = f"{hit.iloc[0][value]:{sign}.1f} ± {hit.iloc[0][ci]:.1f}"
-        cells[_row_label(method, real_data, external_model, legacy)] = row
+        cells[_row_label(method, real_data, external_model)] = row
     frame = pd.DataFrame.from_dict(cells, orient="index")
     frame.index.name = "method"
     return frame

@@ -74,12 +74,28 @@ def test_a_run_with_reference_behaviours_switched_on_is_labelled(tmp_path):
     write_leaderboard(records, tmp_path, "golden")
     text = (tmp_path / "golden.md").read_text()
     assert "weight_average (legacy: legacy.cumulative_node_weighting)" in text
-    assert "maml_oracle (oracle: uses real data) (legacy: kd_loss=kl_prob_legacy)" in text
+    assert "maml_oracle (legacy: kd_loss=kl_prob_legacy) (oracle: uses real data)" in text
     csv = pd.read_csv(tmp_path / "golden.csv", keep_default_na=False)
-    assert set(csv[(csv.method == "weight_average") & (csv.task == "5w1s")].legacy) == {
-        "legacy.cumulative_node_weighting"
-    }
+    flagged = csv[csv.method == "weight_average (legacy: legacy.cumulative_node_weighting)"]
+    assert set(flagged.task) == {"5w1s"} and set(flagged.legacy) == {"legacy.cumulative_node_weighting"}
+    assert set(csv[csv.method == "weight_average"].task) == {"5w5s"}  # the plain row keeps 5w5s only
     assert set(csv[csv.method == "random_init"].legacy) == {""}
+
+
+def test_legacy_runs_never_share_a_row_or_a_mean_with_plain_runs():
+    records = fixture_records()
+    for r in records:  # legacy on one seed of weight_average 5w1s only
+        if r.method == "weight_average" and r.setting["task"] == "5w1s" and r.seeds["root"] == 1:
+            r.legacy = ["legacy.alias_members"]
+    table = tidy_table(records)
+    rows = table[(table.task == "5w1s") & (table.test_steps == 10)].set_index("method")
+    assert rows.loc["weight_average", "n_seeds"] == 1
+    assert rows.loc["weight_average (legacy: legacy.alias_members)", "n_seeds"] == 1
+    legacy_5w5s = table[(table.method.str.contains("legacy")) & (table.task == "5w5s")]
+    assert legacy_5w5s.empty  # the legacy row has no 5w5s cell: it shows X there
+    plain = [r for r in records if r.method == "weight_average" and r.setting["task"] == "5w1s"]
+    legacy_mean = next(r for r in plain if r.legacy).metrics["steps_10"]["mean"]
+    assert rows.loc["weight_average (legacy: legacy.alias_members)", "acc_mean"] == pytest.approx(legacy_mean)
 
 
 def test_legacy_switches_reads_legacy_blocks_and_legacy_choices():
