@@ -346,22 +346,28 @@ class PurerTrainer:
         return self.model, self.it, "last"
 
     def stats(self) -> dict[str, Any]:
-        """Counters and throughput for the record."""
+        """Counters and throughput for the record.
+
+        ``meta_iterations_per_s`` is the whole loop (selection probes, checkpoints and grids
+        included), as for every method. ``step_meta_iterations_per_s`` and ``synth_images_per_s``
+        time the meta-iteration alone (data step + MAML step) and count the images actually
+        inverted; they are left out when no iteration was timed (a finished checkpoint written
+        before the step timer existed), rather than reported as 0.
+        """
         seconds = max(self.seconds, 1e-9)
-        step_seconds = max(self.step["seconds"], 1e-9)
         adversarial = sum(int(h.get("adversarial", 0)) for h in self.history)
-        return {
+        stats = {
             "meta_iterations": float(self.it),
             "meta_train_episodes": float(self.it * self.cfg.meta_batch),
-            # rates of the meta-iteration itself (data step + MAML step), timed by this code
-            "meta_iterations_per_s": self.step["iterations"] / step_seconds,
-            "synth_images_per_s": self.step["images"] / step_seconds,
+            "meta_iterations_per_s": self.it / seconds,
             "timed_meta_iterations": float(self.step["iterations"]),
-            # the whole loop: selection (meta-val + test probe), checkpoints and grids included
-            "meta_iterations_per_s_with_selection": self.it / seconds,
             "synth_images": float(self.data.X.shape[0]),
             "adversarial_steps": float(adversarial),
             "curriculum_switches": float(len(self.curriculum.events) if self.curriculum else 0),
             "resumed_at_iteration": float(self.resumed_at),
             "resumed_seconds": float(self.resumed_seconds),
         }
+        if self.step["iterations"] and self.step["seconds"] > 0:
+            stats["step_meta_iterations_per_s"] = self.step["iterations"] / self.step["seconds"]
+            stats["synth_images_per_s"] = self.step["images"] / self.step["seconds"]
+        return stats

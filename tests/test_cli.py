@@ -168,11 +168,11 @@ def test_purer_end_to_end_records_selection_artefacts_and_throughput(tmp_path, s
     # this process), so its throughput is that run's, not 4 iterations over a checkpoint load.
     assert original.throughput["meta_train_resumed_s"] == 0
     resumed = shared.train_stats["resumed_seconds"]
-    assert original.train_stats["meta_iterations_per_s_with_selection"] == pytest.approx(4 / resumed)
+    assert original.train_stats["meta_iterations_per_s"] == pytest.approx(4 / resumed)
     # the step rate times meta_iteration() alone (no selection), carried in the checkpoint
-    step_rate = original.train_stats["meta_iterations_per_s"]
-    assert step_rate > original.train_stats["meta_iterations_per_s_with_selection"]
-    assert shared.train_stats["meta_iterations_per_s"] == step_rate
+    step_rate = original.train_stats["step_meta_iterations_per_s"]
+    assert step_rate > original.train_stats["meta_iterations_per_s"]
+    assert shared.train_stats["step_meta_iterations_per_s"] == step_rate
     assert shared.train_stats["timed_meta_iterations"] == 4
     # both runs carry the training's start / middle / end grids (before: only the trainer's run)
     for run_record in (original, shared):

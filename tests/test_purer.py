@@ -361,3 +361,21 @@ def test_averaged_init_refuses_a_mixed_architecture_zoo():
     cfg = PurerConfig(meta_iterations=4)
     with pytest.raises(BenchError, match=r"resnet10|architecture|init=random"):
         PurerTrainer(Purer(cfg, _context()), cfg, zoo, Budget(), 0)
+
+
+def test_a_finished_checkpoint_without_step_timer_reports_no_step_rate(tmp_path):
+    """Checkpoints written before the step timer: the rates are left out, never reported as 0."""
+    from bench.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = PurerConfig(meta_iterations=2, checkpoint_every=2, curriculum=False)
+    _trainer(cfg, work_dir=tmp_path).run()
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path, torch.device("cpu"))
+    del state["step"]
+    save_checkpoint(path, state)
+    resumed = _trainer(cfg, work_dir=tmp_path)
+    resumed.run()
+    stats = resumed.stats()
+    assert resumed.it == 2 and stats["timed_meta_iterations"] == 0
+    assert "step_meta_iterations_per_s" not in stats and "synth_images_per_s" not in stats
+    assert stats["meta_iterations_per_s"] > 0  # the whole-loop rate from the checkpointed seconds
