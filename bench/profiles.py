@@ -19,9 +19,9 @@ def check_profile(cfg: DictConfig) -> None:
 
     - ``profile`` is one of :data:`PROFILES`;
     - a method config that names its own ``profile`` (the PURER family) names the run's;
-    - under ``paper``, a method with a meta-training schedule (``meta_iterations``) must have it
-      declared by the experiment (``method_overrides.<method>``), and ``budget.meta_iterations``
-      may not shorten it.
+    - under ``paper``, a method with a meta-training schedule (``meta_iterations``) must have its
+      length declared by the experiment (``method_overrides.<method>.meta_iterations``), and
+      ``budget.meta_iterations`` may not shorten it.
     """
     profile = str(cfg.profile)
     if profile not in PROFILES:
@@ -34,18 +34,19 @@ def check_profile(cfg: DictConfig) -> None:
             f"would mislabel the schedule. Use an experiment that sets both (profile: paper and "
             f"method_overrides.{name}.profile: paper, as the paper_* experiments do), or keep profile=cpu"
         )
-    if profile != "paper":
-        return
+    if profile != "paper" or "meta_iterations" not in cfg.method:
+        return  # methods without a meta-training schedule run the same under either label
     if cfg.budget.meta_iterations is not None:
         raise BenchError(
             f"budget.meta_iterations={cfg.budget.meta_iterations} shortens the paper schedule; a shortened "
             "run is not the paper profile: drop the override or run with profile=cpu"
         )
     overrides = OmegaConf.select(cfg, "method_overrides", default=None) or {}
-    if "meta_iterations" in cfg.method and name not in overrides:
+    if "meta_iterations" not in (overrides.get(name) or {}):
         raise BenchError(
             f"profile=paper but this experiment declares no paper schedule for {name} (no "
-            f"method_overrides.{name}): it would run its CPU schedule of {cfg.method.meta_iterations} "
-            "meta-iterations under the paper label. Add the paper schedule to the experiment's "
-            "method_overrides, or run with profile=cpu"
+            f"method_overrides.{name}.meta_iterations): it would run its CPU schedule of "
+            f"{cfg.method.meta_iterations} meta-iterations under the paper label. Add the paper schedule "
+            f"to the experiment's method_overrides (or +method_overrides.{name}.meta_iterations=N), or run "
+            "with profile=cpu"
         )

@@ -42,12 +42,22 @@ def test_paper_experiment_without_a_schedule_for_the_method_is_refused():
     # paper_ss_cifar_fs declares no dfmaml schedule: it would run 2000 iterations labelled paper
     with pytest.raises(BenchError, match=r"no paper schedule for dfmaml .* 2000 meta-iterations"):
         check_profile(_cfg(["experiment=paper_ss_cifar_fs", "method=dfmaml"]))
+    # an override of something else is not a schedule
+    with pytest.raises(BenchError, match=r"no paper schedule for tds"):
+        check_profile(_cfg(["experiment=paper_sh_cifar_fs", "method=tds", "+method_overrides.tds.ngf=64"]))
+    check_profile(  # declaring the length is
+        _cfg(["experiment=paper_sh_cifar_fs", "method=tds", "+method_overrides.tds.meta_iterations=60000"])
+    )
 
 
 def test_budget_may_not_shorten_a_paper_run():
     cfg = _cfg(["experiment=paper_sh_cifar_fs", "method=dfmaml", "budget.meta_iterations=10"])
     with pytest.raises(BenchError, match=r"budget.meta_iterations=10 shortens the paper schedule"):
         check_profile(cfg)
+
+
+def test_a_budget_on_a_method_without_meta_training_is_not_a_paper_concern():
+    check_profile(_cfg(["experiment=paper_ss_cifar_fs", "method=random_init", "budget.meta_iterations=10"]))
 
 
 def test_unknown_profile_names_the_valid_ones():
