@@ -28,7 +28,10 @@ KD_LOSSES = ("kl", "kl_prob_legacy")
 def kd_loss(
     student: torch.Tensor, teacher: torch.Tensor, kind: str = "kl", temperature: float = 1.0
 ) -> torch.Tensor:
-    """Distillation loss between logits student (B, n) and teacher (B, n) (scalar)."""
+    """Distillation loss between student logits (B, n) and teacher scores (B, n) (scalar).
+
+    Teacher scores are logits or log-probabilities (equal up to a per-row shift).
+    """
     if kind == "kl":
         log_s = F.log_softmax(student / temperature, dim=1)
         log_t = F.log_softmax(teacher / temperature, dim=1)
@@ -47,7 +50,11 @@ def kd_loss(
 
 @dataclass
 class KDEpisode(Episode):
-    """A synthetic task with the teacher's logits: support_t (n_way*k, n_way), query_t (n_way*q, n_way)."""
+    """A synthetic task with teacher scores: support_t (n_way*k, n_way), query_t (n_way*q, n_way).
+
+    Scores are logits (white-box) or log-probabilities (black-box APIs); the KD losses take their
+    softmax, which is the same for both.
+    """
 
     support_t: torch.Tensor | None = None
     query_t: torch.Tensor | None = None

@@ -34,7 +34,9 @@ class _Reader(RandomInit):
 
     def meta_train(self, zoo, budget: Budget, gen: torch.Generator) -> Learner:  # noqa: ANN001 - Zoo
         """Load glyphs through the harness loader, read rows 0..3 (4, C, H, W), then draw the init."""
-        rows = load_dataset(SMALL_GLYPHS).read_rows(torch.arange(4))
+        dataset = load_dataset(SMALL_GLYPHS)  # loading (metadata) passes the guard; pixels do not
+        self.train_stats["dataset_loaded"] = 1.0
+        rows = dataset.read_rows(torch.arange(4))
         self.train_stats["real_rows_read"] = float(rows.shape[0])
         return super().meta_train(zoo, budget, gen)
 
@@ -70,6 +72,7 @@ def test_app_meta_train_blocks_a_data_free_method_reading_real_images(reader_met
     with pytest.raises(DataFreeViolation, match=rf"method '{READER}' read images of dataset 'glyphs'"):
         app.meta_train(cfg, method, None, Budget(meta_iterations=1), seed=0)
     assert "real_rows_read" not in method.train_stats
+    assert method.train_stats["dataset_loaded"] == 1.0  # so read_rows is what refused
     assert small_glyphs.read_rows(torch.tensor([0])).shape[0] == 1  # the guard ends with the call
 
 

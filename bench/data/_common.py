@@ -413,7 +413,7 @@ def load_or_build(
     if is_done(entry):
         dataset = load_cache_entry(name, entry, spec)
         if dataset is not None:
-            log.info("%s: loaded %d images from %s", name, dataset.images.shape[0], entry)
+            log.info("%s: loaded %d images from %s", name, len(dataset.labels), entry)
             return dataset
     start = time.perf_counter()
     images, labels, facts = build()

@@ -235,7 +235,7 @@ def load_glyphs(
     if entry.exists():
         dataset = load_cache_entry("glyphs", entry, spec, _dataset) if is_done(entry) else None
         if dataset is not None:
-            log.info("glyphs: loaded %d images from %s", dataset.images.shape[0], entry)
+            log.info("glyphs: loaded %d images from %s", len(dataset.labels), entry)
             return dataset
     return _generate(args, fonts, spec, entry)
 
