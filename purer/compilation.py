@@ -2,11 +2,17 @@
 
 The data step's inversion objective (13 small teacher forwards + BN moments + TV/l2 terms) is
 overhead-bound on small batches; compiling it fuses the element-wise work around the convolutions.
-Measured on the 2-core CPU (CIFAR-FS shape, 13 teachers x 80 images, fp32, one process, interleaved):
-objective forward + backward 290 -> 236 ms (-19 %), after a one-off compile of ~46 s. On CPU that
-pays back only on long runs, so it is off by default; on CUDA, ``reduce-overhead`` adds CUDA graphs
-(not verified here: no GPU). Results agree with eager within float tolerance, not bit for bit
-(tests/test_purer.py), which is why the mode is part of the run's identity.
+The objective compiles as one graph: the roll offsets are drawn outside it (``draw_shifts``) and
+applied as index gathers when compiling, and its term means stay tensors. (Until 2026-11-27 a
+``float()`` in its loop made dynamo skip the frame, so only each teacher's ``inversion_loss`` was
+compiled, and its roll offsets, as Python ints, hit the recompile limit of 8 and fell back to eager.)
+Measured on the 2-core CPU (CIFAR-FS shape, 13 teachers x 80 images, fp32, one process, interleaved,
+other jobs paused): objective forward + backward -8 % (1 thread) / -14 % (2 threads), the same
+share as the per-teacher compile gave; the whole meta-iteration gains little (see the README). On
+CPU that pays back only on long runs, so it is off by default; on CUDA, ``reduce-overhead`` adds
+CUDA graphs, which need the single graph (not verified here: no GPU). Results agree with eager
+within float tolerance, not bit for bit (tests/test_purer.py), which is why the mode is part of
+the run's identity.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bench.tasks import Episode
-from purer.inversion import InversionWeights, inversion_loss, running_targets
+from purer.inversion import InversionWeights, draw_shifts, inversion_loss, running_targets
 from purer.teachers import teacher_forward
 from zoos.zoo import Zoo
 
@@ -82,16 +82,24 @@ class DynamicDataset:
     def inversion_objective(
         self,
         weights: InversionWeights,
-        generator: torch.Generator,
+        generator: torch.Generator | None,
         teacher_ids: list[int],
         cumulative: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Sum over the selected teachers of their inversion losses (purer.md §6.3).
+        shifts: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(Sum over the selected teachers of their inversion losses, mean of each term) (§6.3).
+
+        The term means are 0-d tensors.
 
         ``cumulative`` reproduces the reference's partial-sum bug: teacher i weighs (M - i).
+        ``shifts`` (len(teacher_ids), 2): each teacher's roll offset, drawn beforehand with
+        :func:`purer.inversion.draw_shifts` (the trainer does, so a compiled objective sees no
+        generator); None draws them here from ``generator``, in the same order.
         """
+        if shifts is None:
+            shifts = draw_shifts(weights.jitter, len(teacher_ids), generator)
         total = self.X.new_zeros(())
-        parts = {"ce": 0.0, "bn": 0.0, "tv": 0.0, "l2": 0.0}
+        parts: dict[str, torch.Tensor] = dict.fromkeys(("ce", "bn", "tv", "l2"))
         collected = []
         gathered = self.X if self._rows_are_identity else self.X[self._all_rows]
         blocks = torch.split(gathered, self._sizes)
@@ -100,14 +108,15 @@ class DynamicDataset:
             images = blocks[i]
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            shift = None if shifts is None else shifts[position]
             loss, loss_parts = inversion_loss(
-                slot.forward, slot.bn_targets, images, slot.targets, weights, generator
+                slot.forward, slot.bn_targets, images, slot.targets, weights, None, shift
             )
             weight = (len(teacher_ids) - position) if cumulative else 1
             total = total + weight * loss
             collected.append(loss_parts)
-        for key in parts:
-            parts[key] = float(torch.stack([c[key] for c in collected]).mean()) if collected else 0.0
+        for key in parts:  # 0-d tensors: a float() here would break a compiled graph
+            parts[key] = torch.stack([c[key] for c in collected]).mean() if collected else total.new_zeros(())
         return total, parts
 
     def sample_task(

@@ -128,12 +128,43 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return sum(torch.linalg.vector_norm(d) for d in (horizontal, vertical, diagonal, anti_diagonal))
 
 
+def draw_shifts(jitter: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
+    """``n`` roll offsets (n, 2) ~ U{-jitter..jitter}^2 (None for jitter 0: nothing is drawn).
+
+    One draw of (n, 2) consumes the generator exactly as n draws of (2,) in sequence do.
+    """
+    if jitter <= 0:
+        return None
+    return torch.randint(-jitter, jitter + 1, (n, 2), generator=generator)
+
+
+def apply_roll(x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """Circular roll of x (N, C, H, W) by ``shift`` = tensor([dx, dy]) on (H, W); None = no roll.
+
+    Eager: ``torch.roll``. Under ``torch.compile``: two index gathers (the same values), because
+    ``torch.roll`` needs Python ints, which specialise the compiled graph on each of the 25
+    offsets and, past dynamo's recompile limit of 8, send the objective back to eager.
+    """
+    if shift is None:
+        return x
+    if torch.compiler.is_compiling():
+        return roll_by(x, shift)
+    dx, dy = shift.tolist()
+    return torch.roll(x, shifts=(dx, dy), dims=(2, 3))
+
+
 def random_roll(x: torch.Tensor, jitter: int, generator: torch.Generator) -> torch.Tensor:
     """Circular roll of x (N, C, H, W) by one offset (dx, dy) ~ U{-jitter..jitter}^2."""
-    if jitter <= 0:
-        return x
-    dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
-    return torch.roll(x, shifts=(dx, dy), dims=(2, 3))
+    shifts = draw_shifts(jitter, 1, generator)
+    return apply_roll(x, None if shifts is None else shifts[0])
+
+
+def roll_by(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``torch.roll(x, (dx, dy), dims=(2, 3))`` for x (N, C, H, W) with ``shifts`` = tensor([dx, dy])."""
+    height, width = x.shape[-2:]
+    rows = torch.remainder(torch.arange(height) - shifts[0], height).to(x.device)
+    cols = torch.remainder(torch.arange(width) - shifts[1], width).to(x.device)
+    return x.index_select(2, rows).index_select(3, cols)
 
 
 def inversion_loss(
@@ -142,14 +173,18 @@ def inversion_loss(
     images: torch.Tensor,
     targets: torch.Tensor,
     weights: InversionWeights,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
+    shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted inversion loss of ``images`` (N, C, H, W) for labels ``targets`` (N,).
 
     ``forward(x) -> (logits, BN-input moments)`` (see ``purer.teachers``); ``bn_targets`` are the
-    (mean, var) the moments are matched to. Returns (loss, detached parts).
+    (mean, var) the moments are matched to. The roll offset is ``shift`` (2,) when given (drawn
+    beforehand, see :func:`draw_shifts`), else drawn from ``generator``. Returns (loss, detached parts).
     """
-    rolled = random_roll(images, weights.jitter, generator)
+    rolled = (
+        apply_roll(images, shift) if shift is not None else random_roll(images, weights.jitter, generator)
+    )
     logits, moments = forward(rolled)
     ce = F.cross_entropy(logits, targets)
     bn = bn_stat_loss(moments, bn_targets) if weights.bn else logits.new_zeros(())

@@ -34,6 +34,7 @@ from purer.compilation import compiled
 from purer.config import PAPER_SCHEDULE, PurerConfig
 from purer.curriculum import Curriculum
 from purer.dynamic_data import DynamicDataset
+from purer.inversion import draw_shifts
 from zoos.averaging import load_average_init
 from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo
@@ -131,9 +132,12 @@ class PurerTrainer:
                 ].tolist()
             )
         with torch.autocast(self.ctx.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            objective, parts = self.objective(
-                self.weights, self.gens["jitter"], ids, self.cfg.legacy.cumulative_node_weighting
+            # offsets drawn here, outside a compiled objective (same draws as inside, eager)
+            shifts = draw_shifts(self.weights.jitter, len(ids), self.gens["jitter"])
+            objective, terms = self.objective(
+                self.weights, None, ids, self.cfg.legacy.cumulative_node_weighting, shifts
             )
+        parts = {key: float(value) for key, value in terms.items()}
         adversarial = self.curriculum is not None and self.curriculum.consume()
         if adversarial:
             task = self.data.sample_task(

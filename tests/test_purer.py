@@ -379,3 +379,20 @@ def test_a_finished_checkpoint_without_step_timer_reports_no_step_rate(tmp_path)
     assert resumed.it == 2 and stats["timed_meta_iterations"] == 0
     assert "step_meta_iterations_per_s" not in stats and "synth_images_per_s" not in stats
     assert stats["meta_iterations_per_s"] > 0  # the whole-loop rate from the checkpointed seconds
+
+
+def test_the_inversion_objective_traces_as_one_graph():
+    """compile=default must compile the whole objective: a graph break in its teacher loop makes
+    dynamo skip the frame (it did, through a float() of the term means), and Python-int roll
+    offsets specialise the graph on each of the 25 offsets."""
+    from purer.inversion import draw_shifts
+
+    trainer = _trainer()
+    torch._dynamo.reset()
+    for seed in range(3):  # different offsets: no recompilation either
+        shifts = draw_shifts(2, 3, torch.Generator().manual_seed(seed))
+        explanation = torch._dynamo.explain(trainer.data.inversion_objective)(
+            trainer.weights, None, [0, 1, 2], False, shifts
+        )
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1

@@ -13,7 +13,8 @@ Variants, interleaved in one process as the 2-core machine's timings drift betwe
 - ``fp32``: dfml-bench's default path (teachers in memory, folded BN, channels_last);
 - ``bf16``: the same with the inversion step under bfloat16 autocast;
 - ``fp32_compiled``: ``fp32`` with ``method.compile=default`` (``torch.compile`` of the inversion
-  objective; 1-shot only: each case pays a one-off compile of ~45 s here, excluded from the timing).
+  objective; 1-shot only: each case pays a one-off compile of ~45 s here, excluded from the timing);
+- ``bf16_compiled``: ``bf16`` with ``method.compile=default`` (1-shot only, likewise).
 
 The ``adversarial`` case forces the curriculum switch so the data step includes the
 second-order adversarial term.
@@ -52,8 +53,8 @@ def _trainer(variant: str, k_shot: int, device: str) -> PurerTrainer:
     cfg.adv.start = 10**9  # switch forced explicitly where wanted
     if variant == "reference_like":
         cfg.fold_teachers, cfg.channels_last = False, False
-    cfg.precision = "bf16" if variant == "bf16" else "fp32"
-    cfg.compile = "default" if variant == "fp32_compiled" else "off"
+    cfg.precision = "bf16" if variant.startswith("bf16") else "fp32"
+    cfg.compile = "default" if variant.endswith("_compiled") else "off"
     zoo = synthetic_conv4_zoo(device=device)
     return PurerTrainer(Purer(cfg, context(k_shot, device)), cfg, zoo, Budget(), 0)
 
@@ -69,13 +70,13 @@ def _reload_teachers_like_reference(trainer: PurerTrainer, blobs: list[bytes]) -
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k_shot", [1, 5])
-@pytest.mark.parametrize("variant", ["reference_like", "fp32", "bf16", "fp32_compiled"])
+@pytest.mark.parametrize("variant", ["reference_like", "fp32", "bf16", "fp32_compiled", "bf16_compiled"])
 @pytest.mark.parametrize("adversarial", [False, True], ids=["plain", "adversarial"])
 def test_purer_meta_iteration(benchmark, monkeypatch, variant, k_shot, device, adversarial):
     """One full meta-iteration: inversion step over 13 teachers + 4 MAML tasks + outer step."""
-    if variant == "fp32_compiled" and k_shot != 1:
-        pytest.skip("the compiled variant is measured on 1-shot only (a ~45 s compile per case)")
-    if variant == "fp32_compiled" and device == "cpu" and shutil.which("g++") is None:
+    if variant.endswith("_compiled") and k_shot != 1:
+        pytest.skip("the compiled variants are measured on 1-shot only (a ~45 s compile per case)")
+    if variant.endswith("_compiled") and device == "cpu" and shutil.which("g++") is None:
         pytest.skip("torch.compile on CPU needs a C++ compiler (g++)")
     trainer = _trainer(variant, k_shot, device)
     blobs = []
