@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from bench.atomic import atomic_write_json
 from bench.errors import BenchError
 from bench.method import Learner
-from bench.progress import progress_enabled
+from bench.progress import progress_options
 from bench.tasks import TaskSuite
 from bench.timing import synchronize
 
@@ -115,9 +115,7 @@ def evaluate(
     per_episode, seconds_before = _resume(progress, suite, readouts, fingerprint)
     first = min(len(per_episode[readouts[0]]), n)
     per_episode = {s: v[:first] for s, v in per_episode.items()}
-    bar = tqdm(
-        range(first, n), desc=description, unit="ep", disable=not progress_enabled(), initial=first, total=n
-    )
+    bar = tqdm(range(first, n), desc=description, unit="ep", **progress_options(), initial=first, total=n)
     synchronize(device)
     start = time.perf_counter() - seconds_before
     for index in bar:
@@ -129,7 +127,7 @@ def evaluate(
             correct = int((predicted == episode.query_y).sum())
             per_episode[steps].append(100.0 * correct / len(episode.query_y))
         if index % 25 == 0:
-            bar.set_postfix(acc=f"{sum(per_episode[readouts[-1]]) / (index + 1):.1f}")
+            bar.set_postfix(acc=f"{sum(per_episode[readouts[-1]]) / (index + 1):.1f}", refresh=False)
         if progress is not None and ((index + 1) % save_every == 0 or index + 1 == n):
             payload = {"suite": suite.content_hash, "readouts": readouts, "per_episode": per_episode}
             if fingerprint is not None:

@@ -26,7 +26,7 @@ from bench.checkpoint import load_checkpoint, save_checkpoint
 from bench.errors import BenchError
 from bench.learners.maml import FineTuneLearner, maml_task_loss, meta_step, module_params
 from bench.method import Budget, MetaLearner
-from bench.progress import progress_enabled
+from bench.progress import progress_options
 from bench.seeding import derive_seed, make_generator
 from bench.timing import synchronize
 from purer.artefacts import save_curves, save_image_grid
@@ -292,9 +292,7 @@ class PurerTrainer:
         if self.it == 0:
             self._grid("start")
         middle = self.iterations // 2
-        bar = tqdm(
-            total=self.iterations, initial=self.it, desc="purer", unit="it", disable=not progress_enabled()
-        )
+        bar = tqdm(total=self.iterations, initial=self.it, desc="purer", unit="it", **progress_options())
         started = time.perf_counter() - self.seconds
         while self.it < self.iterations:
             if self.max_seconds is not None and time.perf_counter() - started > self.max_seconds:
@@ -334,7 +332,7 @@ class PurerTrainer:
             ):
                 save_checkpoint(checkpoint, self.state_dict())
             bar.update(1)
-            bar.set_postfix(acc=f"{row['train_acc']:.1f}", loss=f"{row['outer_loss']:.2f}")
+            bar.set_postfix(acc=f"{row['train_acc']:.1f}", loss=f"{row['outer_loss']:.2f}", refresh=False)
         bar.close()
         self._grid("end")
         if art is not None:

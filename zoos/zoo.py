@@ -34,7 +34,7 @@ from bench.data.base import ImageClassDataset
 from bench.errors import BenchError, IntegrityError
 from bench.hashing import sha256_file, spec_hash
 from bench.paths import cache_dir
-from bench.progress import progress_enabled
+from bench.progress import progress_options
 from zoos.architectures import build_model, count_parameters
 from zoos.members import is_multi_dataset, member_specs, untrusted_mix
 from zoos.spec import MemberSpec
@@ -234,7 +234,7 @@ def ensure_members(
     """(members, indices trained now): train the missing ones (resumable); ``repair`` corrupt ones."""
     members: list[ZooMember] = []
     trained: list[int] = []
-    bar = tqdm(specs, desc=f"zoo {cfg['name']}", unit="member", disable=not progress_enabled())
+    bar = tqdm(specs, desc=f"zoo {cfg['name']}", unit="member", **progress_options())
     for spec in bar:
         try:
             member = _load_member(spec, device, str(cfg["name"]))
@@ -250,7 +250,7 @@ def ensure_members(
             member = _load_member(spec, device, str(cfg["name"]))
             assert member is not None
         members.append(member)
-        bar.set_postfix(heldout=f"{member.heldout_acc:.1f}%")
+        bar.set_postfix(heldout=f"{member.heldout_acc:.1f}%", refresh=False)
     return members, trained
 
 

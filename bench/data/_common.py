@@ -41,7 +41,7 @@ from bench.data.base import SPLITS, ImageClassDataset
 from bench.errors import BenchError
 from bench.hashing import canonical_json, sha256_bytes, sha256_file, spec_hash, tensor_sha256
 from bench.paths import cache_dir
-from bench.progress import progress_enabled
+from bench.progress import progress_options
 from bench.seeding import derived_generator
 
 log = logging.getLogger(__name__)
@@ -274,9 +274,7 @@ def decode_all(
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     try:
         results = pool.map(lambda item: decode_image(dataset, *item, size, mode, invert), items)
-        with tqdm(
-            total=len(items), desc=f"{dataset} decode", unit="img", disable=not progress_enabled()
-        ) as bar:
+        with tqdm(total=len(items), desc=f"{dataset} decode", unit="img", **progress_options()) as bar:
             for index, array in enumerate(results):
                 out[index] = array
                 bar.update(1)

@@ -53,7 +53,7 @@ from bench.data.glyph_render import (
 from bench.errors import BenchError
 from bench.hashing import sha256_file, spec_hash
 from bench.paths import cache_dir
-from bench.progress import progress_enabled
+from bench.progress import progress_options
 from bench.seeding import derived_generator
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _render_all(
     """uint8 images of shape (len(code_points) * n, 1, S, S), ordered by class then instance."""
     size = renderer.image_size
     out = np.zeros((len(code_points) * n, size, size), dtype=np.uint8)
-    with tqdm(total=len(code_points), desc="glyphs", unit="class", disable=not progress_enabled()) as bar:
+    with tqdm(total=len(code_points), desc="glyphs", unit="class", **progress_options()) as bar:
         for c, cp in enumerate(code_points):
             fonts = covering[cp]
             for i in range(n):

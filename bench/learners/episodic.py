@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from bench.checkpoint import load_checkpoint, save_checkpoint
 from bench.errors import BenchError, IntegrityError
 from bench.method import Budget, Learner, MetaLearner, MethodConfig, Probe
-from bench.progress import progress_enabled
+from bench.progress import progress_options
 from bench.tasks import Episode
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def meta_train_loop(
         range(result.iterations + 1, iterations + 1),
         desc=description,
         unit="it",
-        disable=not progress_enabled(),
+        **progress_options(),
         initial=result.iterations,
         total=iterations,
     )
@@ -178,7 +178,7 @@ def meta_train_loop(
                 result.selected_val, result.selected_iteration = row["val_acc"], it
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         result.history.append(row)
-        bar.set_postfix(acc=f"{row['acc']:.1f}", loss=f"{row['loss']:.2f}")
+        bar.set_postfix(acc=f"{row['acc']:.1f}", loss=f"{row['loss']:.2f}", refresh=False)
         if checkpoint is not None and (it % checkpoint.every == 0 or it == iterations):
             save()
         _iteration_done(it)
