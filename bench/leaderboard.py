@@ -24,7 +24,6 @@ import pandas as pd
 
 from bench.atomic import atomic_write_text
 from bench.evaluate import paired_difference
-from bench.legacy import legacy_switches
 from bench.records import IDENTITY_KEYS, RunRecord
 from bench.tracking import flatten
 
@@ -64,9 +63,10 @@ def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
     """
     ok = [r for r in records if r.status == "ok"]
     by_method: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    for r in ok:  # a run with reference bugs switched on is a different row from the start
-        by_method[(r.experiment, r.method + _legacy_label(record_legacy(r)))].append(r)
-    names = {r.run_key: r.method + _legacy_label(record_legacy(r)) for r in ok}
+    # a run with reference bugs switched on is a different row from the start
+    names = {r.run_key: r.method + _legacy_label(r.legacy_use) for r in ok}
+    for r in ok:
+        by_method[(r.experiment, names[r.run_key])].append(r)
     for (_, method), group in by_method.items():
         flat = {r.run_key: flatten(r.config) for r in group}
         cells: dict[tuple, list[RunRecord]] = defaultdict(list)
@@ -110,7 +110,7 @@ def _rows(records: Sequence[RunRecord], names: dict[str, str]) -> list[dict[str,
                     "data_free": record.data_free,
                     "real_data": record.real_data_use,
                     "external_model": bool(record.train_stats.get("uses_external_model", 0.0)),
-                    "legacy": ";".join(record_legacy(record)),
+                    "legacy": ";".join(record.legacy_use),
                     "dataset": record.setting["dataset"],
                     "zoo": record.setting["zoo"],
                     "task": record.setting["task"],
@@ -230,7 +230,7 @@ def tidy_table(
             data_free=("data_free", "all"),
             real_data=("real_data", "first"),
             external_model=("external_model", "any"),
-            legacy=("legacy", _join_switches),
+            legacy=("legacy", "first"),  # the row name carries the switches: one value per group
             acc_mean=("acc_mean", "mean"),
             acc_ci95=("acc_ci95", "mean"),
             n_episodes=("n_episodes", "min"),
@@ -291,7 +291,7 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
                     "data_free": bool(cells["data_free"].all()),
                     "real_data": cells["real_data"].iloc[0],
                     "external_model": bool(cells["external_model"].any()),
-                    "legacy": _join_switches(cells["legacy"]),
+                    "legacy": cells["legacy"].iloc[0],
                     "acc_mean": cells["acc_mean"].mean(),
                     "acc_ci95": (cells["acc_ci95"] ** 2).sum() ** 0.5 / k,
                     "n_episodes": int(cells["n_episodes"].min()),
@@ -347,16 +347,6 @@ def _row_label(method: str, real_data: str, external_model: bool = False) -> str
 def _legacy_label(switches: Sequence[str]) -> str:
     """Row-name suffix of a run with reference-code bugs switched on (``""`` for none)."""
     return f" (legacy: {', '.join(switches)})" if switches else ""
-
-
-def record_legacy(record: RunRecord) -> list[str]:
-    """The record's legacy switches; derived from its config for records older than the field."""
-    return record.legacy or legacy_switches(record.config.get("method") or {})
-
-
-def _join_switches(values: pd.Series) -> str:
-    """Union of ``;``-joined switch lists, sorted (``""`` = none)."""
-    return ";".join(sorted({switch for value in values for switch in str(value).split(";") if switch}))
 
 
 def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFrame:

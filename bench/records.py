@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.atomic import atomic_write_json, atomic_write_text, is_done
+from bench.legacy import legacy_switches
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ class RunRecord:
     def real_data_use(self) -> str:
         """``real_data``, or for records older than that field what ``data_free`` implies."""
         return self.real_data or ("none" if self.data_free else "meta_train")
+
+    @property
+    def legacy_use(self) -> list[str]:
+        """``legacy``, or for records older than that field the switches their config turns on."""
+        return self.legacy or legacy_switches(self.config.get("method") or {})
 
     @property
     def acc_mean(self) -> float:

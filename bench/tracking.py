@@ -102,7 +102,7 @@ def record_tags(record: RunRecord) -> dict[str, str]:
             "status": record.status,
             "data_free": str(record.data_free).lower(),
             "real_data": record.real_data_use,
-            "legacy": ",".join(record.legacy) or "none",
+            "legacy": ",".join(record.legacy_use) or "none",
             "git_sha": str(record.hashes.get("git_sha")),
             "zoo_hash": str(record.hashes.get("zoo")),
             "suite_hash": str(record.hashes.get("suite")),

@@ -99,7 +99,6 @@ class DynamicDataset:
         if shifts is None:
             shifts = draw_shifts(weights.jitter, len(teacher_ids), generator)
         total = self.X.new_zeros(())
-        parts: dict[str, torch.Tensor] = dict.fromkeys(("ce", "bn", "tv", "l2"))
         collected = []
         gathered = self.X if self._rows_are_identity else self.X[self._all_rows]
         blocks = torch.split(gathered, self._sizes)
@@ -115,8 +114,10 @@ class DynamicDataset:
             weight = (len(teacher_ids) - position) if cumulative else 1
             total = total + weight * loss
             collected.append(loss_parts)
-        for key in parts:  # 0-d tensors: a float() here would break a compiled graph
-            parts[key] = torch.stack([c[key] for c in collected]).mean() if collected else total.new_zeros(())
+        parts = {  # 0-d tensors: a float() here would break a compiled graph
+            key: torch.stack([c[key] for c in collected]).mean() if collected else total.new_zeros(())
+            for key in ("ce", "bn", "tv", "l2")
+        }
         return total, parts
 
     def sample_task(

@@ -26,6 +26,7 @@ from bench.checkpoint import load_checkpoint, save_checkpoint
 from bench.errors import BenchError
 from bench.learners.maml import FineTuneLearner, maml_task_loss, meta_step, module_params
 from bench.method import Budget, MetaLearner
+from bench.profiles import PROFILES
 from bench.progress import progress_options
 from bench.seeding import derive_seed, make_generator
 from bench.timing import synchronize
@@ -94,8 +95,8 @@ class PurerTrainer:
 
     def _check_profile(self) -> None:
         """``profile: paper`` runs the reference schedule, nothing shorter (the label is in records)."""
-        if self.cfg.profile not in ("cpu", "paper"):
-            raise BenchError(f"purer profile {self.cfg.profile!r} unknown; valid: cpu, paper")
+        if self.cfg.profile not in PROFILES:
+            raise BenchError(f"purer profile {self.cfg.profile!r} unknown; valid: {', '.join(PROFILES)}")
         if self.cfg.profile != "paper":
             return
         actual = {
@@ -277,8 +278,7 @@ class PurerTrainer:
                 log.warning("purer: no %s grid for this training (made before grids were kept)", tag)
                 continue
             target = art / source.name
-            if target != source:
-                atomic_write_bytes(target, source.read_bytes())
+            atomic_write_bytes(target, source.read_bytes())
             if target not in self.method.artifacts:
                 self.method.artifacts.append(target)
 
