@@ -51,6 +51,8 @@ def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     # whole config is already in the identity; dropping it keeps keys stable across that addition.
     identity["zoo"].pop("dataset", None)
     identity["device_type"] = device.type
+    if device.type == "cuda" and cfg.device.get("tf32", False):  # TF32 changes the numbers
+        identity["cuda_tf32"] = True
     version = METHODS.get(str(cfg.method.name)).code_version
     if version != 1:
         identity["method_code_version"] = version
@@ -180,7 +182,7 @@ def run_one(cfg: DictConfig) -> Path:
     cfg = with_method_overrides(cfg)
     check_profile(cfg)
     results = resolve_results_dir(cfg.paths.results)
-    device = resolve_device(str(cfg.device.name))
+    device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))
     if cfg.get("threads") is not None:
         if int(cfg.threads) < 1:
             raise BenchError(f"threads must be >= 1 or null; got {cfg.threads}")

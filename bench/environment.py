@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from bench.hashing import CODE_VERSION
-from bench.timing import device_name
+from bench.timing import cuda_fp32_precision, device_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ def git_state() -> dict[str, Any]:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Device, versions and platform for the record."""
-    return {
+    facts = {
         "device": str(device),
         "device_name": device_name(device),
         "torch": torch.__version__,
@@ -51,3 +51,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "code_version": CODE_VERSION,
     }
+    if device.type == "cuda":
+        facts["cuda_fp32_precision"] = cuda_fp32_precision()
+    return facts

@@ -45,15 +45,38 @@ def device_name(device: torch.device | str) -> str:
     return platform.processor() or platform.machine()
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is an error, not a fallback."""
+def resolve_device(requested: str, tf32: bool = False) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is an error, not a fallback.
+
+    On CUDA, float32 convolutions and matmuls stay IEEE float32 unless ``tf32`` is true: cuDNN's
+    default rounds conv inputs to TF32 (10-bit mantissa), which moves results by ~1e-3 relative and
+    would make an "fp32" run on a GPU a different computation from the same run on a CPU.
+    """
     from bench.errors import BenchError
 
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise BenchError(f"device {requested!r} requested but CUDA is not available; use device=cpu")
     try:
-        return torch.device(requested)
+        device = torch.device(requested)
     except RuntimeError as error:
         raise BenchError(f"unknown device {requested!r}; valid: auto, cpu, cuda, cuda:N") from error
+    if device.type == "cuda":
+        set_cuda_fp32_precision(tf32)
+    return device
+
+
+def set_cuda_fp32_precision(tf32: bool) -> None:
+    """Let float32 CUDA convolutions and matmuls use TF32 tensor cores (``tf32``), or keep IEEE fp32."""
+    precision = "tf32" if tf32 else "ieee"
+    torch.backends.cudnn.conv.fp32_precision = precision
+    torch.backends.cuda.matmul.fp32_precision = precision
+
+
+def cuda_fp32_precision() -> dict[str, str]:
+    """The float32 precision CUDA convolutions and matmuls run at (for the record)."""
+    return {
+        "conv": str(torch.backends.cudnn.conv.fp32_precision),
+        "matmul": str(torch.backends.cuda.matmul.fp32_precision),
+    }

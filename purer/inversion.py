@@ -162,8 +162,9 @@ def random_roll(x: torch.Tensor, jitter: int, generator: torch.Generator) -> tor
 def roll_by(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """``torch.roll(x, (dx, dy), dims=(2, 3))`` for x (N, C, H, W) with ``shifts`` = tensor([dx, dy])."""
     height, width = x.shape[-2:]
-    rows = torch.remainder(torch.arange(height) - shifts[0], height).to(x.device)
-    cols = torch.remainder(torch.arange(width) - shifts[1], width).to(x.device)
+    shifts = shifts.to(x.device)  # a no-op when the trainer already put them there (CUDA graphs)
+    rows = torch.remainder(torch.arange(height, device=x.device) - shifts[0], height)
+    cols = torch.remainder(torch.arange(width, device=x.device) - shifts[1], width)
     return x.index_select(2, rows).index_select(3, cols)
 
 

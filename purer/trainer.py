@@ -135,6 +135,8 @@ class PurerTrainer:
         with torch.autocast(self.ctx.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
             # offsets drawn here, outside a compiled objective (same draws as inside, eager)
             shifts = draw_shifts(self.weights.jitter, len(ids), self.gens["jitter"])
+            if shifts is not None and self.cfg.compile != "off":  # a compiled graph reads them on
+                shifts = shifts.to(self.ctx.device)  # the device: no host copy (CUDA graphs need none)
             objective, terms = self.objective(
                 self.weights, None, ids, self.cfg.legacy.cumulative_node_weighting, shifts
             )

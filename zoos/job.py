@@ -35,7 +35,7 @@ def run_job(cfg: DictConfig) -> list[int]:
             f"member={cfg.member} out of range: zoo {cfg.zoo.name!r} has members 0..{len(specs) - 1}"
         )
     chosen = specs if cfg.member is None else [specs[int(cfg.member)]]
-    device = resolve_device(str(cfg.device.name))
+    device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))
     trained = []
     for spec in chosen:
         if is_done(cache_dir() / "zoo_members" / spec.key):

@@ -13,6 +13,15 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from bench.timing import set_cuda_fp32_precision
+
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32_on_cuda() -> None:
+    """CUDA float32 is IEEE float32, as ``dfml-run`` runs it (a benchmark may opt into TF32)."""
+    if torch.cuda.is_available():
+        set_cuda_fp32_precision(False)
+
 
 @pytest.fixture(autouse=True)
 def _all_cores() -> Iterator[None]:

@@ -14,7 +14,11 @@ Variants, interleaved in one process as the 2-core machine's timings drift betwe
 - ``bf16``: the same with the inversion step under bfloat16 autocast;
 - ``fp32_compiled``: ``fp32`` with ``method.compile=default`` (``torch.compile`` of the inversion
   objective; 1-shot only: each case pays a one-off compile of ~45 s here, excluded from the timing);
-- ``bf16_compiled``: ``bf16`` with ``method.compile=default`` (1-shot only, likewise).
+- ``bf16_compiled``: ``bf16`` with ``method.compile=default`` (1-shot only, likewise);
+- ``fp32_cudagraphs``: ``fp32`` with ``method.compile=reduce-overhead`` (inductor + CUDA graphs;
+  CUDA only, 1-shot only);
+- ``tf32``: ``fp32`` with ``device.tf32=true`` (TF32 tensor-core convolutions; CUDA only). Every
+  other CUDA variant runs IEEE float32, as ``dfml-run`` does by default.
 
 The ``adversarial`` case forces the curriculum switch so the data step includes the
 second-order adversarial term.
@@ -32,6 +36,7 @@ import torch
 import purer.inversion as inversion
 import zoos.pooling as pooling
 from bench.method import Budget
+from bench.timing import set_cuda_fp32_precision
 from purer.config import PurerConfig
 from purer.method import Purer
 from purer.trainer import PurerTrainer
@@ -54,7 +59,9 @@ def _trainer(variant: str, k_shot: int, device: str) -> PurerTrainer:
     if variant == "reference_like":
         cfg.fold_teachers, cfg.channels_last = False, False
     cfg.precision = "bf16" if variant.startswith("bf16") else "fp32"
-    cfg.compile = "default" if variant.endswith("_compiled") else "off"
+    if device == "cuda":
+        set_cuda_fp32_precision(variant == "tf32")
+    cfg.compile = {"compiled": "default", "cudagraphs": "reduce-overhead"}.get(variant.split("_")[-1], "off")
     zoo = synthetic_conv4_zoo(device=device)
     return PurerTrainer(Purer(cfg, context(k_shot, device)), cfg, zoo, Budget(), 0)
 
@@ -70,11 +77,15 @@ def _reload_teachers_like_reference(trainer: PurerTrainer, blobs: list[bytes]) -
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k_shot", [1, 5])
-@pytest.mark.parametrize("variant", ["reference_like", "fp32", "bf16", "fp32_compiled", "bf16_compiled"])
+@pytest.mark.parametrize(
+    "variant", ["reference_like", "fp32", "bf16", "tf32", "fp32_compiled", "bf16_compiled", "fp32_cudagraphs"]
+)
 @pytest.mark.parametrize("adversarial", [False, True], ids=["plain", "adversarial"])
 def test_purer_meta_iteration(benchmark, monkeypatch, variant, k_shot, device, adversarial):
     """One full meta-iteration: inversion step over 13 teachers + 4 MAML tasks + outer step."""
-    if variant.endswith("_compiled") and k_shot != 1:
+    if variant in ("fp32_cudagraphs", "tf32") and device != "cuda":
+        pytest.skip(f"{variant} needs a CUDA device")
+    if variant.endswith(("_compiled", "_cudagraphs")) and k_shot != 1:
         pytest.skip("the compiled variants are measured on 1-shot only (a ~45 s compile per case)")
     if variant.endswith("_compiled") and device == "cpu" and shutil.which("g++") is None:
         pytest.skip("torch.compile on CPU needs a C++ compiler (g++)")

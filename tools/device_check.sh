@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU checks, as one script for a CUDA machine: the CUDA tests, the PURER meta-iteration and
+# learner benchmarks on CUDA, and a short end-to-end dfml-run on CUDA (smoke + a budgeted PURER).
+#
+#   bash tools/device_check.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else ./device-check
+#
+# Run from the repo root. Where the project's dependencies are missing (a bare GPU image with torch),
+# wheels in .whl/ are installed into /tmp/site first (see the closing note of the GPU issue for how
+# they were fetched). Each step has its own time limit, so one slow step cannot hide the others'
+# results; what each step printed is in OUT_DIR/log.txt, and the summary table is printed last.
+set -uo pipefail
+out="${1:-${OUT:-$PWD/device-check}}"
+mkdir -p "$out"
+exec > >(tee -a "$out/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 DFML_RESULTS="$PWD/device-results" PYTHONDONTWRITEBYTECODE=1
+summary=()
+step() {  # step NAME SECONDS command...: run with a limit, record rc and seconds
+  local name=$1 limit=$2 start rc
+  shift 2
+  echo "===== $name (limit ${limit}s) $(date -Is)"
+  start=$(date +%s)
+  timeout "$limit" "$@"
+  rc=$?
+  summary+=("$(printf '%-28s rc=%-4s %4ss' "$name" "$rc" "$(($(date +%s) - start))")")
+  return 0
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/dfml . >/dev/null 2>&1 \
+  && export PYTHONPATH="/tmp/dfml${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/dfml/bin:$PATH"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code wins over the installed copy
+python3 - <<'EOF'
+import platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+EOF
+command -v dfml-run || echo "dfml-run not installed; the run steps fail"
+
+step cuda-tests 150 python3 -m pytest -m gpu -n0 -p no:cacheprovider -q tests/test_cuda.py \
+  --junitxml="$out/cuda_tests.xml"
+bench_purer=(python3 -m pytest -n0 -p no:cacheprovider -q tests/benchmarks/test_bench_purer.py
+  --benchmark-enable --benchmark-columns=median,iqr,rounds --benchmark-sort=name)
+step bench-purer-cuda 120 "${bench_purer[@]}" -k "cuda and not compiled and not cudagraphs" \
+  --benchmark-json="$out/bench_purer_cuda.json"
+step bench-learners-cuda 45 python3 -m pytest -n0 -p no:cacheprovider -q tests/benchmarks/test_bench_learners.py \
+  -k cuda --benchmark-enable --benchmark-columns=median,iqr,rounds --benchmark-json="$out/bench_learners_cuda.json"
+step run-smoke-cuda 100 dfml-run experiment=smoke device=cuda
+step run-purer-cuda 150 dfml-run experiment=default 'method=purer_no_icfil,purer' task=5w1s device=cuda \
+  budget.meta_iterations=300 eval.limit=100
+dfml-collect smoke --results "$DFML_RESULTS" >/dev/null 2>&1
+dfml-collect default --results "$DFML_RESULTS" >/dev/null 2>&1
+tar -czf "$out/device_results.tar.gz" --exclude='*.pt' --exclude='mlartifacts' -C "$DFML_RESULTS" . 2>/dev/null
+python3 - "$DFML_RESULTS" <<'EOF'
+import json, pathlib, sys
+for path in sorted(pathlib.Path(sys.argv[1]).glob("runs/*/*/record.json")):
+    r = json.loads(path.read_text())
+    acc = {k: round(v["mean"], 1) for k, v in r["metrics"].items()}
+    t = {k: r["throughput"].get(k) for k in ("meta_train_s", "eval_s", "peak_mem_gb", "device_name")}
+    s = {k: v for k, v in r["train_stats"].items() if "per_s" in k}
+    print(r["experiment"], r["method"], r["status"], acc, t, s)
+EOF
+step bench-purer-cuda-compiled 200 "${bench_purer[@]}" -k "cuda and (compiled or cudagraphs)" \
+  --benchmark-json="$out/bench_purer_cuda_compiled.json"
+echo "===== summary"
+printf '%s\n' "${summary[@]}"
