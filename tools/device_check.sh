@@ -49,8 +49,8 @@ step bench-purer-cuda 120 "${bench_purer[@]}" -k "cuda and not compiled and not 
 step bench-learners-cuda 45 python3 -m pytest -n0 -p no:cacheprovider -q tests/benchmarks/test_bench_learners.py \
   -k cuda --benchmark-enable --benchmark-columns=median,iqr,rounds --benchmark-json="$out/bench_learners_cuda.json"
 step run-smoke-cuda 100 dfml-run experiment=smoke device=cuda
-step run-purer-cuda 150 dfml-run experiment=default 'method=purer_no_icfil,purer' task=5w1s device=cuda \
-  budget.meta_iterations=300 eval.limit=100
+step run-purer-cuda 200 dfml-run experiment=default 'method=purer_no_icfil,purer' task=5w1s device=cuda \
+  budget.meta_iterations=300 eval.limit=30
 dfml-collect smoke --results "$DFML_RESULTS" >/dev/null 2>&1
 dfml-collect default --results "$DFML_RESULTS" >/dev/null 2>&1
 tar -czf "$out/device_results.tar.gz" --exclude='*.pt' --exclude='mlartifacts' -C "$DFML_RESULTS" . 2>/dev/null
@@ -63,7 +63,8 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("runs/*/*/record.json")):
     s = {k: v for k, v in r["train_stats"].items() if "per_s" in k}
     print(r["experiment"], r["method"], r["status"], acc, t, s)
 EOF
-step bench-purer-cuda-compiled 200 "${bench_purer[@]}" -k "cuda and (compiled or cudagraphs)" \
+# each compiled case pays a compile of over a minute on an H100 (2026-11-27): plain 1-shot only
+step bench-purer-cuda-compiled 400 "${bench_purer[@]}" -k "cuda and plain and (compiled or cudagraphs)" \
   --benchmark-json="$out/bench_purer_cuda_compiled.json"
 echo "===== summary"
 printf '%s\n' "${summary[@]}"
