@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def collect_experiment(
-    results: Path, experiment: str, reference: str | None = None
+    results: Path, experiment: str, reference: str | None = None, carry: bool = True
 ) -> tuple[pd.DataFrame, str]:
     """Build the leaderboard of one experiment from its records under ``results/runs``.
 
@@ -33,7 +33,14 @@ def collect_experiment(
     expected = [m.strip() for m in swept.split(",") if m.strip()]
     compare_to = [str(m) for m in ((spec.get("experiment") or {}).get("compare_to") or [])]
     return write_leaderboard(
-        records, results / "leaderboards", experiment, reference, spec.get("paper"), expected, compare_to
+        records,
+        results / "leaderboards",
+        experiment,
+        reference,
+        spec.get("paper"),
+        expected,
+        compare_to,
+        carry,
     )
 
 
@@ -85,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print")
     parser.add_argument(
+        "--no-carry",
+        action="store_true",
+        help="build each table from the records alone (default: keep the rows of the existing CSV "
+        "that no record replaces, marked as carried)",
+    )
+    parser.add_argument(
         "--sync-mlflow",
         action="store_true",
         help="upload records missing from the MLflow store ($MLFLOW_TRACKING_URI or results/mlflow.db)",
@@ -106,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.sync_mlflow:
                 uploaded, failed = sync_mlflow(results, name)
                 print(f"{name}: {uploaded} run(s) uploaded to MLflow, {failed} still unreachable")
-            table, markdown = collect_experiment(results, name, args.reference)
+            table, markdown = collect_experiment(results, name, args.reference, not args.no_carry)
             if args.format == "latex":
                 print(latex_table(table, name))
             else:

@@ -250,12 +250,63 @@ def tidy_table(
         deltas = [paired.get(tuple(row[g] for g in GROUP)) for _, row in table.iterrows()]
         table[f"delta_vs_{method}"] = [d["mean"] if d else float("nan") for d in deltas]
         table[f"delta_vs_{method}_ci95"] = [d["ci95"] if d else float("nan") for d in deltas]
+    return _finish(table, reference, extra, columns)
+
+
+def _finish(
+    table: pd.DataFrame, reference: str, extra: Sequence[str], columns: Sequence[str]
+) -> pd.DataFrame:
+    """Add the dataset averages and put the rows in leaderboard order."""
     averages = dataset_averages(table, extra)
     if not averages.empty:
         table = pd.concat([table, averages], ignore_index=True)
     table["_order"] = table["method"].map(lambda m: _method_rank(m, table, reference))
     table = table.sort_values(["_order", "method", "dataset", "zoo", "task", "test_steps"])
-    return table.drop(columns="_order")[columns].reset_index(drop=True)
+    return table.drop(columns="_order")[list(columns)].reset_index(drop=True)
+
+
+def carry_rows(
+    table: pd.DataFrame, previous: pd.DataFrame, reference: str, extra: Sequence[str]
+) -> pd.DataFrame:
+    """``table`` plus the rows of an earlier leaderboard CSV (``previous``) that it has no row for.
+
+    A row is identified by ``GROUP`` (table, row name, dataset, zoo, task, readout, profile); a
+    record for the same row replaces the carried one. Carried rows keep their numbers, paired
+    differences included (computed on the same episodes when they were collected), and are listed
+    by :func:`carried_lines`. Dataset averages are recomputed over the merged rows.
+    """
+    if previous.empty:
+        return table
+    previous = previous[~previous["method"].astype(str).str.startswith(AVERAGE_PREFIX)].copy()
+    previous["legacy"] = previous["legacy"].fillna("").astype(str)
+    previous["test_steps"] = previous["test_steps"].astype(int)
+    current = table[~table["method"].astype(str).str.startswith(AVERAGE_PREFIX)]
+    have = {tuple(row) for row in current[GROUP].astype(str).itertuples(index=False)}
+    keep = previous[[tuple(row) not in have for row in previous[GROUP].astype(str).itertuples(index=False)]]
+    if keep.empty:
+        return table
+    keep = keep.assign(carried=True)
+    merged = pd.concat([current.assign(carried=False), keep], ignore_index=True)
+    columns = [*table.columns, "carried"]
+    for column in columns:  # an older CSV may lack a column added since (e.g. a compare_to delta)
+        if column not in merged:
+            merged[column] = float("nan")
+    merged["carried"] = merged["carried"].fillna(False).astype(bool)
+    return _finish(merged, reference, extra, columns)
+
+
+def carried_lines(table: pd.DataFrame) -> list[str]:
+    """Footer lines naming the rows carried over from an earlier CSV (see :func:`carry_rows`)."""
+    if "carried" not in table or not table["carried"].fillna(False).astype(bool).any():
+        return []
+    carried = table[table["carried"].fillna(False).astype(bool)]
+    cells = sorted({f"`{m}` {t}" for m, t in zip(carried["method"], carried["task"], strict=True)})
+    keys = sorted({k for keys in carried["run_keys"].astype(str) for k in keys.split(";") if k})
+    return [
+        f"Carried over from the previous table (their records are not in this results directory; "
+        f"numbers as collected then): {', '.join(cells)}; run keys {', '.join(keys)}.",
+        "",
+    ]
 
 
 AVERAGE_PREFIX = "average over "
@@ -470,8 +521,13 @@ def write_leaderboard(
     paper: dict | None = None,
     expected: Sequence[str] = (),
     compare_to: Sequence[str] = (),
+    carry: bool = True,
 ) -> tuple[pd.DataFrame, str]:
     """Write ``<out_dir>/<table_id>.csv`` and ``.md`` atomically; return (table, markdown).
+
+    ``carry`` keeps the rows of an existing ``<table_id>.csv`` that no record here replaces (a
+    fresh checkout has the committed tables but not the records behind them): they are marked in
+    the markdown's footer; ``carry=False`` builds the table from ``records`` alone.
 
     With ``paper`` (an experiment's ``paper:`` block) the markdown ends with paper | ours | Δ;
     ``expected`` (the sweep's methods) lists the ones not run yet; ``compare_to`` adds paired
@@ -480,7 +536,12 @@ def write_leaderboard(
     mine = [r for r in records if r.experiment == table_id]
     table = tidy_table(mine, reference, compare_to)
     others = [m for m in compare_to if m != reference]
-    markdown = markdown_table(table, table_id, expected, others, provenance_lines(mine))
+    previous_csv = out_dir / f"{table_id}.csv"
+    if carry and previous_csv.is_file():
+        table = carry_rows(table, pd.read_csv(previous_csv, keep_default_na=True), reference, others)
+    footer = [*carried_lines(table), *provenance_lines(mine)]
+    table = table.drop(columns=["carried"], errors="ignore")
+    markdown = markdown_table(table, table_id, expected, others, footer)
     if paper is not None:
         markdown += "\n" + paper_comparison(table, paper)
     atomic_write_text(out_dir / f"{table_id}.csv", table.to_csv(index=False, float_format="%.4f"))

@@ -349,3 +349,27 @@ def test_a_repeated_seed_on_the_same_suite_does_not_narrow_the_paired_ci():
     assert two.n_seeds == 2 and one.n_seeds == 1
     assert two.delta_vs_reference == pytest.approx(one.delta_vs_reference)
     assert two.delta_ci95 == pytest.approx(one.delta_ci95)  # pooling as 80 independent episodes: x 0.71
+
+
+def test_a_collect_keeps_the_rows_of_the_previous_csv_that_no_record_replaces(tmp_path):
+    """A fresh checkout has the committed tables, not the records behind them: collecting new
+    records there must not drop the committed rows (it did: a sweep's callback rewrote two tables
+    with only the new records), and must say which rows it carried."""
+    records = fixture_records()
+    full, _ = write_leaderboard(records, tmp_path, "golden")
+    some = [r for r in records if r.method == "weight_average"]
+    table, markdown = write_leaderboard(some, tmp_path, "golden")
+    key = ["method", "task", "test_steps"]
+    assert sorted(map(tuple, table[key].values.tolist())) == sorted(map(tuple, full[key].values.tolist()))
+    merged = table.set_index(key)["acc_mean"]
+    assert merged.to_dict() == pytest.approx(full.set_index(key)["acc_mean"].to_dict(), abs=1e-4)  # CSV: 4 dp
+    footer = next(line for line in markdown.splitlines() if line.startswith("Carried over"))
+    assert "`random_init` 5w1s" in footer and "weight_average" not in footer
+    wa = table[table.method == "weight_average"]
+    assert wa["delta_vs_reference"].isna().all()  # recomputed from records: no random_init record here
+    ri = table[table.method == "random_init"]
+    assert ri["acc_mean"].tolist() == pytest.approx(
+        full[full.method == "random_init"]["acc_mean"].tolist(), abs=1e-4
+    )
+    alone, markdown = write_leaderboard(some, tmp_path, "golden", carry=False)
+    assert set(alone.method) == {"weight_average"} and "Carried over" not in markdown
