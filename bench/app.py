@@ -179,6 +179,7 @@ def with_method_overrides(cfg: DictConfig) -> DictConfig:
 
 def run_one(cfg: DictConfig) -> Path:
     """Run (or skip, if finished) the job described by ``cfg``; returns its run directory."""
+    git_state()  # the code this process imported (cached; the record names it, not a later checkout)
     cfg = with_method_overrides(cfg)
     check_profile(cfg)
     results = resolve_results_dir(cfg.paths.results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from pathlib import Path
@@ -16,7 +17,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_state() -> dict[str, Any]:
-    """``{"git_sha": ..., "git_dirty": ...}`` of the checkout the code runs from, or unknown."""
+    """``{"git_sha": ..., "git_dirty": ...}`` of the checkout the code runs from, or unknown.
+
+    Read once per process (``dfml-run`` asks when a run starts, when its code has been imported):
+    a record names the code that ran, even if the checkout moves on while a long run is going.
+    """
+    return dict(_git_state_once())
+
+
+@functools.cache
+def _git_state_once() -> dict[str, Any]:
+    """The first reading of :func:`git_state` in this process."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -33,3 +33,15 @@ def test_tensor_sha256_sees_dtype_and_shape():
     a = torch.zeros(4, dtype=torch.uint8)
     assert tensor_sha256(a) != tensor_sha256(a.view(2, 2))
     assert tensor_sha256(a) != tensor_sha256(a.to(torch.int8))
+
+
+def test_the_git_state_is_read_once_per_process(monkeypatch):
+    """A record names the code the process imported, not the checkout at the run's end."""
+    import subprocess
+
+    from bench import environment
+
+    environment._git_state_once.cache_clear()
+    first = environment.git_state()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-read")))
+    assert environment.git_state() == first and environment.git_state() is not environment.git_state()
