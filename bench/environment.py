@@ -38,7 +38,8 @@ def _git_state_once() -> dict[str, Any]:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # results/ holds committed records and tables that runs write: not code
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,

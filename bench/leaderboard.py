@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 RESULT_KEYS = tuple(f"{k}." for k in IDENTITY_KEYS) + ("seed", "profile", "device.")
 #: How a row name shows a key that a record's config does not have (the method's default applied).
 UNSET = "default"
+#: Config keys added after records were made, with the value the older records ran with.
+ADDED_KEY_DEFAULTS = {"device.tf32": False}  # before 2026-11-27 no run used TF32 (CPU records)
 
 
 def _setting(record: RunRecord) -> tuple:
@@ -68,7 +70,7 @@ def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
     for r in ok:
         by_method[(r.experiment, names[r.run_key])].append(r)
     for (_, method), group in by_method.items():
-        flat = {r.run_key: flatten(r.config) for r in group}
+        flat = {r.run_key: {**ADDED_KEY_DEFAULTS, **flatten(r.config)} for r in group}
         cells: dict[tuple, list[RunRecord]] = defaultdict(list)
         for r in group:
             cells[_setting(r)].append(r)
@@ -265,33 +267,60 @@ def _finish(
     return table.drop(columns="_order")[list(columns)].reset_index(drop=True)
 
 
-def carry_rows(
-    table: pd.DataFrame, previous: pd.DataFrame, reference: str, extra: Sequence[str]
-) -> pd.DataFrame:
-    """``table`` plus the rows of an earlier leaderboard CSV (``previous``) that it has no row for.
+#: Values for columns an older leaderboard CSV may lack.
+CSV_DEFAULTS = {"data_free": True, "real_data": "none", "external_model": False, "legacy": ""}
 
-    A row is identified by ``GROUP`` (table, row name, dataset, zoo, task, readout, profile); a
-    record for the same row replaces the carried one. Carried rows keep their numbers, paired
-    differences included (computed on the same episodes when they were collected), and are listed
-    by :func:`carried_lines`. Dataset averages are recomputed over the merged rows.
+
+def carry_rows(
+    table: pd.DataFrame,
+    previous: pd.DataFrame,
+    reference: str,
+    extra: Sequence[str],
+    record_keys: set[str] = frozenset(),
+) -> pd.DataFrame:
+    """``table`` plus the rows of an earlier leaderboard CSV (``previous``) that nothing replaces.
+
+    A previous row is dropped when ``table`` has a row with its ``GROUP`` (table, row name,
+    dataset, zoo, task, readout, profile), or when any of its run keys is in ``record_keys`` (the
+    run keys of every record being collected, failed ones included: a renamed or failed re-run
+    of the same run must not leave the old numbers beside it). Carried rows keep their numbers;
+    their paired differences are kept only where they were taken to the same methods (a carried
+    row paired with another reference shows none). Dataset averages are recomputed.
     """
     if previous.empty:
         return table
-    previous = previous[~previous["method"].astype(str).str.startswith(AVERAGE_PREFIX)].copy()
-    previous["legacy"] = previous["legacy"].fillna("").astype(str)
+    previous = previous.copy()
+    for column, default in CSV_DEFAULTS.items():
+        previous[column] = (
+            previous[column].astype(object).where(previous[column].notna(), default)
+            if column in previous
+            else default
+        )
+    previous = previous[~previous["dataset"].astype(str).str.startswith(AVERAGE_PREFIX)]
     previous["test_steps"] = previous["test_steps"].astype(int)
-    current = table[~table["method"].astype(str).str.startswith(AVERAGE_PREFIX)]
+    current = table[~table["dataset"].astype(str).str.startswith(AVERAGE_PREFIX)]
     have = {tuple(row) for row in current[GROUP].astype(str).itertuples(index=False)}
-    keep = previous[[tuple(row) not in have for row in previous[GROUP].astype(str).itertuples(index=False)]]
+    replaced = [
+        tuple(row) in have or bool(set(str(keys).split(";")) & record_keys)
+        for row, keys in zip(
+            previous[GROUP].astype(str).itertuples(index=False), previous["run_keys"], strict=True
+        )
+    ]
+    keep = previous[[not r for r in replaced]].copy()
     if keep.empty:
         return table
-    keep = keep.assign(carried=True)
-    merged = pd.concat([current.assign(carried=False), keep], ignore_index=True)
+    if "reference" in keep:  # deltas to another reference are not this table's
+        other = keep["reference"].astype(str) != reference
+        keep.loc[other, ["delta_vs_reference", "delta_ci95"]] = float("nan")
+        keep["reference"] = reference
+    merged = pd.concat([current.assign(carried=False), keep.assign(carried=True)], ignore_index=True)
     columns = [*table.columns, "carried"]
     for column in columns:  # an older CSV may lack a column added since (e.g. a compare_to delta)
         if column not in merged:
             merged[column] = float("nan")
-    merged["carried"] = merged["carried"].fillna(False).astype(bool)
+    merged["carried"] = merged["carried"].astype(bool)
+    for column in ("data_free", "external_model"):
+        merged[column] = merged[column].astype(bool)
     return _finish(merged, reference, extra, columns)
 
 
@@ -538,7 +567,8 @@ def write_leaderboard(
     others = [m for m in compare_to if m != reference]
     previous_csv = out_dir / f"{table_id}.csv"
     if carry and previous_csv.is_file():
-        table = carry_rows(table, pd.read_csv(previous_csv, keep_default_na=True), reference, others)
+        keys = {r.run_key for r in mine}
+        table = carry_rows(table, pd.read_csv(previous_csv), reference, others, keys)
     footer = [*carried_lines(table), *provenance_lines(mine)]
     table = table.drop(columns=["carried"], errors="ignore")
     markdown = markdown_table(table, table_id, expected, others, footer)

@@ -70,7 +70,11 @@ def resolve_device(requested: str, tf32: bool = False) -> torch.device:
 def set_cuda_fp32_precision(tf32: bool) -> None:
     """Let float32 CUDA convolutions and matmuls use TF32 tensor cores (``tf32``), or keep IEEE fp32."""
     precision = "tf32" if tf32 else "ieee"
+    # cuDNN as a whole and each of its parts alike (inductor reads cudnn.fp32_precision). torch then
+    # refuses to read the legacy allow_tf32 flags: read cuda_fp32_precision() instead
+    torch.backends.cudnn.fp32_precision = precision
     torch.backends.cudnn.conv.fp32_precision = precision
+    torch.backends.cudnn.rnn.fp32_precision = precision
     torch.backends.cuda.matmul.fp32_precision = precision
 
 

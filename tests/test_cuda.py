@@ -70,12 +70,12 @@ def test_purer_inversion_objective_on_cuda_matches_cpu():
     assert _relative(cuda_grad, cpu_grad) < 1e-4
 
 
-def _relative_state_gap(cpu: PurerTrainer, cuda: PurerTrainer) -> tuple[float, float, float]:
-    """(relative gap of the pixels X, of all meta-model parameters, largest parameter gap)."""
+def _relative_state_gap(cpu: PurerTrainer, cuda: PurerTrainer) -> tuple[float, float]:
+    """(relative gap of the pixels X, of all meta-model parameters)."""
     pixels = _relative(cuda.data.X.detach().cpu(), cpu.data.X.detach())
     a = torch.cat([p.detach().flatten() for p in cpu.model.parameters()])
     b = torch.cat([p.detach().cpu().flatten() for p in cuda.model.parameters()])
-    return pixels, _relative(b, a), float((a - b).abs().max())
+    return pixels, _relative(b, a)
 
 
 def test_purer_meta_iterations_on_cuda_track_cpu():
@@ -84,7 +84,8 @@ def test_purer_meta_iterations_on_cuda_track_cpu():
     Adam amplifies float noise: its first step is lr * g / (|g| + eps), a full +-lr wherever the
     true gradient is zero (conv biases before batch-statistics BN) and float noise picks the sign;
     pixels (lr 0.25) then feed that back. Measured on an H200 against this CPU: after iteration 1
-    the pixels differ by 7e-6 (relative) and no parameter by more than 2 lr; after iteration 3
+    the pixels differ by 7e-6 (relative) and no parameter by more than 2 lr (not asserted: any
+    finite Adam step passes that bound); after iteration 3
     (adversarial) the pixels by 4e-2 and the losses by < 1e-3 (relative).
     """
     cpu, cuda = _trainer("cpu"), _trainer("cuda")
@@ -95,9 +96,9 @@ def test_purer_meta_iterations_on_cuda_track_cpu():
         assert b["objective"] == pytest.approx(a["objective"], rel=1e-5 if iteration == 0 else 1e-3)
         assert b["outer_loss"] == pytest.approx(a["outer_loss"], rel=1e-3)
         assert b["adversarial"] == a["adversarial"]
-        pixels, params, largest = _relative_state_gap(cpu, cuda)
+        pixels, params = _relative_state_gap(cpu, cuda)
         if iteration == 0:
-            assert pixels < 1e-4 and largest <= 2 * cpu.cfg.outer_lr + 1e-6
+            assert pixels < 1e-4
     assert a["adversarial"] == 1.0
     assert pixels < 0.1 and params < 0.02
 
@@ -150,12 +151,15 @@ def test_maml_meta_step_on_cuda_matches_cpu():
         # gradient is zero (conv biases before batch-statistics BN); SGD steps by the gradient itself
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         tasks = [_episode(device, seed) for seed in range(4)]
+        before = torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
         loss, acc = meta_step(model, optimizer, tasks, 1, 0.01, True, "sum")
-        results[device] = (loss, acc, [p.detach().cpu() for p in model.parameters()])
+        after = torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
+        results[device] = (loss, acc, after - before)  # the SGD update, -lr * meta-gradient
     assert results["cuda"][0] == pytest.approx(results["cpu"][0], rel=1e-5)
     assert results["cuda"][1] == results["cpu"][1]
-    for p, q in zip(results["cpu"][2], results["cuda"][2], strict=True):
-        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
+    # the whole update vector (changed after the last GPU run, which compared the parameters at
+    # rtol 1e-4 and passed); on the CPU alone, channels-last against NCHW moves it by 5e-4
+    assert _relative(results["cuda"][2], results["cpu"][2]) < 1e-2
 
 
 def test_fine_tune_and_icfil_adaptation_on_cuda_match_cpu():

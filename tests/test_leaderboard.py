@@ -373,3 +373,61 @@ def test_a_collect_keeps_the_rows_of_the_previous_csv_that_no_record_replaces(tm
     )
     alone, markdown = write_leaderboard(some, tmp_path, "golden", carry=False)
     assert set(alone.method) == {"weight_average"} and "Carried over" not in markdown
+
+
+def _two_dataset_records():
+    import copy
+
+    records = fixture_records()
+    twins = []
+    for record in records:
+        twin = copy.deepcopy(record)
+        twin.setting["dataset"], twin.run_key = "omniglot", record.run_key + "-o"
+        twins.append(twin)
+    return records + twins
+
+
+def test_carrying_is_idempotent_and_recomputes_dataset_averages(tmp_path):
+    records = _two_dataset_records()
+    full, _ = write_leaderboard(records, tmp_path, "golden")
+    first = (tmp_path / "golden.csv").read_text()
+    some = [r for r in records if r.method == "weight_average"]
+    for _ in range(2):  # average rows are neither carried as rows nor averaged again
+        table, _ = write_leaderboard(some, tmp_path, "golden")
+        assert len(table) == len(full)
+        assert not table.dataset.str.startswith("average over average").any()
+    assert (tmp_path / "golden.csv").read_text().splitlines()[0] == first.splitlines()[0]
+
+
+def test_a_rerun_of_a_carried_run_replaces_it_even_when_failed_or_renamed(tmp_path):
+    import copy
+
+    records = fixture_records()
+    write_leaderboard(records, tmp_path, "golden")
+    failed = copy.deepcopy(next(r for r in records if r.method == "weight_average"))
+    failed.status, failed.error = "failed", "FloatingPointError: boom"
+    table, markdown = write_leaderboard([failed], tmp_path, "golden")
+    carried = table[table.run_keys.str.contains(failed.run_key)]
+    assert carried.empty  # not its old numbers beside the failure
+    assert "Failed runs" in markdown and "random_init" in set(table.method)
+
+
+def test_carried_differences_to_another_reference_are_not_shown_as_this_ones(tmp_path):
+    records = fixture_records()
+    write_leaderboard(records, tmp_path, "golden")  # paired with random_init
+    some = [r for r in records if r.method == "weight_average"]
+    table, _ = write_leaderboard(some, tmp_path, "golden", reference="weight_average")
+    carried = table[table.method != "weight_average"]
+    assert carried["delta_vs_reference"].isna().all() and set(table.reference) == {"weight_average"}
+
+
+def test_an_older_csv_without_the_newer_columns_is_carried_with_their_defaults(tmp_path):
+    records = fixture_records()
+    write_leaderboard(records, tmp_path, "golden")
+    old = pd.read_csv(tmp_path / "golden.csv").drop(columns=["legacy", "external_model"])
+    old.to_csv(tmp_path / "golden.csv", index=False)
+    table, markdown = write_leaderboard(
+        [r for r in records if r.method == "weight_average"], tmp_path, "golden"
+    )
+    assert not table.external_model.any() and set(table.legacy.fillna("")) == {""}
+    assert "external model" not in markdown

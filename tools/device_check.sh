@@ -12,7 +12,10 @@ set -uo pipefail
 out="${1:-${OUT:-$PWD/device-check}}"
 mkdir -p "$out"
 exec > >(tee -a "$out/log.txt") 2>&1
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 DFML_RESULTS="$PWD/device-results" PYTHONDONTWRITEBYTECODE=1
+tee_pid=$!
+# a fresh results dir each time: on a machine kept warm, a rerun would otherwise skip finished runs
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 DFML_RESULTS=/tmp/dfml-device-results PYTHONDONTWRITEBYTECODE=1
+rm -rf "$DFML_RESULTS"
 summary=()
 step() {  # step NAME SECONDS command...: run with a limit, record rc and seconds
   local name=$1 limit=$2 start rc
@@ -51,8 +54,7 @@ step bench-learners-cuda 45 python3 -m pytest -n0 -p no:cacheprovider -q tests/b
 step run-smoke-cuda 100 dfml-run experiment=smoke device=cuda
 step run-purer-cuda 200 dfml-run experiment=default 'method=purer_no_icfil,purer' task=5w1s device=cuda \
   budget.meta_iterations=300 eval.limit=30
-dfml-collect smoke --results "$DFML_RESULTS" >/dev/null 2>&1
-dfml-collect default --results "$DFML_RESULTS" >/dev/null 2>&1
+step collect 60 dfml-collect smoke default --results "$DFML_RESULTS" --format csv
 tar -czf "$out/device_results.tar.gz" --exclude='*.pt' --exclude='mlartifacts' -C "$DFML_RESULTS" . 2>/dev/null
 python3 - "$DFML_RESULTS" <<'EOF'
 import json, pathlib, sys
@@ -68,3 +70,5 @@ step bench-purer-cuda-compiled 400 "${bench_purer[@]}" -k "cuda and plain and (c
   --benchmark-json="$out/bench_purer_cuda_compiled.json"
 echo "===== summary"
 printf '%s\n' "${summary[@]}"
+exec >&- 2>&-  # let tee write the last lines to log.txt before the script ends
+wait "$tee_pid"
