@@ -321,6 +321,8 @@ def carry_rows(
     merged["carried"] = merged["carried"].astype(bool)
     for column in ("data_free", "external_model"):
         merged[column] = merged[column].astype(bool)
+    numeric = [c for c in columns if c.startswith(("acc_", "delta_", "episodes_per_s", "n_", "test_steps"))]
+    merged[numeric] = merged[numeric].apply(pd.to_numeric)  # a records-less table starts as objects
     return _finish(merged, reference, extra, columns)
 
 

@@ -410,6 +410,8 @@ def test_a_rerun_of_a_carried_run_replaces_it_even_when_failed_or_renamed(tmp_pa
     carried = table[table.run_keys.str.contains(failed.run_key)]
     assert carried.empty  # not its old numbers beside the failure
     assert "Failed runs" in markdown and "random_init" in set(table.method)
+    numbers = pd.read_csv(tmp_path / "golden.csv", dtype=str)["acc_mean"]
+    assert numbers.str.fullmatch(r"\d+\.\d{4}").all()  # still written with 4 decimals
 
 
 def test_carried_differences_to_another_reference_are_not_shown_as_this_ones(tmp_path):
