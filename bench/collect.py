@@ -12,6 +12,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.leaderboard import REFERENCE, latex_table, write_leaderboard
 from bench.records import read_records
+from bench.sweep_cells import sweep_cells
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ def collect_experiment(
     spec = experiment_yaml(experiment)
     if reference is None:
         reference = str((spec.get("experiment") or {}).get("reference") or REFERENCE)
-    swept = str((((spec.get("hydra") or {}).get("sweeper") or {}).get("params") or {}).get("method") or "")
-    expected = [m.strip() for m in swept.split(",") if m.strip()]
+    params = ((spec.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+    expected = [m.strip() for m in str(params.get("method") or "").split(",") if m.strip()]
     compare_to = [str(m) for m in ((spec.get("experiment") or {}).get("compare_to") or [])]
     return write_leaderboard(
         records,
@@ -41,6 +42,7 @@ def collect_experiment(
         expected,
         compare_to,
         carry,
+        sweep_cells(params),
     )
 
 

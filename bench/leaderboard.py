@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +25,7 @@ import pandas as pd
 from bench.atomic import atomic_write_text
 from bench.evaluate import paired_difference
 from bench.records import IDENTITY_KEYS, RunRecord
+from bench.sweep_cells import cell_status_line
 from bench.tracking import flatten
 
 GROUP = ["table", "method", "dataset", "zoo", "task", "test_steps", "profile"]
@@ -490,12 +491,14 @@ def markdown_table(
     expected: Sequence[str] = (),
     compare_to: Sequence[str] = (),
     footer: Sequence[str] = (),
+    cells: Sequence[Mapping[str, str]] = (),
 ) -> str:
     """The formatted leaderboard: accuracy pivot, paired-difference pivots and a footer.
 
     ``expected``: the methods the experiment sweeps; those without any finished record are listed
-    under the title (a partial table says what it lacks). ``footer``: lines appended at the end
-    (see :func:`provenance_lines`).
+    under the title (a partial table says what it lacks). ``cells``: the sweep's cells (see
+    :func:`bench.sweep_cells.sweep_cells`); a line under the title counts those with results and
+    names the missing ones. ``footer``: lines appended at the end (see :func:`provenance_lines`).
     """
     present = set() if table.empty else {base_method(m) for m in table["method"]}
     missing = [m for m in expected if m not in present]
@@ -504,10 +507,11 @@ def markdown_table(
         + ", ".join(f"`{m}`" for m in missing),
         "",
     ]
+    status = cell_status_line(table, cells)
     if table.empty:
         text = f"# {title}\n\nNo finished runs.\n" + ("\n" + not_run[0] + "\n" if missing else "")
         return text + ("\n" + "\n".join(footer).rstrip() + "\n" if footer else "")
-    lines = [f"# Leaderboard: {title}", "", *(not_run if missing else [])]
+    lines = [f"# Leaderboard: {title}", "", *(not_run if missing else []), *([status, ""] if status else [])]
     for (dataset, zoo, profile), part in _sections(table):
         n_eps = sorted(set(part["n_episodes"].astype(int)))
         n_seeds = sorted(set(part["n_seeds"].astype(int)))
@@ -553,6 +557,7 @@ def write_leaderboard(
     expected: Sequence[str] = (),
     compare_to: Sequence[str] = (),
     carry: bool = True,
+    cells: Sequence[Mapping[str, str]] = (),
 ) -> tuple[pd.DataFrame, str]:
     """Write ``<out_dir>/<table_id>.csv`` and ``.md`` atomically; return (table, markdown).
 
@@ -561,8 +566,8 @@ def write_leaderboard(
     the markdown's footer; ``carry=False`` builds the table from ``records`` alone.
 
     With ``paper`` (an experiment's ``paper:`` block) the markdown ends with paper | ours | Δ;
-    ``expected`` (the sweep's methods) lists the ones not run yet; ``compare_to`` adds paired
-    differences to those methods.
+    ``expected`` (the sweep's methods) lists the ones not run yet; ``cells`` (the sweep's cells)
+    adds a line counting those with results; ``compare_to`` adds paired differences to those methods.
     """
     mine = [r for r in records if r.experiment == table_id]
     table = tidy_table(mine, reference, compare_to)
@@ -573,7 +578,7 @@ def write_leaderboard(
         table = carry_rows(table, pd.read_csv(previous_csv), reference, others, keys)
     footer = [*carried_lines(table), *provenance_lines(mine)]
     table = table.drop(columns=["carried"], errors="ignore")
-    markdown = markdown_table(table, table_id, expected, others, footer)
+    markdown = markdown_table(table, table_id, expected, others, footer, cells)
     if paper is not None:
         markdown += "\n" + paper_comparison(table, paper)
     atomic_write_text(out_dir / f"{table_id}.csv", table.to_csv(index=False, float_format="%.4f"))
