@@ -278,6 +278,7 @@ def carry_rows(
     reference: str,
     extra: Sequence[str],
     record_keys: set[str] = frozenset(),
+    notes: list[str] | None = None,
 ) -> pd.DataFrame:
     """``table`` plus the rows of an earlier leaderboard CSV (``previous``) that nothing replaces.
 
@@ -285,8 +286,11 @@ def carry_rows(
     dataset, zoo, task, readout, profile), or when any of its run keys is in ``record_keys`` (the
     run keys of every record being collected, failed ones included: a renamed or failed re-run
     of the same run must not leave the old numbers beside it). Carried rows keep their numbers;
-    their paired differences are kept only where they were taken to the same methods (a carried
-    row paired with another reference shows none). Dataset averages are recomputed.
+    their paired differences are kept only where they were taken to the same methods and the
+    partner row is carried too or barely moved (a carried row paired with another reference, or
+    with a partner a new record has replaced and moved, shows none; see
+    :func:`_blank_stale_carried_differences`, whose notes are appended to ``notes``). Dataset
+    averages are recomputed.
     """
     if previous.empty:
         return table
@@ -324,7 +328,76 @@ def carry_rows(
         merged[column] = merged[column].astype(bool)
     numeric = [c for c in columns if c.startswith(("acc_", "delta_", "episodes_per_s", "n_", "test_steps"))]
     merged[numeric] = merged[numeric].apply(pd.to_numeric)  # a records-less table starts as objects
+    remade = _blank_stale_carried_differences(merged, previous, reference, extra)
+    if notes is not None:
+        notes += remade
     return _finish(merged, reference, extra, columns)
+
+
+def _blank_stale_carried_differences(
+    merged: pd.DataFrame, previous: pd.DataFrame, reference: str, extra: Sequence[str]
+) -> list[str]:
+    """Blank carried rows' paired differences whose partner row was re-made; return footer notes.
+
+    A carried difference was taken against the partner's earlier record (``previous``). While the
+    partner is carried too, both rows shown are the ones paired. When a new record replaces the
+    partner (a re-run; even under the same run key the means move with host and code: 10-step
+    fine-tunes amplify float-order differences), the carried difference is kept only if the
+    partner's mean moved by at most half its earlier 95% CI half-width (float-order noise, e.g.
+    a random_init re-run: 0.16 against ±0.8) and blanked otherwise; either way a note names the
+    partner's earlier and current mean. The decision is written into the CSV (a blanked difference
+    stays blank), so only the first collect after the re-run can make it, and it needs the earlier
+    partner row in ``previous``. Edits ``merged`` in place.
+    """
+
+    def setting_keys(frame: pd.DataFrame) -> pd.Series:
+        steps = frame["test_steps"].astype(int).astype(str)
+        return (
+            frame[["dataset", "zoo", "task"]]
+            .astype(str)
+            .assign(s=steps, p=frame["profile"].astype(str))
+            .apply(tuple, axis=1)
+        )
+
+    keys, old_keys = setting_keys(merged), setting_keys(previous)
+    carried = merged["carried"]
+    columns = [(reference, "delta_vs_reference", "delta_ci95")]
+    columns += [(m, f"delta_vs_{m}", f"delta_vs_{m}_ci95") for m in extra]
+    notes = []
+    for partner, value, ci in columns:
+        if value not in merged:
+            continue
+        partner_rows = merged["method"] == partner
+        for key in sorted(set(keys[carried & merged[value].notna()])):
+            here = partner_rows & (keys == key)
+            if (here & carried).any():
+                continue  # paired with the same, carried partner row
+            before = previous[(previous["method"] == partner) & (old_keys == key)]
+            now = merged.loc[here & ~carried, "acc_mean"]
+            shift = None
+            if len(now) and len(before):
+                shift = abs(float(now.iloc[0]) - float(before["acc_mean"].iloc[0]))
+            tolerated = shift is not None and shift <= 0.5 * float(before["acc_ci95"].iloc[0])
+            if not tolerated:
+                merged.loc[carried & (keys == key), [c for c in (value, ci) if c in merged]] = float("nan")
+            if shift is not None and shift > 1e-3:  # a later collect compares a record with itself
+                # (the CSV keeps 4 decimals): nothing to say
+                label = f"{key[2]} · {key[3]} step{'s' if key[3] != '1' else ''}"
+                if len(set(merged["dataset"])) > 1 or len(set(merged["zoo"])) > 1:
+                    label = f"{key[0]} · {key[1]} · {label}"
+                verdict = "kept (within half its CI)" if tolerated else "blanked"
+                notes.append(
+                    f"`{partner}` {label} was re-made ({float(before['acc_mean'].iloc[0]):.1f} → "
+                    f"{float(now.iloc[0]):.1f}); carried rows' differences to it {verdict}."
+                )
+    return notes
+
+
+def _remade_lines(notes: Sequence[str]) -> list[str]:
+    """Footer lines for partner rows re-made under carried rows (see ``carry_rows``)."""
+    if not notes:
+        return []
+    return ["Re-made rows that carried rows were paired with:", "", *(f"- {n}" for n in notes), ""]
 
 
 def carried_lines(table: pd.DataFrame) -> list[str]:
@@ -573,10 +646,11 @@ def write_leaderboard(
     table = tidy_table(mine, reference, compare_to)
     others = [m for m in compare_to if m != reference]
     previous_csv = out_dir / f"{table_id}.csv"
+    remade: list[str] = []
     if carry and previous_csv.is_file():
         keys = {r.run_key for r in mine}
-        table = carry_rows(table, pd.read_csv(previous_csv), reference, others, keys)
-    footer = [*carried_lines(table), *provenance_lines(mine)]
+        table = carry_rows(table, pd.read_csv(previous_csv), reference, others, keys, remade)
+    footer = [*carried_lines(table), *_remade_lines(remade), *provenance_lines(mine)]
     table = table.drop(columns=["carried"], errors="ignore")
     markdown = markdown_table(table, table_id, expected, others, footer, cells)
     if paper is not None:

@@ -423,6 +423,34 @@ def test_carried_differences_to_another_reference_are_not_shown_as_this_ones(tmp
     assert carried["delta_vs_reference"].isna().all() and set(table.reference) == {"weight_average"}
 
 
+def test_carried_differences_follow_whether_their_partner_row_was_re_made_and_moved(tmp_path):
+    records = fixture_records()
+    compare = {"compare_to": ["weight_average"]}
+    write_leaderboard(records, tmp_path / "a", "golden", **compare)
+    oracle_only = [r for r in records if r.method == "maml_oracle"]
+    kept, markdown = write_leaderboard(oracle_only, tmp_path / "a", "golden", **compare)
+    # random_init and weight_average both carried: the difference between them stays, no note
+    assert kept.loc[kept.method == "weight_average", "delta_vs_reference"].notna().all()
+    assert "Re-made rows" not in markdown
+
+    rerun = [r for r in records if r.method == "weight_average"]
+    for shift, kept_after in ((0.0, True), (0.1, True), (5.0, False)):  # earlier record's mean moved
+        directory = tmp_path / f"shift{shift}"
+        write_leaderboard(records, directory, "golden", **compare)
+        csv = pd.read_csv(directory / "golden.csv")
+        csv.loc[csv.method == "weight_average", "acc_mean"] += shift
+        csv.to_csv(directory / "golden.csv", index=False)
+        table, markdown = write_leaderboard(rerun, directory, "golden", **compare)
+        oracle = table[table.method.str.startswith("maml_oracle")]
+        assert oracle["delta_vs_reference"].notna().all()  # random_init is still the carried row
+        assert oracle["delta_vs_weight_average"].notna().all() == kept_after
+        assert ("`weight_average` 5w1s · 1 step was re-made" in markdown) == (shift > 0)
+        assert ("differences to it blanked" in markdown) == (not kept_after)
+        assert table.loc[table.method == "weight_average", "delta_vs_reference"].isna().all()
+        again, markdown = write_leaderboard(rerun, directory, "golden", **compare)  # the decision stays
+        assert again.equals(table) and "was re-made" not in markdown
+
+
 def test_an_older_csv_without_the_newer_columns_is_carried_with_their_defaults(tmp_path):
     records = fixture_records()
     write_leaderboard(records, tmp_path, "golden")
