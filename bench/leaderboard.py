@@ -547,6 +547,25 @@ def provenance_lines(records: Sequence[RunRecord]) -> list[str]:
             setting = " · ".join(str(r.setting.get(k, "-")) for k in ("dataset", "zoo", "task"))
             lines.append(f"- `{r.method}` {setting} (run `{r.run_key}`): {r.error}")
         lines.append("")
+    builds: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in records:
+        if r.status == "ok" and r.hashes.get("zoo_weights"):
+            builds[str(r.setting.get("zoo"))][str(r.hashes["zoo_weights"])[:12]] += 1
+    if builds:
+        listed = "; ".join(
+            f"`{zoo}` " + ", ".join(f"{h} × {n}" for h, n in sorted(hashes.items(), key=lambda kv: -kv[1]))
+            for zoo, hashes in sorted(builds.items())
+        )
+        several = any(len(h) > 1 for h in builds.values())
+        lines += [
+            f"Zoo builds behind these records (member weights sha256 × records): {listed}."
+            + (
+                " More than one build of a zoo: its rows come from different member weights."
+                if several
+                else ""
+            ),
+            "",
+        ]
     commits: dict[str, int] = defaultdict(int)
     for r in records:
         if r.status == "ok":

@@ -335,6 +335,22 @@ def test_the_markdown_names_failed_runs_and_the_code_behind_the_numbers(tmp_path
     )
 
 
+def test_the_markdown_names_the_zoo_builds_and_flags_two_builds_of_one_zoo(tmp_path):
+    records = [r for r in fixture_records() if r.status == "ok"]
+    _, markdown = write_leaderboard(records, tmp_path, "golden")
+    assert "Zoo builds" not in markdown  # records older than the field say nothing
+    for r in records:
+        r.hashes["zoo_weights"] = "a" * 64
+    _, markdown = write_leaderboard(records, tmp_path, "golden")
+    zoo = records[0].setting["zoo"]
+    line = next(x for x in markdown.splitlines() if x.startswith("Zoo builds"))
+    assert f"`{zoo}` {'a' * 12} × {len(records)}." in line and "More than one build" not in line
+    records[0].hashes["zoo_weights"] = "b" * 64
+    _, markdown = write_leaderboard(records, tmp_path, "golden")
+    line = next(x for x in markdown.splitlines() if x.startswith("Zoo builds"))
+    assert f"{'a' * 12} × {len(records) - 1}, {'b' * 12} × 1." in line and "More than one build" in line
+
+
 def test_a_repeated_seed_on_the_same_suite_does_not_narrow_the_paired_ci():
     import copy
 

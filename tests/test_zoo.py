@@ -56,6 +56,17 @@ def test_zoo_members_are_trained_cached_and_described(tiny_zoo, small_glyphs):
     for a, b in zip(again.members, tiny_zoo.members, strict=True):
         for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
             assert torch.equal(v, w), k
+    assert again.weights_sha256 == tiny_zoo.weights_sha256 and len(tiny_zoo.weights_sha256) == 64
+
+
+def test_the_zoo_weights_hash_tells_two_builds_of_one_configuration_apart(tiny_zoo):
+    import dataclasses
+
+    other = dataclasses.replace(tiny_zoo, members=list(tiny_zoo.members))
+    other.members[1] = dataclasses.replace(other.members[1], weights_sha256="0" * 64)
+    assert other.key == tiny_zoo.key and other.weights_sha256 != tiny_zoo.weights_sha256
+    reordered = dataclasses.replace(tiny_zoo, members=tiny_zoo.members[::-1])
+    assert reordered.weights_sha256 != tiny_zoo.weights_sha256  # member order matters (labels follow it)
 
 
 def test_corrupted_member_is_an_error_naming_member_and_fix_then_repair_rebuilds(small_glyphs, cache_root):

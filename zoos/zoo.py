@@ -32,7 +32,7 @@ from bench.atomic import atomic_directory, atomic_write_json, is_done
 from bench.data import load_dataset
 from bench.data.base import ImageClassDataset
 from bench.errors import BenchError, IntegrityError
-from bench.hashing import sha256_file, spec_hash
+from bench.hashing import sha256_bytes, sha256_file, spec_hash
 from bench.paths import cache_dir
 from bench.progress import progress_options
 from zoos.architectures import build_model, count_parameters
@@ -98,6 +98,16 @@ class Zoo:
     def architectures(self) -> Counter[str]:
         """Count of members per architecture key."""
         return Counter(m.spec.arch for m in self.members)
+
+    @property
+    def weights_sha256(self) -> str:
+        """sha256 over the members' weight-file hashes, in member order.
+
+        The zoo's ``key`` hashes its *configuration*; members trained on another host (or torch)
+        from the same configuration get other weights, and every zoo-reading method other numbers.
+        This hash tells two builds of one zoo apart in records.
+        """
+        return sha256_bytes("\n".join(m.weights_sha256 for m in self.members).encode())
 
     def summary(self) -> dict[str, Any]:
         """Short description for records and logs."""
