@@ -109,15 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results).expanduser().resolve()
     runs = results / "runs"
     available = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    # A committed table whose records are not here (a fresh checkout) is rebuilt from its own rows.
+    tables = results / "leaderboards"
+    carried_only = (
+        [] if args.no_carry or not tables.is_dir() else sorted(p.stem for p in tables.glob("*.csv"))
+    )
     wanted = args.experiments or available
     try:
         if not wanted:
             raise BenchError(f"no records under {runs}; run dfml-run first")
         for name in wanted:
-            if name not in available:
+            if name not in available and name not in carried_only:
                 from bench.registry import unknown_key_message
 
-                raise BenchError(unknown_key_message("experiment with records", name, available))
+                known = sorted({*available, *carried_only})
+                raise BenchError(unknown_key_message("experiment with records or a table", name, known))
             if args.sync_mlflow:
                 uploaded, failed = sync_mlflow(results, name)
                 print(f"{name}: {uploaded} run(s) uploaded to MLflow, {failed} still unreachable")

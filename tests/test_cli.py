@@ -83,6 +83,12 @@ def test_collect_and_ls(smoke_results):
     assert "weight_average" in collected.stdout and (work / "results" / "leaderboards" / "smoke.md").is_file()
     missing = _run("dfml-collect", "smok", cwd=work)
     assert missing.returncode == 2 and "did you mean 'smoke'" in missing.stderr
+    shutil.copytree(work / "results" / "leaderboards", work / "tables_only" / "leaderboards")
+    again = _run("dfml-collect", "smoke", "--results", "tables_only", cwd=work)  # records elsewhere
+    assert again.returncode == 0, again.stderr
+    assert "weight_average" in again.stdout and "Carried over from the previous table" in again.stdout
+    none = _run("dfml-collect", "smoke", "--results", "tables_only", "--no-carry", cwd=work)
+    assert none.returncode == 2 and "experiment with records or a table" in none.stderr
     listing = _run("dfml-ls", cwd=work)
     assert listing.returncode == 0
     for needle in (
