@@ -363,6 +363,7 @@ def _blank_stale_carried_differences(
     carried = merged["carried"]
     columns = [(reference, "delta_vs_reference", "delta_ci95")]
     columns += [(m, f"delta_vs_{m}", f"delta_vs_{m}_ci95") for m in extra]
+    several_settings = merged["dataset"].nunique() > 1 or merged["zoo"].nunique() > 1
     notes = []
     for partner, value, ci in columns:
         if value not in merged:
@@ -383,7 +384,7 @@ def _blank_stale_carried_differences(
             if shift is not None and shift > 1e-3:  # a later collect compares a record with itself
                 # (the CSV keeps 4 decimals): nothing to say
                 label = f"{key[2]} · {key[3]} step{'s' if key[3] != '1' else ''}"
-                if len(set(merged["dataset"])) > 1 or len(set(merged["zoo"])) > 1:
+                if several_settings:
                     label = f"{key[0]} · {key[1]} · {label}"
                 verdict = "kept (within half its CI)" if tolerated else "blanked"
                 notes.append(
@@ -603,7 +604,9 @@ def markdown_table(
     if table.empty:
         text = f"# {title}\n\nNo finished runs.\n" + ("\n" + not_run[0] + "\n" if missing else "")
         return text + ("\n" + "\n".join(footer).rstrip() + "\n" if footer else "")
-    lines = [f"# Leaderboard: {title}", "", *(not_run if missing else []), *([status, ""] if status else [])]
+    # The cell line names every missing cell, methods never run included: it supersedes "Not run yet".
+    summary = [status, ""] if status else (not_run if missing else [])
+    lines = [f"# Leaderboard: {title}", "", *summary]
     for (dataset, zoo, profile), part in _sections(table):
         n_eps = sorted(set(part["n_episodes"].astype(int)))
         n_seeds = sorted(set(part["n_seeds"].astype(int)))

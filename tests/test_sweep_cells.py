@@ -60,4 +60,8 @@ def test_the_leaderboard_markdown_carries_the_status_line_under_its_title():
     status = next(x for x in lines if x.startswith("Cells of the sweep"))
     assert status.endswith(f"{len(cells) - 1} of {len(cells)}; missing: `not_run_method`.")
     assert lines.index(status) < next(i for i, x in enumerate(lines) if x.startswith("## "))
+    expected = methods.split(",")
+    with_cells = markdown_table(table, "golden", expected=expected, cells=cells)
+    assert "Not run yet" not in with_cells and "`not_run_method`" in with_cells  # one line, not two
+    assert "Not run yet" in markdown_table(table, "golden", expected=expected)
     assert not any(x.startswith("Cells of") for x in markdown_table(table, "golden").splitlines())
