@@ -2,14 +2,18 @@
 # The GPU checks, as one script for a CUDA machine: the CUDA tests, the PURER meta-iteration and
 # learner benchmarks on CUDA, and a short end-to-end dfml-run on CUDA (smoke + a budgeted PURER).
 #
-#   bash tools/device_check.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else ./device-check
+#   bash tools/device_check.sh [OUT_DIR [STEP...]]   # OUT_DIR defaults to $OUT, else ./device-check
 #
+# STEP names (cuda-tests, bench-purer-cuda, bench-learners-cuda, run-smoke-cuda, run-purer-cuda,
+# collect, bench-purer-cuda-compiled) pick the steps to run, for a lease too short for all of them;
+# none named runs every step.
 # Run from the repo root. Where the project's dependencies are missing (a bare GPU image with torch),
 # wheels in .whl/ are installed into /tmp/site first (see the closing note of the GPU issue for how
 # they were fetched). Each step has its own time limit, so one slow step cannot hide the others'
 # results; what each step printed is in OUT_DIR/log.txt, and the summary table is printed last.
 set -uo pipefail
 out="${1:-${OUT:-$PWD/device-check}}"
+wanted=("${@:2}")
 mkdir -p "$out"
 exec > >(tee -a "$out/log.txt") 2>&1
 tee_pid=$!
@@ -20,6 +24,9 @@ summary=()
 step() {  # step NAME SECONDS command...: run with a limit, record rc and seconds
   local name=$1 limit=$2 start rc
   shift 2
+  if [ "${#wanted[@]}" -gt 0 ] && [[ " ${wanted[*]} " != *" $name "* ]]; then
+    return 0
+  fi
   echo "===== $name (limit ${limit}s) $(date -Is)"
   start=$(date +%s)
   timeout "$limit" "$@"
@@ -65,8 +72,10 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("runs/*/*/record.json")):
     s = {k: v for k, v in r["train_stats"].items() if "per_s" in k}
     print(r["experiment"], r["method"], r["status"], acc, t, s)
 EOF
-# each compiled case pays a compile of over a minute on an H100 (2026-11-27): plain 1-shot only
-step bench-purer-cuda-compiled 400 "${bench_purer[@]}" -k "cuda and plain and (compiled or cudagraphs)" \
+# each compiled case pays a compile of over a minute on an H100 (2026-11-27): plain 1-shot fp32 only,
+# with the eager fp32 case beside it as this machine's baseline
+step bench-purer-cuda-compiled 300 "${bench_purer[@]}" \
+  -k "cuda and plain and (fp32-1 or fp32_compiled or fp32_cudagraphs)" \
   --benchmark-json="$out/bench_purer_cuda_compiled.json"
 echo "===== summary"
 printf '%s\n' "${summary[@]}"
