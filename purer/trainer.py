@@ -51,6 +51,15 @@ def adv_start(cfg: PurerConfig, iterations: int) -> int:
     return cfg.adv.start if cfg.adv.start is not None else max(1, round(iterations * 4000 / 60000))
 
 
+WARMUP_ITERATIONS = 5
+"""Meta-iterations at the start of each process counted as warm-up (compile, graph capture)."""
+
+
+def _fresh_step_timer() -> dict[str, float]:
+    """The step timer's counters at zero (see :meth:`PurerTrainer.stats`)."""
+    return {"seconds": 0.0, "iterations": 0, "images": 0.0, "warmup_seconds": 0.0, "warmup_iterations": 0}
+
+
 class PurerTrainer:
     """Holds the whole meta-training state; :meth:`run` trains (resuming from a checkpoint)."""
 
@@ -88,8 +97,10 @@ class PurerTrainer:
         self.it, self.history, self.test_evals = 0, [], []
         self.best: dict[str, Any] = {"val_acc": None, "iteration": 0, "params": None}
         self.seconds = 0.0
-        # time inside meta_iteration() only (no selection, checkpoints or grids), and what it did
-        self.step = {"seconds": 0.0, "iterations": 0, "images": 0.0}
+        # time inside meta_iteration() only (no selection, checkpoints or grids), and what it did;
+        # warmup_* is the part spent on each process's first WARMUP_ITERATIONS (compile, graph capture)
+        self.step = _fresh_step_timer()
+        self.process_iterations = 0  # meta-iterations timed by this process (warm-up counting)
         self.resumed_at = 0  # meta-iteration of the checkpoint this process started from
         self.resumed_seconds = 0.0  # meta-training seconds spent by earlier processes
 
@@ -231,7 +242,7 @@ class PurerTrainer:
         """Restore :meth:`state_dict`."""
         self.it, self.seconds = state["it"], state["seconds"]
         # checkpoints written before the step timer existed: the rates cover this process only
-        self.step = dict(state.get("step", {"seconds": 0.0, "iterations": 0, "images": 0.0}))
+        self.step = {**_fresh_step_timer(), **state.get("step", {})}
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         with torch.no_grad():
@@ -307,9 +318,14 @@ class PurerTrainer:
                 step_start = time.perf_counter()
                 row = self.meta_iteration()
                 synchronize(self.ctx.device)
-                self.step["seconds"] += time.perf_counter() - step_start
+                elapsed = time.perf_counter() - step_start
+                self.step["seconds"] += elapsed
                 self.step["iterations"] += 1
                 self.step["images"] += row["inverted_images"]
+                self.process_iterations += 1
+                if self.process_iterations <= WARMUP_ITERATIONS:
+                    self.step["warmup_seconds"] += elapsed
+                    self.step["warmup_iterations"] += 1
             except FloatingPointError as error:
                 saved = self.it - self.it % self.cfg.checkpoint_every
                 kept = f"{checkpoint} (meta-iteration {saved}) is kept" if checkpoint else "no checkpoint"
@@ -356,7 +372,11 @@ class PurerTrainer:
         included), as for every method. ``step_meta_iterations_per_s`` and ``synth_images_per_s``
         time the meta-iteration alone (data step + MAML step) and count the images actually
         inverted; they are left out when no iteration was timed (a finished checkpoint written
-        before the step timer existed), rather than reported as 0.
+        before the step timer existed), rather than reported as 0. They include each process's
+        first ``WARMUP_ITERATIONS`` meta-iterations, which pay for ``torch.compile``, CUDA-graph
+        capture and kernel set-up: ``warmup_s`` is that time and
+        ``steady_meta_iterations_per_s`` the rate without it (left out when no later iteration ran),
+        so a short compiled run's record says both what it cost and what it would run at.
         """
         seconds = max(self.seconds, 1e-9)
         adversarial = sum(int(h.get("adversarial", 0)) for h in self.history)
@@ -374,4 +394,9 @@ class PurerTrainer:
         if self.step["iterations"] and self.step["seconds"] > 0:
             stats["step_meta_iterations_per_s"] = self.step["iterations"] / self.step["seconds"]
             stats["synth_images_per_s"] = self.step["images"] / self.step["seconds"]
+            stats["warmup_s"] = self.step["warmup_seconds"]
+            steady = self.step["iterations"] - self.step["warmup_iterations"]
+            steady_seconds = self.step["seconds"] - self.step["warmup_seconds"]
+            if steady > 0 and steady_seconds > 0:
+                stats["steady_meta_iterations_per_s"] = steady / steady_seconds
         return stats

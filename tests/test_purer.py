@@ -164,6 +164,13 @@ def test_killed_run_resumes_to_identical_state(tmp_path):
     grids = [tmp_path / "b" / "artefacts" / f"synthesized_{tag}.png" for tag in ("start", "middle", "end")]
     assert all(path in resumed.method.artifacts and path.is_file() for path in grids)
     assert resumed.stats()["timed_meta_iterations"] == 6  # the step timer is checkpointed too
+    # every process pays its own warm-up: 4 timed iterations before the kill, 2 after the resume
+    assert resumed.step["warmup_iterations"] == 6
+    assert "steady_meta_iterations_per_s" not in resumed.stats()  # no iteration after a warm-up
+    stats = straight.stats()  # one process, 6 iterations: 5 of warm-up, 1 steady
+    assert straight.step["warmup_iterations"] == 5 and 0 < stats["warmup_s"] < straight.step["seconds"]
+    expected = 1 / (straight.step["seconds"] - straight.step["warmup_seconds"])
+    assert stats["steady_meta_iterations_per_s"] == pytest.approx(expected)
 
 
 def test_a_run_stopped_by_max_seconds_resumes_without_training_more(tmp_path):
