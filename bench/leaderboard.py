@@ -319,10 +319,11 @@ def carry_rows(
         keep.loc[other, ["delta_vs_reference", "delta_ci95"]] = float("nan")
         keep["reference"] = reference
     merged = pd.concat([current.assign(carried=False), keep.assign(carried=True)], ignore_index=True)
-    columns = [*table.columns, "carried"]
+    columns = [*table.columns, *([] if REMADE_COLUMN in table else [REMADE_COLUMN]), "carried"]
     for column in columns:  # an older CSV may lack a column added since (e.g. a compare_to delta)
         if column not in merged:
             merged[column] = float("nan")
+    merged[REMADE_COLUMN] = merged[REMADE_COLUMN].astype(object)
     merged["carried"] = merged["carried"].astype(bool)
     for column in ("data_free", "external_model"):
         merged[column] = merged[column].astype(bool)
@@ -379,23 +380,46 @@ def _blank_stale_carried_differences(
             if len(now) and len(before):
                 shift = abs(float(now.iloc[0]) - float(before["acc_mean"].iloc[0]))
             tolerated = shift is not None and shift <= 0.5 * float(before["acc_ci95"].iloc[0])
+            affected = carried & (keys == key) & merged[value].notna()
             if not tolerated:
-                merged.loc[carried & (keys == key), [c for c in (value, ci) if c in merged]] = float("nan")
+                merged.loc[affected, [c for c in (value, ci) if c in merged]] = float("nan")
             if shift is not None and shift > 1e-3:  # a later collect compares a record with itself
                 # (the CSV keeps 4 decimals): nothing to say
                 label = f"{key[2]} · {key[3]} step{'s' if key[3] != '1' else ''}"
                 if several_settings:
                     label = f"{key[0]} · {key[1]} · {label}"
                 verdict = "kept (within half its CI)" if tolerated else "blanked"
-                notes.append(
+                note = (
                     f"`{partner}` {label} was re-made ({float(before['acc_mean'].iloc[0]):.1f} → "
                     f"{float(now.iloc[0]):.1f}); carried rows' differences to it {verdict}."
                 )
+                notes.append(note)
+                # kept on the rows themselves, so later collects still say why a difference is blank
+                earlier = merged.loc[affected, REMADE_COLUMN]
+                joined = [NOTE_SEPARATOR.join([*_row_notes(o), note]) for o in earlier]
+                merged.loc[affected, REMADE_COLUMN] = joined
     return notes
 
 
-def _remade_lines(notes: Sequence[str]) -> list[str]:
-    """Footer lines for partner rows re-made under carried rows (see ``carry_rows``)."""
+#: CSV column of carried rows: the notes of :func:`_blank_stale_carried_differences` that concern them.
+REMADE_COLUMN = "partner_remade"
+NOTE_SEPARATOR = " | "
+
+
+def _row_notes(cell: object) -> list[str]:
+    """The notes in one ``REMADE_COLUMN`` cell (empty for NaN or "")."""
+    return [n for n in str(cell).split(NOTE_SEPARATOR) if n] if isinstance(cell, str) else []
+
+
+def _remade_lines(table: pd.DataFrame) -> list[str]:
+    """Footer lines for partner rows re-made under carried rows (see ``carry_rows``).
+
+    Read from the carried rows' ``REMADE_COLUMN``, in order of first appearance: a note lasts as long
+    as a carried row it concerns (not only for the collect that made it).
+    """
+    if REMADE_COLUMN not in table:
+        return []
+    notes = list(dict.fromkeys(n for cell in table[REMADE_COLUMN] for n in _row_notes(cell)))
     if not notes:
         return []
     return ["Re-made rows that carried rows were paired with:", "", *(f"- {n}" for n in notes), ""]
@@ -667,12 +691,12 @@ def write_leaderboard(
     mine = [r for r in records if r.experiment == table_id]
     table = tidy_table(mine, reference, compare_to)
     others = [m for m in compare_to if m != reference]
+    table[REMADE_COLUMN] = pd.Series([float("nan")] * len(table), index=table.index, dtype=object)
     previous_csv = out_dir / f"{table_id}.csv"
-    remade: list[str] = []
     if carry and previous_csv.is_file():
         keys = {r.run_key for r in mine}
-        table = carry_rows(table, pd.read_csv(previous_csv), reference, others, keys, remade)
-    footer = [*carried_lines(table), *_remade_lines(remade), *provenance_lines(mine)]
+        table = carry_rows(table, pd.read_csv(previous_csv), reference, others, keys)
+    footer = [*carried_lines(table), *_remade_lines(table), *provenance_lines(mine)]
     table = table.drop(columns=["carried"], errors="ignore")
     markdown = markdown_table(table, table_id, expected, others, footer, cells)
     if paper is not None:
