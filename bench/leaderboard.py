@@ -573,17 +573,25 @@ def provenance_lines(records: Sequence[RunRecord]) -> list[str]:
             lines.append(f"- `{r.method}` {setting} (run `{r.run_key}`): {r.error}")
         lines.append("")
     builds: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    unnamed: dict[str, int] = defaultdict(int)  # records from before the field
     for r in records:
         if r.status == "ok" and r.hashes.get("zoo_weights"):
             builds[str(r.setting.get("zoo"))][str(r.hashes["zoo_weights"])[:12]] += 1
+        elif r.status == "ok":
+            unnamed[str(r.setting.get("zoo"))] += 1
     if builds:
         listed = "; ".join(
-            f"`{zoo}` " + ", ".join(f"{h} × {n}" for h, n in sorted(hashes.items(), key=lambda kv: -kv[1]))
-            for zoo, hashes in sorted(builds.items())
+            f"`{zoo}` "
+            + ", ".join(
+                [f"{h} × {n}" for h, n in sorted(builds.get(zoo, {}).items(), key=lambda kv: -kv[1])]
+                + ([f"not named × {unnamed[zoo]}"] if unnamed.get(zoo) else [])
+            )
+            for zoo in sorted(set(builds) | set(unnamed))
         )
         several = any(len(h) > 1 for h in builds.values())
         lines += [
-            f"Zoo builds behind these records (member weights sha256 × records): {listed}."
+            f"Zoo builds behind these records (member weights sha256 × records; 'not named': records"
+            f" older than the field): {listed}."
             + (
                 " More than one build of a zoo: its rows come from different member weights."
                 if several

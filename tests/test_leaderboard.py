@@ -349,6 +349,10 @@ def test_the_markdown_names_the_zoo_builds_and_flags_two_builds_of_one_zoo(tmp_p
     _, markdown = write_leaderboard(records, tmp_path, "golden")
     line = next(x for x in markdown.splitlines() if x.startswith("Zoo builds"))
     assert f"{'a' * 12} × {len(records) - 1}, {'b' * 12} × 1." in line and "More than one build" in line
+    del records[1].hashes["zoo_weights"]  # a record from before the field is counted, not dropped
+    _, markdown = write_leaderboard(records, tmp_path, "golden")
+    line = next(x for x in markdown.splitlines() if x.startswith("Zoo builds"))
+    assert f"{'a' * 12} × {len(records) - 2}, {'b' * 12} × 1, not named × 1." in line
 
 
 def test_a_repeated_seed_on_the_same_suite_does_not_narrow_the_paired_ci():
