@@ -278,7 +278,6 @@ def carry_rows(
     reference: str,
     extra: Sequence[str],
     record_keys: set[str] = frozenset(),
-    notes: list[str] | None = None,
 ) -> pd.DataFrame:
     """``table`` plus the rows of an earlier leaderboard CSV (``previous``) that nothing replaces.
 
@@ -289,7 +288,7 @@ def carry_rows(
     their paired differences are kept only where they were taken to the same methods and the
     partner row is carried too or barely moved (a carried row paired with another reference, or
     with a partner a new record has replaced and moved, shows none; see
-    :func:`_blank_stale_carried_differences`, whose notes are appended to ``notes``). Dataset
+    :func:`_blank_stale_carried_differences`, whose notes go to the rows' ``REMADE_COLUMN``). Dataset
     averages are recomputed.
     """
     if previous.empty:
@@ -329,26 +328,25 @@ def carry_rows(
         merged[column] = merged[column].astype(bool)
     numeric = [c for c in columns if c.startswith(("acc_", "delta_", "episodes_per_s", "n_", "test_steps"))]
     merged[numeric] = merged[numeric].apply(pd.to_numeric)  # a records-less table starts as objects
-    remade = _blank_stale_carried_differences(merged, previous, reference, extra)
-    if notes is not None:
-        notes += remade
+    _blank_stale_carried_differences(merged, previous, reference, extra)
     return _finish(merged, reference, extra, columns)
 
 
 def _blank_stale_carried_differences(
     merged: pd.DataFrame, previous: pd.DataFrame, reference: str, extra: Sequence[str]
-) -> list[str]:
-    """Blank carried rows' paired differences whose partner row was re-made; return footer notes.
+) -> None:
+    """Blank carried rows' paired differences whose partner row was re-made; note it on those rows.
 
     A carried difference was taken against the partner's earlier record (``previous``). While the
     partner is carried too, both rows shown are the ones paired. When a new record replaces the
     partner (a re-run; even under the same run key the means move with host and code: 10-step
     fine-tunes amplify float-order differences), the carried difference is kept only if the
     partner's mean moved by at most half its earlier 95% CI half-width (float-order noise, e.g.
-    a random_init re-run: 0.16 against ±0.8) and blanked otherwise; either way a note names the
-    partner's earlier and current mean. The decision is written into the CSV (a blanked difference
-    stays blank), so only the first collect after the re-run can make it, and it needs the earlier
-    partner row in ``previous``. Edits ``merged`` in place.
+    a random_init re-run: 0.16 against ±0.8) and blanked otherwise; either way a note naming the
+    partner's earlier and current mean goes into the affected rows' ``REMADE_COLUMN`` (the footer
+    reads it there). Decision and note are written into the CSV (a blanked difference stays blank),
+    so only the first collect after the re-run can make them, and it needs the earlier partner row
+    in ``previous``. Edits ``merged`` in place.
     """
 
     def setting_keys(frame: pd.DataFrame) -> pd.Series:
@@ -365,7 +363,6 @@ def _blank_stale_carried_differences(
     columns = [(reference, "delta_vs_reference", "delta_ci95")]
     columns += [(m, f"delta_vs_{m}", f"delta_vs_{m}_ci95") for m in extra]
     several_settings = merged["dataset"].nunique() > 1 or merged["zoo"].nunique() > 1
-    notes = []
     for partner, value, ci in columns:
         if value not in merged:
             continue
@@ -393,12 +390,10 @@ def _blank_stale_carried_differences(
                     f"`{partner}` {label} was re-made ({float(before['acc_mean'].iloc[0]):.1f} → "
                     f"{float(now.iloc[0]):.1f}); carried rows' differences to it {verdict}."
                 )
-                notes.append(note)
                 # kept on the rows themselves, so later collects still say why a difference is blank
                 earlier = merged.loc[affected, REMADE_COLUMN]
                 joined = [NOTE_SEPARATOR.join([*_row_notes(o), note]) for o in earlier]
                 merged.loc[affected, REMADE_COLUMN] = joined
-    return notes
 
 
 #: CSV column of carried rows: the notes of :func:`_blank_stale_carried_differences` that concern them.

@@ -14,6 +14,13 @@
 set -uo pipefail
 out="${1:-${OUT:-$PWD/device-check}}"
 wanted=("${@:2}")
+steps="cuda-tests bench-purer-cuda bench-learners-cuda run-smoke-cuda run-purer-cuda collect bench-purer-cuda-compiled"
+for name in "${wanted[@]}"; do
+  if [[ " $steps " != *" $name "* ]]; then
+    echo "device_check.sh: unknown step '$name'; valid: $steps" >&2
+    exit 2
+  fi
+done
 mkdir -p "$out"
 exec > >(tee -a "$out/log.txt") 2>&1
 tee_pid=$!
