@@ -55,7 +55,7 @@ def _setting(record: RunRecord) -> tuple:
     )
 
 
-def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
+def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = None) -> dict[str, str]:
     """Map each run key to its leaderboard row name: the method, plus what sets its config apart.
 
     Where several finished records of one method share a cell (same setting, seed and suite), the
@@ -63,6 +63,11 @@ def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
     to every record of that method, e.g. ``purer [method.adv.scale=1.0]`` / ``purer
     [method.adv.scale=10.0]``, so that rows stay consistent across settings. Records whose configs
     do not differ (other code, same key inputs) are told apart by run key.
+
+    ``earlier`` (run key -> row name in the previous CSV) keeps a re-run's committed label: a
+    record whose name here is the bare method, re-run while the records that set it apart are
+    carried rows, would otherwise split from its carried siblings (``maml_oracle`` beside
+    ``maml_oracle [method.init=default]``).
     """
     ok = [r for r in records if r.status == "ok"]
     by_method: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
@@ -92,6 +97,9 @@ def row_names(records: Sequence[RunRecord]) -> dict[str, str]:
             if len({names[r.run_key] for r in members}) < len(members):
                 for r in members:
                     names[r.run_key] = f"{names[r.run_key]} [run {r.run_key}]"
+    for key, name in (earlier or {}).items():
+        if key in names and name.startswith(names[key] + " [") and " [" not in names[key]:
+            names[key] = name
     return names
 
 
@@ -198,11 +206,15 @@ def _seed_means(suites: dict[str, list[tuple[list[float], list[float]]]]) -> tup
 
 
 def tidy_table(
-    records: Sequence[RunRecord], reference: str = REFERENCE, compare_to: Sequence[str] = ()
+    records: Sequence[RunRecord],
+    reference: str = REFERENCE,
+    compare_to: Sequence[str] = (),
+    earlier_names: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One numeric row per (table, method, dataset, zoo, task, test_steps, profile).
 
-    ``compare_to``: further methods to pair every row with (columns ``delta_vs_<m>``, ``..._ci95``).
+    ``compare_to``: further methods to pair every row with (columns ``delta_vs_<m>``, ``..._ci95``);
+    ``earlier_names``: run key -> row name of a previous CSV (see :func:`row_names`).
     """
     extra = [m for m in dict.fromkeys(compare_to) if m != reference]
     columns = [
@@ -222,7 +234,7 @@ def tidy_table(
         *(column for m in extra for column in (f"delta_vs_{m}", f"delta_vs_{m}_ci95")),
         "run_keys",
     ]
-    names = row_names(records)
+    names = row_names(records, earlier_names)
     rows = _rows(records, names)
     if not rows:
         return pd.DataFrame(columns=columns)
@@ -692,13 +704,18 @@ def write_leaderboard(
     adds a line counting those with results; ``compare_to`` adds paired differences to those methods.
     """
     mine = [r for r in records if r.experiment == table_id]
-    table = tidy_table(mine, reference, compare_to)
+    previous_csv = out_dir / f"{table_id}.csv"
+    previous = pd.read_csv(previous_csv) if carry and previous_csv.is_file() else None
+    earlier = {}
+    if previous is not None:
+        for name, keys in zip(previous["method"].astype(str), previous["run_keys"].astype(str), strict=True):
+            earlier.update(dict.fromkeys(keys.split(";"), name))
+    table = tidy_table(mine, reference, compare_to, earlier)
     others = [m for m in compare_to if m != reference]
     table[REMADE_COLUMN] = pd.Series([float("nan")] * len(table), index=table.index, dtype=object)
-    previous_csv = out_dir / f"{table_id}.csv"
-    if carry and previous_csv.is_file():
+    if previous is not None:
         keys = {r.run_key for r in mine}
-        table = carry_rows(table, pd.read_csv(previous_csv), reference, others, keys)
+        table = carry_rows(table, previous, reference, others, keys)
     footer = [*carried_lines(table), *_remade_lines(table), *provenance_lines(mine)]
     table = table.drop(columns=["carried"], errors="ignore")
     markdown = markdown_table(table, table_id, expected, others, footer, cells)

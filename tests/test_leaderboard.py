@@ -268,6 +268,29 @@ def test_a_presentation_key_does_not_name_rows_only_the_result_keys_do():
     assert not any("experiment." in name for name in names)
 
 
+def test_a_re_run_keeps_its_label_while_the_record_that_set_it_apart_is_carried(tmp_path):
+    """The labelled variant re-run alone must not become a bare row beside its carried sibling."""
+    records = fixture_records()
+    variants = [
+        _variant(r, r.run_key + "-init", **{"method.init": "average"})
+        for r in records
+        if r.method == "weight_average"
+    ]
+    write_leaderboard(records + variants, tmp_path, "golden")  # both variants have records
+    others = [r for r in records if r.method != "weight_average"]
+    table, markdown = write_leaderboard(others + variants, tmp_path, "golden")  # default one carried
+    names = set(table.method)
+    assert {"weight_average [method.init=default]", "weight_average [method.init=average]"} <= names
+    assert "weight_average" not in names
+    assert (
+        not table[table.method == "weight_average [method.init=average]"]
+        .duplicated(["task", "test_steps"])
+        .any()
+    )
+    fresh, _ = write_leaderboard(others + variants, tmp_path / "fresh", "golden")  # no earlier CSV
+    assert "weight_average" in set(fresh.method)  # alone, the variant needs no label
+
+
 def test_a_short_smoke_run_beside_a_full_one_is_its_own_row_and_is_not_paired():
     records = fixture_records()
     smoke = next(r for r in records if r.method == "weight_average" and r.setting["task"] == "5w1s")
