@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,37 +22,49 @@ def _block(readme: str, first_line: str) -> str:
 
 
 def test_readme_baseline_example_runs_and_reaches_the_leaderboard(tmp_path, small_glyphs):
+    """The example is added to a private copy of the source tree, never to the checkout.
+
+    Writing it into the checkout raced with other xdist workers: their ``dfml-run`` discovered
+    ``baselines/first_member.py`` and failed to import it once this test had removed it again.
+    The copy comes first on ``PYTHONPATH``, ahead of the editable install's finder.
+    """
     readme = (ROOT / "README.md").read_text()
-    module = ROOT / "baselines" / "first_member.py"
-    config = ROOT / "bench" / "conf" / "method" / "first_member.yaml"
-    assert not module.exists() and not config.exists(), "the example must not be committed"
+    src = tmp_path / "src"
+    for package in ("bench", "baselines", "purer", "zoos"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    module = src / "baselines" / "first_member.py"
+    config = src / "bench" / "conf" / "method" / "first_member.yaml"
+    assert not (ROOT / "baselines" / "first_member.py").exists(), "the example must not be committed"
+    assert not module.exists() and not config.exists()
     module.write_text(_block(readme, "# baselines/first_member.py"))
     config.write_text(_block(readme, "# bench/conf/method/first_member.yaml"))
-    try:
-        env = {**os.environ, "TQDM_DISABLE": "1"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        done = subprocess.run(
-            [
-                str(BIN / "dfml-run"),
-                "experiment=smoke",
-                "method=random_init,first_member",
-                "task.n_episodes=4",
-            ],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "| first_member" in done.stdout and "| random_init" in done.stdout
-        lint = subprocess.run(
-            [str(BIN / "ruff"), "check", str(module)], cwd=ROOT, capture_output=True, text=True, timeout=120
-        )
-        assert lint.returncode == 0, lint.stdout  # the example follows the project's style rules
-    finally:
-        module.unlink(missing_ok=True)
-        config.unlink(missing_ok=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(src)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [
+            str(BIN / "dfml-run"),
+            "experiment=smoke",
+            "method=random_init,first_member",
+            "task.n_episodes=4",
+        ],
+        cwd=run_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| first_member" in done.stdout and "| random_init" in done.stdout
+    lint = subprocess.run(
+        [str(BIN / "ruff"), "check", "--config", str(ROOT / "pyproject.toml"), str(module)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert lint.returncode == 0, lint.stdout  # the example follows the project's style rules
 
 
 def test_the_readme_prints_the_committed_default_leaderboard():
