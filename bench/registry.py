@@ -58,12 +58,12 @@ class Registry(Generic[T]):
     def _ensure_discovered(self) -> None:
         if self._discovered:
             return
-        self._discovered = True
         for package_name in self._discover:
             package = importlib.import_module(package_name)
             for info in pkgutil.iter_modules(package.__path__):
                 if not info.name.startswith("_"):
-                    importlib.import_module(f"{package_name}.{info.name}")
+                    _import_plugin(f"{package_name}.{info.name}", info, self.kind)
+        self._discovered = True  # only once every plug-in imported: a failure is raised again
 
     def names(self) -> list[str]:
         """All registered keys, sorted."""
@@ -85,6 +85,24 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._ensure_discovered()
         return name in self._entries
+
+
+def _import_plugin(module_name: str, info: pkgutil.ModuleInfo, kind: str) -> None:
+    """Import one discovered plug-in module; a BenchError naming its file if that fails.
+
+    Every module of a plug-in package is imported on the first lookup, so one broken or
+    half-written file would otherwise stop every run with a bare traceback from the import system.
+    """
+    try:
+        importlib.import_module(module_name)
+    except Exception as error:  # any import-time failure of a user's module
+        path = getattr(info.module_finder, "path", "?")
+        raise BenchError(
+            f"could not import {kind} plug-in module {module_name!r} (in {path}): "
+            f"{type(error).__name__}: {error}. Every module of that package not starting with '_' "
+            f"is imported to find the registered {kind}s: fix the module, or rename it to start "
+            f"with '_' (or remove it) to leave it out"
+        ) from error
 
 
 def unknown_key_message(kind: str, name: str, valid: list[str]) -> str:

@@ -53,3 +53,23 @@ def test_yaml_name_field_equals_file_stem():
         for stem in _stems(group):
             data = yaml.safe_load((resources.files("bench.conf") / group / f"{stem}.yaml").read_text())
             assert data["name"] == stem, f"{group}/{stem}.yaml has name {data['name']!r}"
+
+
+def test_a_broken_plugin_module_is_named_in_a_clear_error(tmp_path, monkeypatch):
+    package = tmp_path / "plugins_broken"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    good = "from tests.test_registry import BROKEN_DEMO\n\n\n@BROKEN_DEMO.register('good')\nclass Good: ...\n"
+    (package / "good.py").write_text(good)
+    (package / "half_written.py").write_text("def oops(:\n")
+    (package / "_private.py").write_text("raise RuntimeError('never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BenchError, match=r"plugins_broken\.half_written.*SyntaxError.*start with '_'"):
+        BROKEN_DEMO.names()
+    with pytest.raises(BenchError, match="half_written"):  # raised again, not a silently partial table
+        BROKEN_DEMO.get("good")
+    (package / "half_written.py").unlink()
+    assert BROKEN_DEMO.names() == ["good"]
+
+
+BROKEN_DEMO: Registry[object] = Registry("demo", discover=("plugins_broken",))
