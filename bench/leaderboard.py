@@ -16,6 +16,7 @@ each configuration gets its own row, named by the settings that tell them apart 
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -64,10 +65,12 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
     [method.adv.scale=10.0]``, so that rows stay consistent across settings. Records whose configs
     do not differ (other code, same key inputs) are told apart by run key.
 
-    ``earlier`` (run key -> row name in the previous CSV) keeps a re-run's committed label: a
-    record whose name here is the bare method, re-run while the records that set it apart are
-    carried rows, would otherwise split from its carried siblings (``maml_oracle`` beside
-    ``maml_oracle [method.init=default]``).
+    ``earlier`` (run key -> row name in the previous CSV) keeps the labels of carried rows in
+    force: where a method's records alone differ in nothing, but a committed row of that method
+    without a record here (a carried sibling) is labelled ``method [k=v, ...]``, every record of
+    the method is labelled by those keys, each with its *own* config's values. Otherwise a re-run
+    (or a new seed) would come out as a bare ``maml_oracle`` beside its carried
+    ``maml_oracle [method.init=default]``. Once no labelled sibling is carried, the bare name returns.
     """
     ok = [r for r in records if r.status == "ok"]
     by_method: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
@@ -86,6 +89,9 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
                 union = set().union(*(flat[r.run_key] for r in members))
                 keys |= {k for k in union if len({repr(flat[r.run_key].get(k)) for r in members}) > 1}
         keys = {k for k in keys if k.startswith(RESULT_KEYS) and not k.endswith(".description")}
+        if not keys and earlier:
+            carried = [name for key, name in earlier.items() if key not in names]
+            keys = _label_keys(method, carried)
         for r in group:
             if keys:
                 names[r.run_key] = (
@@ -97,10 +103,24 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
             if len({names[r.run_key] for r in members}) < len(members):
                 for r in members:
                     names[r.run_key] = f"{names[r.run_key]} [run {r.run_key}]"
-    for key, name in (earlier or {}).items():
-        if key in names and name.startswith(names[key] + " [") and " [" not in names[key]:
-            names[key] = name
     return names
+
+
+def _label_keys(method: str, names: Sequence[str]) -> set[str]:
+    """The config keys that the labels ``method [k=v, ...]`` among ``names`` name (``RESULT_KEYS`` only).
+
+    Labels of other methods, run-key labels (``[run ...]``) and labels naming any key outside
+    ``RESULT_KEYS`` give none.
+    """
+    keys: set[str] = set()
+    prefix = method + " ["
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith("]")) or " [" in name[len(prefix) :]:
+            continue
+        found = re.findall(r"(?:^|, )([A-Za-z_][\w.]*)=", name[len(prefix) : -1])
+        if found and all(k.startswith(RESULT_KEYS) and not k.endswith(".description") for k in found):
+            keys |= set(found)
+    return keys
 
 
 def base_method(name: str) -> str:

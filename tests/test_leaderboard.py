@@ -291,6 +291,49 @@ def test_a_re_run_keeps_its_label_while_the_record_that_set_it_apart_is_carried(
     assert "weight_average" in set(fresh.method)  # alone, the variant needs no label
 
 
+def test_a_new_seed_beside_a_carried_labelled_sibling_joins_its_labelled_row(tmp_path):
+    """A record whose run key the earlier CSV never had is labelled from its own config too."""
+    import copy
+
+    records = fixture_records()
+    variants = [
+        _variant(r, r.run_key + "-init", **{"method.init": "average"})
+        for r in records
+        if r.method == "weight_average"
+    ]
+    table_before, _ = write_leaderboard(records + variants, tmp_path, "golden")  # both have records
+    seed_7 = []
+    for variant in (v for v in variants if v.setting["task"] == "5w5s"):  # one seed there so far
+        twin = copy.deepcopy(variant)
+        twin.run_key, twin.seeds = variant.run_key + "-seed7", {**variant.seeds, "root": 7}
+        twin.config["seed"] = 7
+        seed_7.append(twin)
+    others = [r for r in records if r.method != "weight_average"]
+    table, _ = write_leaderboard(others + variants + seed_7, tmp_path, "golden")  # default carried
+    labelled = table[table.method == "weight_average [method.init=average]"]
+    assert "weight_average" not in set(table.method)
+    before = table_before[table_before.method == "weight_average [method.init=average]"]
+    grew = {t: n for t, n in zip(labelled.task, labelled.n_seeds, strict=True)}
+    assert grew == {"5w1s": before[before.task == "5w1s"].n_seeds.iloc[0], "5w5s": 2}  # pooled, not split
+    assert "weight_average [method.init=default]" in set(table.method)  # the carried sibling
+    alone, _ = write_leaderboard(others + variants + seed_7, tmp_path / "alone", "golden", carry=False)
+    assert "weight_average" in set(alone.method)  # no carried sibling: no label
+
+
+def test_labels_come_from_result_keys_of_the_methods_own_rows():
+    from bench.leaderboard import _label_keys
+
+    names = [
+        "purer [method.adv.scale=1.0, task.k_shot=1]",
+        "purer_ei [method.init=random]",  # another method
+        "purer [run abc123]",  # a run-key label
+        "purer [experiment.compare_to=['purer']]",  # not a result key
+        "purer (legacy: x) [method.init=random]",  # a legacy row
+    ]
+    assert _label_keys("purer", names) == {"method.adv.scale", "task.k_shot"}
+    assert _label_keys("tds", names) == set()
+
+
 def test_a_short_smoke_run_beside_a_full_one_is_its_own_row_and_is_not_paired():
     records = fixture_records()
     smoke = next(r for r in records if r.method == "weight_average" and r.setting["task"] == "5w1s")
