@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -96,12 +97,14 @@ def _import_plugin(module_name: str, info: pkgutil.ModuleInfo, kind: str) -> Non
     try:
         importlib.import_module(module_name)
     except Exception as error:  # any import-time failure of a user's module
-        path = getattr(info.module_finder, "path", "?")
+        folder = str(getattr(info.module_finder, "path", "?"))
+        inside = [f for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith(folder)]
+        where = f" at {inside[-1].filename}:{inside[-1].lineno}" if inside else ""
         raise BenchError(
-            f"could not import {kind} plug-in module {module_name!r} (in {path}): "
+            f"could not import {kind} plug-in module {module_name!r} (in {folder}){where}: "
             f"{type(error).__name__}: {error}. Every module of that package not starting with '_' "
-            f"is imported to find the registered {kind}s: fix the module, or rename it to start "
-            f"with '_' (or remove it) to leave it out"
+            f"is imported to find the registered {kind}s: fix the module (if it is a plug-in of "
+            f"your own, renaming it to start with '_' or removing it leaves it out)"
         ) from error
 
 

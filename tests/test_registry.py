@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from importlib import resources
 
 import pytest
@@ -62,6 +63,7 @@ def test_a_broken_plugin_module_is_named_in_a_clear_error(tmp_path, monkeypatch)
     good = "from tests.test_registry import BROKEN_DEMO\n\n\n@BROKEN_DEMO.register('good')\nclass Good: ...\n"
     (package / "good.py").write_text(good)
     (package / "half_written.py").write_text("def oops(:\n")
+    (package / "wrong_name.py").write_text("import math\n\nx = math.pi\ny = nn.Linear\n")
     (package / "_private.py").write_text("raise RuntimeError('never imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(BenchError, match=r"plugins_broken\.half_written.*SyntaxError.*start with '_'"):
@@ -69,7 +71,12 @@ def test_a_broken_plugin_module_is_named_in_a_clear_error(tmp_path, monkeypatch)
     with pytest.raises(BenchError, match="half_written"):  # raised again, not a silently partial table
         BROKEN_DEMO.get("good")
     (package / "half_written.py").unlink()
+    with pytest.raises(BenchError, match=r"plugins_broken\.wrong_name.*wrong_name\.py:4: NameError"):
+        BROKEN_DEMO.names()  # the line that failed, not only the module
+    (package / "wrong_name.py").unlink()
     assert BROKEN_DEMO.names() == ["good"]
+    for name in [m for m in sys.modules if m.startswith("plugins_broken")]:
+        monkeypatch.delitem(sys.modules, name)  # a rerun in this session imports afresh
 
 
 BROKEN_DEMO: Registry[object] = Registry("demo", discover=("plugins_broken",))
