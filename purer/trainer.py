@@ -242,7 +242,12 @@ class PurerTrainer:
         """Restore :meth:`state_dict`."""
         self.it, self.seconds = state["it"], state["seconds"]
         # checkpoints written before the step timer existed: the rates cover this process only
-        self.step = {**_fresh_step_timer(), **state.get("step", {})}
+        saved = state.get("step", {})
+        self.step = {**_fresh_step_timer(), **saved}
+        if saved and "warmup_iterations" not in saved:
+            # timed before the warm-up split existed: the earlier processes' warm-up (a compile,
+            # say) is somewhere in the total, so no steady rate can be told apart for this run
+            self.step["warmup_unknown"] = True
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         with torch.no_grad():
@@ -376,7 +381,8 @@ class PurerTrainer:
         first ``WARMUP_ITERATIONS`` meta-iterations, which pay for ``torch.compile``, CUDA-graph
         capture and kernel set-up: ``warmup_s`` is that time and
         ``steady_meta_iterations_per_s`` the rate without it (left out when no later iteration ran),
-        so a short compiled run's record says both what it cost and what it would run at.
+        so a short compiled run's record says both what it cost and what it would run at. Both are
+        left out for a run resumed from a checkpoint timed before that split existed.
         """
         seconds = max(self.seconds, 1e-9)
         adversarial = sum(int(h.get("adversarial", 0)) for h in self.history)
@@ -394,9 +400,10 @@ class PurerTrainer:
         if self.step["iterations"] and self.step["seconds"] > 0:
             stats["step_meta_iterations_per_s"] = self.step["iterations"] / self.step["seconds"]
             stats["synth_images_per_s"] = self.step["images"] / self.step["seconds"]
-            stats["warmup_s"] = self.step["warmup_seconds"]
             steady = self.step["iterations"] - self.step["warmup_iterations"]
             steady_seconds = self.step["seconds"] - self.step["warmup_seconds"]
-            if steady > 0 and steady_seconds > 0:
-                stats["steady_meta_iterations_per_s"] = steady / steady_seconds
+            if not self.step.get("warmup_unknown"):
+                stats["warmup_s"] = self.step["warmup_seconds"]
+                if steady > 0 and steady_seconds > 0:
+                    stats["steady_meta_iterations_per_s"] = steady / steady_seconds
         return stats

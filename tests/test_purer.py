@@ -171,6 +171,14 @@ def test_killed_run_resumes_to_identical_state(tmp_path):
     assert straight.step["warmup_iterations"] == 5 and 0 < stats["warmup_s"] < straight.step["seconds"]
     expected = 1 / (straight.step["seconds"] - straight.step["warmup_seconds"])
     assert stats["steady_meta_iterations_per_s"] == pytest.approx(expected)
+    # a checkpoint timed before the warm-up split: no steady rate can be told apart, so none is given
+    old_state = straight.state_dict()
+    old_state["step"] = {k: v for k, v in old_state["step"].items() if not k.startswith("warmup")}
+    from_old = _trainer(cfg, work_dir=tmp_path / "c")
+    from_old.load_state_dict(old_state)
+    old_stats = from_old.stats()
+    assert "steady_meta_iterations_per_s" not in old_stats and "warmup_s" not in old_stats
+    assert old_stats["step_meta_iterations_per_s"] == pytest.approx(stats["step_meta_iterations_per_s"])
 
 
 def test_a_run_stopped_by_max_seconds_resumes_without_training_more(tmp_path):
