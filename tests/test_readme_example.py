@@ -40,7 +40,9 @@ def test_readme_baseline_example_runs_and_reaches_the_leaderboard(tmp_path, smal
     config.write_text(_block(readme, "# bench/conf/method/first_member.yaml"))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(src)}
+    inherited = os.environ.get("PYTHONPATH")  # e.g. where a GPU image keeps the dependencies
+    path = os.pathsep.join(filter(None, [str(src), inherited]))
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": path}
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(
         [
