@@ -268,14 +268,20 @@ def test_a_presentation_key_does_not_name_rows_only_the_result_keys_do():
     assert not any("experiment." in name for name in names)
 
 
-def test_a_re_run_keeps_its_label_while_the_record_that_set_it_apart_is_carried(tmp_path):
-    """The labelled variant re-run alone must not become a bare row beside its carried sibling."""
+def _records_with_init_variants():
+    """The fixture records plus a ``method.init=average`` twin of each weight_average record."""
     records = fixture_records()
     variants = [
         _variant(r, r.run_key + "-init", **{"method.init": "average"})
         for r in records
         if r.method == "weight_average"
     ]
+    return records, variants
+
+
+def test_a_re_run_keeps_its_label_while_the_record_that_set_it_apart_is_carried(tmp_path):
+    """The labelled variant re-run alone must not become a bare row beside its carried sibling."""
+    records, variants = _records_with_init_variants()
     write_leaderboard(records + variants, tmp_path, "golden")  # both variants have records
     others = [r for r in records if r.method != "weight_average"]
     table, markdown = write_leaderboard(others + variants, tmp_path, "golden")  # default one carried
@@ -295,12 +301,7 @@ def test_a_new_seed_beside_a_carried_labelled_sibling_joins_its_labelled_row(tmp
     """A record whose run key the earlier CSV never had is labelled from its own config too."""
     import copy
 
-    records = fixture_records()
-    variants = [
-        _variant(r, r.run_key + "-init", **{"method.init": "average"})
-        for r in records
-        if r.method == "weight_average"
-    ]
+    records, variants = _records_with_init_variants()
     table_before, _ = write_leaderboard(records + variants, tmp_path, "golden")  # both have records
     seed_7 = []
     for variant in (v for v in variants if v.setting["task"] == "5w5s"):  # one seed there so far
