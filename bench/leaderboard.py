@@ -78,6 +78,7 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
     names = {r.run_key: r.method + _legacy_label(r.legacy_use) for r in ok}
     for r in ok:
         by_method[(r.experiment, names[r.run_key])].append(r)
+    carried = [name for key, name in (earlier or {}).items() if key not in names]  # rows without a record
     for (_, method), group in by_method.items():
         flat = {r.run_key: {**ADDED_KEY_DEFAULTS, **flatten(r.config)} for r in group}
         cells: dict[tuple, list[RunRecord]] = defaultdict(list)
@@ -89,8 +90,7 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
                 union = set().union(*(flat[r.run_key] for r in members))
                 keys |= {k for k in union if len({repr(flat[r.run_key].get(k)) for r in members}) > 1}
         keys = {k for k in keys if k.startswith(RESULT_KEYS) and not k.endswith(".description")}
-        if not keys and earlier:
-            carried = [name for key, name in earlier.items() if key not in names]
+        if not keys:
             keys = _label_keys(method, carried)
         for r in group:
             if keys:

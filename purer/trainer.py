@@ -400,10 +400,10 @@ class PurerTrainer:
         if self.step["iterations"] and self.step["seconds"] > 0:
             stats["step_meta_iterations_per_s"] = self.step["iterations"] / self.step["seconds"]
             stats["synth_images_per_s"] = self.step["images"] / self.step["seconds"]
-            steady = self.step["iterations"] - self.step["warmup_iterations"]
-            steady_seconds = self.step["seconds"] - self.step["warmup_seconds"]
             if not self.step.get("warmup_unknown"):
                 stats["warmup_s"] = self.step["warmup_seconds"]
+                steady = self.step["iterations"] - self.step["warmup_iterations"]
+                steady_seconds = self.step["seconds"] - self.step["warmup_seconds"]
                 if steady > 0 and steady_seconds > 0:
                     stats["steady_meta_iterations_per_s"] = steady / steady_seconds
         return stats
