@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bench.data import forbid_real_data, load_dataset
 from bench.data.base import allow_real_data
-from bench.environment import environment, git_state
+from bench.environment import code_sha256, environment, git_state
 from bench.errors import BenchError, DataFreeViolation
 from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
 from bench.hashing import object_fingerprint, spec_hash
@@ -180,6 +180,7 @@ def with_method_overrides(cfg: DictConfig) -> DictConfig:
 def run_one(cfg: DictConfig) -> Path:
     """Run (or skip, if finished) the job described by ``cfg``; returns its run directory."""
     git_state()  # the code this process imported (cached; the record names it, not a later checkout)
+    code_sha256()  # likewise read once, at the start
     cfg = with_method_overrides(cfg)
     check_profile(cfg)
     results = resolve_results_dir(cfg.paths.results)
@@ -284,7 +285,7 @@ def write_failed_record(cfg, key, run_dir, started, device, error) -> None:  # n
         config=OmegaConf.to_container(cfg, resolve=True),
         choices=hydra_choices(),
         seeds={"root": int(cfg.seed)},
-        hashes=git_state(),
+        hashes={**git_state(), "code_sha256": code_sha256()},
         environment=environment(device),
         started_at=started,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -347,6 +348,7 @@ def make_record(
             "zoo_weights": zoo.weights_sha256,
             "suite": suite.content_hash,
             **git_state(),
+            "code_sha256": code_sha256(),
         },
         environment=environment(device),
         metrics={readout_name(s): summarize(v) for s, v in sorted(result.per_episode.items())},

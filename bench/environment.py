@@ -1,8 +1,10 @@
-"""Facts about the code and machine a run used: git sha, versions, device."""
+"""Facts about the code and machine a run used: git sha, code checksum, versions, device."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import platform
 import subprocess
 from pathlib import Path
@@ -49,6 +51,42 @@ def _git_state_once() -> dict[str, Any]:
         return {"git_sha": sha, "git_dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"git_sha": "unknown", "git_dirty": None}
+
+
+#: The packages whose sources define what a run computes: the harness and its plug-in folders.
+CODE_PACKAGES = ("bench", "baselines", "purer", "zoos")
+CODE_SUFFIXES = (".py", ".yaml")
+
+
+def code_sha256(packages: tuple[str, ...] = CODE_PACKAGES) -> str:
+    """Hex sha256 of the ``.py`` and ``.yaml`` sources of ``packages``, as found on the import path.
+
+    Unlike the git sha, it names the code exactly when the tree has uncommitted changes or when
+    the checkout's git metadata is not the code's (a copy of the tree on another machine). Each
+    file enters as ``package/relative/path``, its length and its bytes, in sorted order; a package
+    that is not installed enters as its name alone. Read once per process, like :func:`git_state`.
+    """
+    return _code_sha256_once(packages)
+
+
+@functools.cache
+def _code_sha256_once(packages: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        roots = list(spec.submodule_search_locations or []) if spec else []
+        digest.update(f"package {package} {len(roots)}\n".encode())
+        for root in map(Path, roots):
+            files = sorted(
+                p
+                for p in root.rglob("*")
+                if p.suffix in CODE_SUFFIXES and p.is_file() and "__pycache__" not in p.parts
+            )
+            for path in files:
+                data = path.read_bytes()
+                digest.update(f"{package}/{path.relative_to(root).as_posix()} {len(data)}\n".encode())
+                digest.update(data)
+    return digest.hexdigest()
 
 
 def environment(device: torch.device) -> dict[str, Any]:

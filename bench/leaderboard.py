@@ -20,6 +20,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -629,12 +630,24 @@ def provenance_lines(records: Sequence[RunRecord]) -> list[str]:
     commits: dict[str, int] = defaultdict(int)
     for r in records:
         if r.status == "ok":
-            sha = str(r.hashes.get("git_sha") or "unknown")[:7]
-            commits[sha + (" (uncommitted changes)" if r.hashes.get("git_dirty") else "")] += 1
+            commits[code_label(r.hashes)] += 1
     if commits:
         listed = ", ".join(f"{c} × {n}" for c, n in sorted(commits.items(), key=lambda kv: (-kv[1], kv[0])))
         lines += [f"Code behind these records (git commit × records): {listed}.", ""]
     return lines
+
+
+def code_label(hashes: dict[str, Any]) -> str:
+    """A record's code as the footer names it: the short git sha (+ a checksum when dirty).
+
+    For a tree with uncommitted changes it adds the first 8 hex of the source checksum
+    (``code_sha256``, where the record has one), so two different dirty trees on one commit differ.
+    """
+    sha = str(hashes.get("git_sha") or "unknown")[:7]
+    if not hashes.get("git_dirty"):
+        return sha
+    checksum = hashes.get("code_sha256")
+    return f"{sha} (uncommitted changes" + (f", code {str(checksum)[:8]})" if checksum else ")")
 
 
 def markdown_table(

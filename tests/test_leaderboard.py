@@ -394,11 +394,13 @@ def test_the_markdown_names_failed_runs_and_the_code_behind_the_numbers(tmp_path
     records = fixture_records()
     records[0].status, records[0].error = "failed", "FloatingPointError: non-finite loss"
     records[1].hashes["git_dirty"] = True
+    records[2].hashes.update(git_dirty=True, code_sha256="0123abcd" + "9" * 56)
+    records[3].hashes.update(git_dirty=False, code_sha256="f" * 64)  # clean: the sha says it all
     _, markdown = write_leaderboard(records, tmp_path, "golden")
     assert f"(run `{records[0].run_key}`): FloatingPointError: non-finite loss" in markdown
     assert (
-        "Code behind these records (git commit × records): fixture × 9, fixture (uncommitted changes) × 1."
-        in markdown
+        "Code behind these records (git commit × records): fixture × 8,"
+        " fixture (uncommitted changes) × 1, fixture (uncommitted changes, code 0123abcd) × 1." in markdown
     )
 
 

@@ -45,3 +45,31 @@ def test_the_git_state_is_read_once_per_process(monkeypatch):
     first = environment.git_state()
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-read")))
     assert environment.git_state() == first and environment.git_state() is not environment.git_state()
+
+
+def test_the_code_checksum_names_every_source_and_config_change(tmp_path, monkeypatch):
+    """code_sha256 moves with any .py or .yaml of the packages, and ignores bytecode caches."""
+    from bench import environment
+
+    package = tmp_path / "dfml_checksum_probe"
+    (package / "conf").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "conf" / "m.yaml").write_text("lr: 0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def checksum() -> str:
+        environment._code_sha256_once.cache_clear()
+        return environment.code_sha256(("dfml_checksum_probe", "dfml_no_such_package"))
+
+    first = checksum()
+    assert len(first) == 64 and checksum() == first
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "x.py").write_text("stale")
+    (package / "notes.txt").write_text("not code")
+    assert checksum() == first
+    (package / "conf" / "m.yaml").write_text("lr: 0.2\n")
+    second = checksum()
+    assert second != first
+    (package / "conf" / "m.yaml").rename(package / "m.yaml")  # same bytes, other place
+    assert checksum() not in (first, second)
+    environment._code_sha256_once.cache_clear()
