@@ -77,7 +77,8 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("runs/*/*/record.json")):
     acc = {k: round(v["mean"], 1) for k, v in r["metrics"].items()}
     t = {k: r["throughput"].get(k) for k in ("meta_train_s", "eval_s", "peak_mem_gb", "device_name")}
     s = {k: v for k, v in r["train_stats"].items() if "per_s" in k or k == "warmup_s"}
-    print(r["experiment"], r["method"], r["status"], acc, t, s)
+    code = {k: str(r["hashes"].get(k))[:12] for k in ("git_sha", "code_sha256")}  # git_sha: the copy's
+    print(r["experiment"], r["method"], r["status"], acc, t, s, code)
 EOF
 # each compiled case pays a compile of over a minute on an H100 (2026-11-27): plain 1-shot fp32 only,
 # with the eager fp32 case beside it as this machine's baseline
