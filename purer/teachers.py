@@ -2,7 +2,8 @@
 
 Two implementations with the same result:
 
-- :class:`HookedTeacher` (any architecture): forward pre-hooks on every BatchNorm2d.
+- :class:`HookedTeacher` (any architecture): forward pre-hooks on every BatchNorm2d. On CPU,
+  :func:`teacher_forward` runs it on a channels-last copy of the model (see there).
 - :class:`FoldedConv4Teacher` (conv4 in eval mode, the common case): each eval-mode BN is folded
   into its conv (``y = conv(x, a*W) + a*c + beta - a*mu`` with ``a = gamma / sqrt(var + eps)``); the
   moments of the BN input ``z`` follow exactly from those of ``y``: ``mean_z = (mean_y - shift) / a``,
@@ -11,6 +12,8 @@ Two implementations with the same result:
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +29,16 @@ Moments = list[tuple[torch.Tensor, torch.Tensor]]
 class HookedTeacher:
     """``teacher(x) -> (logits, moments)`` via BN forward pre-hooks (any architecture)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.recorder = model, BNStatRecorder(model)
+    def __init__(self, model: nn.Module, channels_last: bool = False) -> None:
+        """Hook ``model``'s BN layers; ``channels_last`` runs a channels-last copy (``model`` untouched)."""
+        if channels_last:
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        self.model, self.recorder, self.channels_last = model, BNStatRecorder(model), channels_last
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Moments]:
-        """Logits (B, n_classes) and one (mean, var) pair per BN layer."""
+        """Logits (B, n_classes) and one (mean, var) pair per BN layer, for images x (B, C, H, W)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self.recorder:
             logits = self.model(x)
         return logits, self.recorder.moments
@@ -69,11 +77,28 @@ class FoldedConv4Teacher:
         return F.linear(torch.flatten(x, 1), self.head_weight, self.head_bias), moments
 
 
-def teacher_forward(model: nn.Module, fold: bool = True) -> HookedTeacher | FoldedConv4Teacher:
-    """The fastest exact forward-with-moments available for ``model``."""
+def hooked_channels_last(model: nn.Module) -> bool:
+    """Whether a hooked teacher of ``model`` runs channels-last: on CPU, yes.
+
+    Measured on the 2-core CPU (torch 2.14, one thread, inversion loss forward + backward to the
+    images, 80 images of 3x32x32, one process, interleaved): a resnet10 teacher 578 -> 485 ms
+    (1.19x; 647 -> 508 ms in a second process) and an unfolded conv4 teacher 54.1 -> 44.8 ms
+    (1.21x). Not measured on CUDA, which keeps the contiguous format.
+    """
+    return next(model.parameters()).device.type == "cpu"
+
+
+def teacher_forward(
+    model: nn.Module, fold: bool = True, channels_last: bool | None = None
+) -> HookedTeacher | FoldedConv4Teacher:
+    """The fastest exact forward-with-moments available for ``model``.
+
+    An eval-mode conv4 is folded (``fold``); any other model is hooked, channels-last where
+    :func:`hooked_channels_last` says so unless ``channels_last`` decides.
+    """
     if fold and isinstance(model, Conv4) and not model.training:
         try:
             return FoldedConv4Teacher(model)
         except ValueError:
             pass
-    return HookedTeacher(model)
+    return HookedTeacher(model, hooked_channels_last(model) if channels_last is None else channels_last)

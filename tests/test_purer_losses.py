@@ -18,8 +18,9 @@ from purer.inversion import (
     running_targets,
     total_variation,
 )
-from purer.teachers import FoldedConv4Teacher, HookedTeacher
+from purer.teachers import FoldedConv4Teacher, HookedTeacher, teacher_forward
 from tests.benchmarks.purer_shapes import synthetic_conv4_zoo
+from zoos.resnets import ResNet
 
 
 def test_total_variation_by_hand():
@@ -161,3 +162,40 @@ def test_folded_teacher_equals_hooked_teacher():
         g1 = torch.autograd.grad(bn_stat_loss(hooked, targets), x)[0]
         g2 = torch.autograd.grad(bn_stat_loss(folded, targets), x)[0]
         assert torch.allclose(g1, g2, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["resnet10", "conv4"])
+def test_a_channels_last_hooked_teacher_equals_the_contiguous_one(arch):
+    """Same logits, BN moments and image gradient; the member's own model stays as it was."""
+    torch.manual_seed(0)
+    model = ResNet((1, 1, 1, 1), 5, 3) if arch == "resnet10" else synthetic_conv4_zoo(1, 5).members[0].model
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):  # non-trivial running statistics
+            layer.running_mean.normal_(0, 0.1)
+            layer.running_var.uniform_(0.5, 2.0)
+    model.eval().requires_grad_(False)
+    x = torch.randn(10, 3, 32, 32, requires_grad=True)
+    plain, last = HookedTeacher(model), HookedTeacher(model, channels_last=True)
+    assert last.model is not model and all(p.is_contiguous() for p in model.parameters())
+    first_conv = next(m for m in last.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain_logits, plain_moments = plain(x)
+    last_logits, last_moments = last(x)
+    assert torch.allclose(plain_logits, last_logits, atol=1e-4)
+    for (m1, v1), (m2, v2) in zip(plain_moments, last_moments, strict=True):
+        assert torch.allclose(m1, m2, atol=1e-5) and torch.allclose(v1, v2, rtol=1e-4, atol=1e-5)
+    targets = running_targets(model)
+    g1 = torch.autograd.grad(bn_stat_loss(plain_moments, targets) + plain_logits.sum(), x)[0]
+    g2 = torch.autograd.grad(bn_stat_loss(last_moments, targets) + last_logits.sum(), x)[0]
+    assert torch.allclose(g1, g2, rtol=1e-3, atol=1e-5)
+
+
+def test_teacher_forward_folds_conv4_and_hooks_other_models_channels_last_on_cpu():
+    conv4 = synthetic_conv4_zoo(1, 5).members[0].model.eval()
+    resnet = ResNet((1, 1, 1, 1), 5, 3).eval()
+    assert isinstance(teacher_forward(conv4), FoldedConv4Teacher)
+    hooked = teacher_forward(resnet)
+    assert isinstance(hooked, HookedTeacher) and hooked.channels_last
+    assert not teacher_forward(resnet, channels_last=False).channels_last
+    unfolded = teacher_forward(conv4, fold=False)
+    assert isinstance(unfolded, HookedTeacher) and unfolded.channels_last

@@ -34,6 +34,7 @@ import pytest
 import torch
 
 import purer.inversion as inversion
+import purer.teachers as teachers
 import zoos.pooling as pooling
 from bench.method import Budget
 from bench.timing import set_cuda_fp32_precision
@@ -89,6 +90,8 @@ def test_purer_meta_iteration(benchmark, monkeypatch, variant, k_shot, device, a
         pytest.skip("the compiled variants are measured on 1-shot only (a ~45 s compile per case)")
     if variant.endswith("_compiled") and device == "cpu" and shutil.which("g++") is None:
         pytest.skip("torch.compile on CPU needs a C++ compiler (g++)")
+    if variant == "reference_like":  # the reference's teachers are contiguous (NCHW) on every device
+        monkeypatch.setattr(teachers, "hooked_channels_last", lambda model: False)
     trainer = _trainer(variant, k_shot, device)
     blobs = []
     if variant == "reference_like":
