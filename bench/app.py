@@ -20,6 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from bench import provenance
 from bench.data import forbid_real_data, load_dataset
 from bench.data.base import allow_real_data
 from bench.environment import code_sha256, environment, git_state
@@ -181,6 +182,7 @@ def run_one(cfg: DictConfig) -> Path:
     """Run (or skip, if finished) the job described by ``cfg``; returns its run directory."""
     git_state()  # the code this process imported (cached; the record names it, not a later checkout)
     code_sha256()  # likewise read once, at the start
+    provenance.reset()  # code histories of resumed files are per run
     cfg = with_method_overrides(cfg)
     check_profile(cfg)
     results = resolve_results_dir(cfg.paths.results)
@@ -285,7 +287,7 @@ def write_failed_record(cfg, key, run_dir, started, device, error) -> None:  # n
         config=OmegaConf.to_container(cfg, resolve=True),
         choices=hydra_choices(),
         seeds={"root": int(cfg.seed)},
-        hashes={**git_state(), "code_sha256": code_sha256()},
+        hashes=code_hashes(),
         environment=environment(device),
         started_at=started,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -293,6 +295,15 @@ def write_failed_record(cfg, key, run_dir, started, device, error) -> None:  # n
     )
     write_record(run_dir, record, OmegaConf.to_yaml(cfg, resolve=True))
     log.error("%s: recorded as failed: %s", key, record.error)
+
+
+def code_hashes() -> dict[str, Any]:
+    """The record's code fields: git sha and state, source checksum (+ ``resumed_code``).
+
+    ``resumed_code`` lists the other code that wrote files this run resumed (bench.provenance).
+    """
+    resumed = provenance.resumed_code()
+    return {**provenance.current_code(), **({"resumed_code": resumed} if resumed else {})}
 
 
 def make_record(
@@ -347,8 +358,7 @@ def make_record(
             "zoo": zoo.key,
             "zoo_weights": zoo.weights_sha256,
             "suite": suite.content_hash,
-            **git_state(),
-            "code_sha256": code_sha256(),
+            **code_hashes(),
         },
         environment=environment(device),
         metrics={readout_name(s): summarize(v) for s, v in sorted(result.per_episode.items())},

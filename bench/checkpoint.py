@@ -7,21 +7,34 @@ from typing import Any
 
 import torch
 
+from bench import provenance
 from bench.atomic import atomic_save
 from bench.errors import IntegrityError
 
+#: Key of the code history (see :mod:`bench.provenance`) inside a checkpoint file.
+CODE_HISTORY = "code_history"
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save into a temporary sibling, then rename (a crash never leaves a valid-looking file)."""
-    atomic_save(path, lambda tmp: torch.save(state, tmp))
+    """torch.save into a temporary sibling, then rename (a crash never leaves a valid-looking file).
+
+    The file also holds the code history of the work in it (:func:`bench.provenance.stamp`).
+    """
+    stamped = {**state, CODE_HISTORY: provenance.stamp()}
+    atomic_save(path, lambda tmp: torch.save(stamped, tmp))
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """Load with ``weights_only=True``; a truncated or corrupt file is an error naming it."""
+    """Load with ``weights_only=True``; a truncated or corrupt file is an error naming it.
+
+    Returns the saved state without its code history, which this process inherits.
+    """
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises several types for bad files
         raise IntegrityError(
             f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); delete it to restart "
             "meta-training from scratch"
         ) from error
+    provenance.inherit(state.pop(CODE_HISTORY, None), path)
+    return state

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from bench import provenance
 from bench.atomic import atomic_write_json
 from bench.errors import BenchError
 from bench.method import Learner
@@ -85,6 +86,7 @@ def _resume(
         )
         return empty, 0.0
     per_episode = {int(k): list(v) for k, v in saved["per_episode"].items()}
+    provenance.inherit(saved.get("code_history"), progress)
     log.info("resuming evaluation at episode %d from %s", len(per_episode[readouts[0]]), progress)
     return per_episode, float(saved["seconds"])
 
@@ -132,6 +134,7 @@ def evaluate(
             payload = {"suite": suite.content_hash, "readouts": readouts, "per_episode": per_episode}
             if fingerprint is not None:
                 payload["learner"] = fingerprint
+            payload["code_history"] = provenance.stamp()
             atomic_write_json(progress, {**payload, "seconds": time.perf_counter() - start})
     synchronize(device)
     return EvalResult(per_episode, time.perf_counter() - start, n)

@@ -634,6 +634,13 @@ def provenance_lines(records: Sequence[RunRecord]) -> list[str]:
     if commits:
         listed = ", ".join(f"{c} × {n}" for c, n in sorted(commits.items(), key=lambda kv: (-kv[1], kv[0])))
         lines += [f"Code behind these records (git commit × records): {listed}.", ""]
+    resumed = sorted(r.run_key for r in records if r.status == "ok" and r.hashes.get("resumed_code"))
+    if resumed:
+        lines += [
+            f"Runs that resumed work written by other code (named in each record's"
+            f" hashes.resumed_code): {', '.join(resumed)}.",
+            "",
+        ]
     return lines
 
 

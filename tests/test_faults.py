@@ -83,6 +83,7 @@ def test_kill_9_during_purer_meta_training_then_rerun_gives_the_identical_record
     assert a["per_episode"] == b["per_episode"] and a["metrics"] == b["metrics"]
     assert a["extra_metrics"] == b["extra_metrics"]
     assert a["train_stats"]["selected_iteration"] == b["train_stats"]["selected_iteration"]
+    assert "resumed_code" not in b["hashes"]  # the same code wrote the checkpoint it resumed
 
 
 EVAL = ["experiment=smoke", "method=random_init", "task=5w1s", "task.n_episodes=100", "tracking=none"]
@@ -95,11 +96,15 @@ def test_kill_9_during_evaluation_resumes_after_the_last_saved_episode(tmp_path,
     process = _dfml_run(*EVAL, cwd=killed, wait=False)
     _kill_when(process, killed / "results" / "runs" / "smoke", "*/work/eval_progress.json")
     (progress,) = (killed / "results" / "runs" / "smoke").glob("*/work/eval_progress.json")
-    saved = len(json.loads(progress.read_text())["per_episode"]["10"])
+    written = json.loads(progress.read_text())
+    saved = len(written["per_episode"]["10"])
     assert 0 < saved < 100
     done = _dfml_run(*EVAL, cwd=killed)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _record(straight / "results")["per_episode"] == _record(killed / "results")["per_episode"]
+    record = _record(killed / "results")
+    assert _record(straight / "results")["per_episode"] == record["per_episode"]
+    assert [e["code_sha256"] for e in written["code_history"]] == [record["hashes"]["code_sha256"]]
+    assert "resumed_code" not in record["hashes"]
 
 
 class _Crashing(FineTuneLearner):

@@ -396,7 +396,13 @@ def test_the_markdown_names_failed_runs_and_the_code_behind_the_numbers(tmp_path
     records[1].hashes["git_dirty"] = True
     records[2].hashes.update(git_dirty=True, code_sha256="0123abcd" + "9" * 56)
     records[3].hashes.update(git_dirty=False, code_sha256="f" * 64)  # clean: the sha says it all
+    assert "resumed work written by other code" not in write_leaderboard(records, tmp_path, "golden")[1]
+    records[3].hashes["resumed_code"] = [{"git_sha": "e" * 40, "git_dirty": False, "code_sha256": "0" * 64}]
     _, markdown = write_leaderboard(records, tmp_path, "golden")
+    assert (
+        "Runs that resumed work written by other code (named in each record's hashes.resumed_code):"
+        f" {records[3].run_key}." in markdown
+    )
     assert f"(run `{records[0].run_key}`): FloatingPointError: non-finite loss" in markdown
     assert (
         "Code behind these records (git commit × records): fixture × 8,"

@@ -1,0 +1,71 @@
+"""Which code computed a run that spanned several processes.
+
+A run resumes meta-training checkpoints and evaluation progress written by earlier processes; those
+may have run other code (a session ends mid-run; the next one resumes on a newer checkout). Every
+checkpoint and progress file therefore carries the *code history* of the work it holds: one entry
+(``git_sha``, ``git_dirty``, ``code_sha256``) per distinct code that wrote part of it, oldest first.
+A process that resumes such a file inherits its history; the record then names, under
+``hashes.resumed_code``, every earlier code that differs from its own (empty: one code did it all).
+
+State is per process (one run per process; :func:`reset` at a run's start).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from bench.environment import code_sha256, git_state
+
+log = logging.getLogger(__name__)
+
+#: Entry of a file written before files carried their code history.
+UNKNOWN = {"git_sha": "unknown", "git_dirty": None, "code_sha256": "unknown"}
+
+_inherited: list[dict[str, Any]] = []
+
+
+def current_code() -> dict[str, Any]:
+    """This process's code: ``{"git_sha", "git_dirty", "code_sha256"}``."""
+    return {**git_state(), "code_sha256": code_sha256()}
+
+
+def reset() -> None:
+    """Forget inherited histories (a new run starts in this process)."""
+    _inherited.clear()
+
+
+def _add(history: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+    if entry not in history:
+        history.append(dict(entry))
+
+
+def inherit(history: list[dict[str, Any]] | None, source: Path) -> None:
+    """Note the code history of a resumed file (None: a file older than the field)."""
+    entries = [UNKNOWN] if history is None else history
+    others = [e for e in entries if e.get("code_sha256") != code_sha256()]
+    for entry in entries:
+        _add(_inherited, entry)
+    if others:
+        names = ", ".join(
+            f"git {str(e.get('git_sha'))[:7]} code {str(e.get('code_sha256'))[:8]}" for e in others
+        )
+        log.warning(
+            "%s was written (in part) by other code (%s); resuming it, the record names that code "
+            "under hashes.resumed_code",
+            source,
+            names,
+        )
+
+
+def stamp() -> list[dict[str, Any]]:
+    """The history to save with a checkpoint or progress file now: inherited + this process's code."""
+    history = [dict(e) for e in _inherited]
+    _add(history, current_code())
+    return history
+
+
+def resumed_code() -> list[dict[str, Any]]:
+    """The inherited entries whose code differs from this process's (for the record)."""
+    return [dict(e) for e in _inherited if e.get("code_sha256") != code_sha256()]
