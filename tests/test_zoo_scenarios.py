@@ -12,8 +12,10 @@ from bench.errors import BenchError
 from bench.overrides import group_options
 from tests.conftest import SMALL_GLYPHS
 from zoos.architectures import build_model
+from zoos.card import _near_chance_line
 from zoos.members import assign_archs, check_meta_train_only, member_specs, recipe_for
 from zoos.spec import MemberSpec, TrainRecipe
+from zoos.train import near_chance, recalibrate_bn
 from zoos.zoo import load_or_build_zoo, zoo_datasets
 
 ARCHS = ("conv4", "resnet10", "resnet18", "resnet12")
@@ -170,3 +172,56 @@ def test_mh_zoo_trains_each_member_on_one_source_with_global_label_offsets(small
     with pytest.raises(BenchError, match=r"MH\) zoo over \['glyphs', 'omniglot'\].*not one of them"):
         other = load_dataset({**SMALL_GLYPHS, "seed": 1})
         load_or_build_zoo(cfg, other)
+
+
+def test_recalibrate_bn_sets_running_statistics_to_the_training_images_and_keeps_weights():
+    torch.manual_seed(0)
+    model = build_model("resnet10", 5, 32, 3, torch.Generator().manual_seed(0)).eval()
+    first_bn = model.stem[1]
+    first_bn.running_mean.fill_(7.0)  # far from anything the images give
+    weights = {
+        k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "batches" not in k
+    }
+    x = torch.randn(40, 3, 32, 32)
+    recalibrate_bn(model, x, batch=40)  # one batch: exactly that batch's statistics
+    stem_out = model.stem[0](x)
+    assert torch.allclose(first_bn.running_mean, stem_out.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(first_bn.running_var, stem_out.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert first_bn.momentum == 0.1 and not model.training
+    for key, value in weights.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_recipe_switches_enter_member_keys_only_when_on():
+    """Keys of members built before ``recalibrate_bn`` existed (it off) must not move."""
+    assert "recalibrate_bn" not in TrainRecipe().to_json() and "augment" not in TrainRecipe().to_json()
+    assert TrainRecipe(recalibrate_bn=True).to_json()["recalibrate_bn"] is True
+
+
+@pytest.mark.parametrize("zoo", ["glyphs_sh", "mh_glyphs_omniglot"])
+def test_shipped_cpu_sh_and_mh_zoos_give_resnets_enough_steps_and_recalibrated_bn(zoo):
+    cfg, _ = _zoo_config(zoo, "glyphs")
+    assert recipe_for(cfg, "conv4") == TrainRecipe(
+        **{**cfg["recipe"], "milestones": tuple(cfg["recipe"]["milestones"])}
+    )
+    for arch in ("resnet10", "resnet18"):
+        recipe = recipe_for(cfg, arch)
+        assert recipe.batch_size == 16 and recipe.recalibrate_bn and recipe.optimizer == "sgd"
+
+
+def test_members_near_chance_are_flagged_on_the_card():
+    assert near_chance(20.0, 5) and near_chance(30.0, 5) and not near_chance(35.0, 5)
+    members = [
+        {"index": 0, "arch": "conv4", "heldout_acc": 90.0, "classes": list("abcde")},
+        {"index": 1, "arch": "resnet18", "heldout_acc": 20.0, "classes": list("fghij")},
+        {
+            "index": 2,
+            "arch": "conv4",
+            "heldout_acc": 20.0,
+            "classes": list("klmno"),
+            "spec": {"extra": {"untrusted": "untrained"}},
+        },  # shipped untrained on purpose
+    ]
+    line = _near_chance_line(members)
+    assert "1 (resnet18, 20.0 %)" in line and "0 (" not in line and "2 (" not in line
+    assert _near_chance_line(members[:1]).endswith(": none.")

@@ -6,6 +6,8 @@ import statistics
 from collections import Counter
 from typing import Any
 
+from zoos.train import NEAR_CHANCE, near_chance
+
 
 def scenario(manifest: dict[str, Any]) -> str:
     """SS, SH or MH from the members' datasets and architectures."""
@@ -63,6 +65,8 @@ def render_card(manifest: dict[str, Any], builds: list[dict[str, Any]]) -> str:
         "",
         _quantiles(accs),
         "",
+        _near_chance_line(members),
+        "",
         "## Build time",
         "",
         f"- member training, summed: {sum(seconds) / 60:.1f} min over {len(seconds)} members "
@@ -93,3 +97,20 @@ def render_card(manifest: dict[str, Any], builds: list[dict[str, Any]]) -> str:
             f"- {m['index']}: {m['arch']}, {m['dataset']}, {m['heldout_acc']:.1f} %{marker}: {shown}"
         )
     return "\n".join(lines) + "\n"
+
+
+def _near_chance_line(members: list[dict[str, Any]]) -> str:
+    """Members at or below ``NEAR_CHANCE`` x chance (shipped-untrained untrusted members aside)."""
+    flagged = [
+        f"{m['index']} ({m['arch']}, {m['heldout_acc']:.1f} %)"
+        for m in members
+        if near_chance(m["heldout_acc"], len(m["classes"]))
+        and (m.get("spec", {}).get("extra") or {}).get("untrusted") != "untrained"
+    ]
+    chance = f"held-out at most {NEAR_CHANCE} x chance"
+    if not flagged:
+        return f"Members near chance ({chance}): none."
+    return (
+        f"**Members near chance ({chance}): {', '.join(flagged)}.** Their logits and BN statistics "
+        "carry little for inversion or distillation; see the zoo's recipe_by_arch."
+    )

@@ -25,6 +25,15 @@ from zoos.spec import MemberSpec, TrainRecipe
 log = logging.getLogger(__name__)
 
 
+#: A member whose held-out accuracy is at most this multiple of chance is flagged (build log, card).
+NEAR_CHANCE = 1.5
+
+
+def near_chance(heldout_acc: float, n_classes: int) -> bool:
+    """Whether a held-out accuracy (%) is at most :data:`NEAR_CHANCE` x chance (100 / n_classes)."""
+    return heldout_acc <= NEAR_CHANCE * 100.0 / n_classes
+
+
 @dataclass
 class TrainedMember:
     """A trained member: its weights and held-out accuracy (%)."""
@@ -108,6 +117,30 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.stack(crops)
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int) -> None:
+    """Set every BN layer's running mean/var to its batch statistics' average over ``x`` (N, C, H, W).
+
+    One train-mode forward pass in batches of ``batch`` (the cumulative average of PyTorch's
+    ``momentum=None``; a single batch gives that batch's statistics); weights and BN affine
+    parameters are unchanged, and each layer's momentum is restored afterwards.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or len(x) == 0:
+        return
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    was_training = model.training
+    model.train()
+    for start in range(0, len(x), batch):
+        model(x[start : start + batch])
+    model.train(was_training)
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+
+
 def train_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.device) -> TrainedMember:
     """Pretrain the member described by ``spec``; deterministic on CPU for a fixed spec."""
     recipe = spec.recipe
@@ -143,5 +176,7 @@ def train_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
+    if recipe.recalibrate_bn and epochs:
+        recalibrate_bn(model, train_x, recipe.batch_size)
     model.eval()
     return TrainedMember(model, accuracy(model, hold_x, hold_y), accuracy(model, train_x, train_y))

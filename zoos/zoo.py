@@ -38,7 +38,7 @@ from bench.progress import progress_options
 from zoos.architectures import build_model, count_parameters
 from zoos.members import is_multi_dataset, member_specs, untrusted_mix
 from zoos.spec import MemberSpec
-from zoos.train import train_member
+from zoos.train import near_chance, train_member
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,19 @@ def build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
     """Train one member and store it atomically (weights, spec, sha256, held-out accuracy, time)."""
     started = time.perf_counter()
     trained = train_member(spec, dataset, device)
+    if near_chance(trained.heldout_acc, len(spec.classes)) and spec.extra.get("untrusted") != "untrained":
+        log.warning(
+            "zoo member %d (%s, %s) holds out at %.1f %% (chance %.1f %%, train %.1f %% in eval mode): "
+            "its teachers' logits and BN statistics carry little; give its architecture more "
+            "optimiser steps (recipe_by_arch: a smaller batch_size or more epochs) or "
+            "recalibrate_bn: true",
+            spec.index,
+            spec.arch,
+            spec.training_dataset,
+            trained.heldout_acc,
+            100.0 / len(spec.classes),
+            trained.train_acc,
+        )
     with atomic_directory(_member_dir(spec.key)) as tmp:
         (tmp / "spec.json").write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True))
         state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
