@@ -60,7 +60,7 @@ def invert_batch(
     shape = (n_classes * per_class, member.spec.channels, member.spec.image_size, member.spec.image_size)
     images = torch.randn(shape, generator=generator).to(device).requires_grad_(True)
     labels = torch.arange(n_classes, device=device).repeat_interleave(per_class)
-    forward, targets = teacher_forward(member.model), running_targets(member.model)
+    forward, targets = teacher_forward(member.run_model), running_targets(member.model)
     optimizer = torch.optim.Adam([images], lr=lr)
     for _ in range(steps):
         loss, _ = inversion_loss(forward, targets, images, labels, weights, generator)

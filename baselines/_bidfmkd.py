@@ -231,7 +231,7 @@ class BiDfMkdBase(MetaLearner):
         labels = torch.arange(n_classes, device=device).repeat_interleave(per_class)
         optimizer = torch.optim.Adam([*net.parameters(), z], lr=cfg.generator_lr, betas=(0.5, 0.999))
         frozen = None if student is None else {k: v.detach() for k, v in module_params(student).items()}
-        api = QueryCountingTeacher(member.model) if self.black_box else None
+        api = QueryCountingTeacher(member.run_model) if self.black_box else None
         for _ in range(cfg.generate_iterations):
             x = net(z)
             if api is not None:
@@ -245,7 +245,7 @@ class BiDfMkdBase(MetaLearner):
         with torch.no_grad():
             images = net(z)
             if api is None:
-                scores = member.model(images)
+                scores = member.run_model(images)
                 stats["teacher_queries"] += n
             else:
                 scores = log_probabilities(api.probabilities(images))
@@ -262,7 +262,7 @@ class BiDfMkdBase(MetaLearner):
     ) -> torch.Tensor:
         """Member CE on images x (B, C, H, W), labels (B,), minus the boundary term given a student."""
         cfg: BiDfMkdConfig = self.cfg  # type: ignore[assignment]
-        logits = member.model(x)
+        logits = member.run_model(x)
         loss = F.cross_entropy(logits, labels)
         if frozen is not None:
             boundary = masked_disagreement(logits, forward(student, frozen, x))  # (B,)

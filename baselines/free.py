@@ -209,7 +209,7 @@ class Free(MetaLearner):
         frozen = None if student is None else {k: v.detach() for k, v in module_params(student).items()}
         for step in range(cfg.adapt_steps):
             x = clone(z)
-            logits = member.model(x)
+            logits = member.run_model(x)
             value = F.cross_entropy(logits, labels)
             if frozen is not None and cfg.adv > 0:
                 value = value - cfg.adv * masked_disagreement(logits, forward(student, frozen, x)).mean()
@@ -223,7 +223,7 @@ class Free(MetaLearner):
             optimizer.step()
         with torch.no_grad():
             images = clone(z)
-            logits = member.model(images)
+            logits = member.run_model(images)
         stats["member_recoveries"] += 1
         stats["recovery_seconds"] += time.perf_counter() - started
         return images, logits

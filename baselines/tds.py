@@ -349,7 +349,7 @@ class Tds(MetaLearner):
         )
         net = fresh_conditional_generator(n_classes, body, generator)
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
-        forward, targets = teacher_forward(member.model), running_targets(member.model)
+        forward, targets = teacher_forward(member.run_model), running_targets(member.model)
         labels = torch.arange(n_classes, device=ctx.device).repeat_interleave(per_class)
         for _ in range(cfg.generate_iterations):
             z = torch.randn(len(labels), cfg.nz, generator=generator).to(ctx.device)
@@ -366,7 +366,7 @@ class Tds(MetaLearner):
             held_out = net(
                 torch.randn(len(train_labels), cfg.nz, generator=generator).to(ctx.device), train_labels
             )
-            teacher_logits = member.model(images)
+            teacher_logits = member.run_model(images)
         for local, key in enumerate(member.class_keys):  # task-shaped blocks: k_shot support, then queries
             block = slice(local * per_class, (local + 1) * per_class)
             train_bank.add_class(key, images[block][: ctx.k_shot], images[block][ctx.k_shot :])

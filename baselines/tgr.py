@@ -232,7 +232,7 @@ class Tgr(MetaLearner):
             cfg.nz, cfg.ngf, zoo.image_size, zoo.channels, zoo.mean, zoo.std, generator, self.context.device
         )
         out = invert_with_generator(
-            member.model,
+            member.run_model,
             len(member.spec.classes),
             per_class,
             cfg.generate_iterations,

@@ -49,7 +49,7 @@ class DynamicDataset:
         self.X = nn.Parameter(torch.randn(shape, generator=generator).to(device))
         self.y = torch.arange(len(self.class_names), device=device).repeat_interleave(images_per_class)
         self.optimizer = torch.optim.Adam([self.X], lr=lr)
-        self.teachers = [self._slot(m.model, m.class_keys, device) for m in zoo.members]
+        self.teachers = [self._slot(m.run_model, m.class_keys, device) for m in zoo.members]
         # One gather for all teachers, then a split: autograd then builds one X-sized gradient
         # instead of one per teacher (13 X-sized zero fills and adds per data step otherwise).
         self._all_rows = torch.cat([slot.rows for slot in self.teachers])

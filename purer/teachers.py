@@ -22,6 +22,7 @@ from torch import nn
 from purer.inversion import BNStatRecorder, batch_moments
 from zoos.architectures import Conv4
 from zoos.pooling import max_pool_2x2
+from zoos.zoo import InputMapped
 
 Moments = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -77,6 +78,19 @@ class FoldedConv4Teacher:
         return F.linear(torch.flatten(x, 1), self.head_weight, self.head_bias), moments
 
 
+class MappedTeacher:
+    """A teacher forward applied to ``x * scale + shift`` (an MH member, see ``zoos.zoo.InputMapped``)."""
+
+    def __init__(
+        self, inner: HookedTeacher | FoldedConv4Teacher, scale: torch.Tensor, shift: torch.Tensor
+    ) -> None:
+        self.inner, self.scale, self.shift = inner, scale, shift
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Moments]:
+        """Logits (B, n_classes) and the BN-input moments of the mapped images x (B, C, H, W)."""
+        return self.inner(x * self.scale + self.shift)
+
+
 def hooked_channels_last(model: nn.Module) -> bool:
     """Whether a hooked teacher of ``model`` runs channels-last: on CPU, yes.
 
@@ -90,12 +104,15 @@ def hooked_channels_last(model: nn.Module) -> bool:
 
 def teacher_forward(
     model: nn.Module, fold: bool = True, channels_last: bool | None = None
-) -> HookedTeacher | FoldedConv4Teacher:
+) -> HookedTeacher | FoldedConv4Teacher | MappedTeacher:
     """The fastest exact forward-with-moments available for ``model``.
 
     An eval-mode conv4 is folded (``fold``); any other model is hooked, channels-last where
-    :func:`hooked_channels_last` says so unless ``channels_last`` decides.
+    :func:`hooked_channels_last` says so unless ``channels_last`` decides. An
+    :class:`~zoos.zoo.InputMapped` member is unwrapped, and its map applied before the teacher.
     """
+    if isinstance(model, InputMapped):
+        return MappedTeacher(teacher_forward(model.inner, fold, channels_last), model.scale, model.shift)
     if fold and isinstance(model, Conv4) and not model.training:
         try:
             return FoldedConv4Teacher(model)

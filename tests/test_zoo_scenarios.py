@@ -10,13 +10,14 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.overrides import group_options
+from purer.teachers import FoldedConv4Teacher, HookedTeacher, MappedTeacher, teacher_forward
 from tests.conftest import SMALL_GLYPHS
 from zoos.architectures import build_model
 from zoos.card import _near_chance_line
 from zoos.members import assign_archs, check_meta_train_only, member_specs, recipe_for
 from zoos.spec import MemberSpec, TrainRecipe
 from zoos.train import near_chance, recalibrate_bn
-from zoos.zoo import load_or_build_zoo, zoo_datasets
+from zoos.zoo import InputMapped, input_map, load_or_build_zoo, zoo_datasets
 
 ARCHS = ("conv4", "resnet10", "resnet18", "resnet12")
 
@@ -169,6 +170,26 @@ def test_mh_zoo_trains_each_member_on_one_source_with_global_label_offsets(small
     assert zoo.datasets == ["glyphs", "omniglot"] and zoo.label_offsets == {"glyphs": 0, "omniglot": n_glyphs}
     assert min(zoo.manifest["members"][2]["global_labels"]) >= n_glyphs
     assert len({k for m in zoo.members for k in m.class_keys}) == 15
+    # Every member is queried in the run dataset's space: the Omniglot member maps it into its own.
+    assert zoo.members[0].input_map is None and zoo.members[0].run_model is zoo.members[0].model
+    pixels = torch.rand(4, 3, 32, 32)
+
+    def normalised(d):  # noqa: ANN001, ANN202
+        return (pixels - torch.tensor(d.mean).view(-1, 1, 1)) / torch.tensor(d.std).view(-1, 1, 1)
+
+    as_run, as_own = normalised(small_glyphs), normalised(omniglot)
+    omniglot_member = zoo.members[2]
+    assert isinstance(omniglot_member.run_model, InputMapped)
+    assert torch.allclose(omniglot_member.run_model(as_run), omniglot_member.model(as_own), atol=1e-5)
+    mapped = teacher_forward(omniglot_member.run_model)
+    assert isinstance(mapped, MappedTeacher) and isinstance(mapped.inner, FoldedConv4Teacher)
+    logits, moments = mapped(as_run)
+    hooked_logits, hooked_moments = HookedTeacher(omniglot_member.model)(as_own)
+    assert torch.allclose(logits, hooked_logits, atol=1e-4)
+    for (m1, v1), (m2, v2) in zip(moments, hooked_moments, strict=True):
+        assert torch.allclose(m1, m2, atol=1e-4) and torch.allclose(v1, v2, rtol=1e-3, atol=1e-4)
+    on_omniglot = load_or_build_zoo(cfg, omniglot)  # tested on Omniglot: the glyphs members are mapped
+    assert on_omniglot.members[2].input_map is None and on_omniglot.members[0].input_map is not None
     with pytest.raises(BenchError, match=r"MH\) zoo over \['glyphs', 'omniglot'\].*not one of them"):
         other = load_dataset({**SMALL_GLYPHS, "seed": 1})
         load_or_build_zoo(cfg, other)
@@ -225,3 +246,16 @@ def test_members_near_chance_are_flagged_on_the_card():
     line = _near_chance_line(members)
     assert "1 (resnet18, 20.0 %)" in line and "0 (" not in line and "2 (" not in line
     assert _near_chance_line(members[:1]).endswith(": none.")
+
+
+def test_the_input_map_takes_the_run_normalisation_to_the_members_and_is_none_when_equal():
+    glyphs, omniglot = ((0.1,) * 3, (0.27,) * 3), ((0.08,) * 3, (0.22,) * 3)
+    assert input_map(glyphs, glyphs, torch.device("cpu")) is None
+    scale, shift = input_map(omniglot, glyphs, torch.device("cpu"))
+    pixels = torch.rand(2, 3, 4, 4)
+    as_run, as_own = (pixels - 0.1) / 0.27, (pixels - 0.08) / 0.22
+    assert scale.shape == shift.shape == (3, 1, 1)
+    assert torch.allclose(as_run * scale + shift, as_own, atol=1e-6)
+    model = build_model("conv4", 5, 32, 3, torch.Generator().manual_seed(0)).eval()
+    wrapped = InputMapped(model, scale, shift)
+    assert set(wrapped.state_dict()) == {f"inner.{k}" for k in model.state_dict()}  # no extra buffers

@@ -43,6 +43,42 @@ from zoos.train import near_chance, train_member
 log = logging.getLogger(__name__)
 
 
+class InputMapped(nn.Module):
+    """``inner(x * scale + shift)``: a member queried with images normalised for another dataset.
+
+    ``scale`` and ``shift`` (C, 1, 1) map the run dataset's normalised space into the member's own
+    (pixel p: ``(p - mean_run) / std_run`` -> ``(p - mean_member) / std_member``). They are plain
+    attributes, not buffers: the member's state dict is unchanged.
+    """
+
+    def __init__(self, inner: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.inner = inner
+        self.scale, self.shift = scale, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_classes) of images x (B, C, H, W) in the run dataset's normalisation."""
+        return self.inner(x * self.scale + self.shift)
+
+
+def input_map(
+    member_norm: tuple[tuple[float, ...], tuple[float, ...]],
+    run_norm: tuple[tuple[float, ...], tuple[float, ...]],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift), each (C, 1, 1), from the run's normalised space to a member's; None if equal.
+
+    Each normalisation is (mean, std) per channel.
+    """
+    if tuple(map(tuple, member_norm)) == tuple(map(tuple, run_norm)):
+        return None
+    (m_mean, m_std), (r_mean, r_std) = (
+        (torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for v in norm)
+        for norm in (member_norm, run_norm)
+    )
+    return r_std / m_std, (r_mean - m_mean) / m_std
+
+
 @dataclass
 class ZooMember:
     """One pretrained member: spec, frozen model (eval mode) and facts for the manifest."""
@@ -53,6 +89,19 @@ class ZooMember:
     train_acc: float
     weights_sha256: str
     param_count: int
+    #: (scale, shift) from the run dataset's normalisation to the member's own (MH zoos: a member
+    #: of another source than the run's dataset); None when they are the same.
+    input_map: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def run_model(self) -> nn.Module:
+        """The member as a run queries it: images in the run dataset's normalisation.
+
+        ``model`` itself unless the member's source dataset normalises differently (MH), then
+        :class:`InputMapped` around it. Every method feeding synthetic images to a member uses this,
+        so one image set serves members of every source and the meta-learner alike.
+        """
+        return self.model if self.input_map is None else InputMapped(self.model, *self.input_map)
 
     @property
     def key(self) -> str:
@@ -77,7 +126,9 @@ class Zoo:
     channels: int
     members: list[ZooMember]
     manifest: dict[str, Any] = field(default_factory=dict)
-    #: Normalisation of the members' input space (facts, not data: to un-normalise inversions).
+    #: Normalisation of the run dataset, the space every member is queried in (facts, not data: to
+    #: un-normalise inversions). MH members of another source map it into their own
+    #: (:attr:`ZooMember.run_model`).
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     #: Source dataset name -> global label offset (MH zoos; {dataset: 0} otherwise).
@@ -340,6 +391,10 @@ def load_or_build_zoo(
     manifest = make_manifest(cfg, members, datasets)
     atomic_write_json(manifest_path(manifest["key"]), manifest)
     first = datasets[members[0].spec.dataset]
+    run_norm = (tuple(dataset.mean), tuple(dataset.std))
+    for member in members:  # a member is fed images in its declared dataset's normalisation
+        source = datasets.get(member.spec.dataset, dataset)
+        member.input_map = input_map((tuple(source.mean), tuple(source.std)), run_norm, device)
     return Zoo(
         str(cfg["name"]),
         manifest["key"],
