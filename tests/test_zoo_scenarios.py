@@ -259,3 +259,22 @@ def test_the_input_map_takes_the_run_normalisation_to_the_members_and_is_none_wh
     model = build_model("conv4", 5, 32, 3, torch.Generator().manual_seed(0)).eval()
     wrapped = InputMapped(model, scale, shift)
     assert set(wrapped.state_dict()) == {f"inner.{k}" for k in model.state_dict()}  # no extra buffers
+
+
+def test_a_zoo_with_members_near_chance_says_so_at_every_load(small_glyphs, tmp_path, monkeypatch, caplog):
+    """One SGD step at a tiny lr leaves a resnet at chance: the build and each later load warn."""
+    monkeypatch.setenv("DFML_CACHE", str(tmp_path))
+    cfg = {
+        "name": "weak_sh",
+        "dataset": "glyphs",
+        "arch": ["resnet10"],
+        "n_members": 1,
+        "seed": 0,
+        "recipe": {"epochs": 1, "milestones": [1], "optimizer": "sgd", "lr": 1e-6},
+    }
+    for _ in range(2):  # build, then load from the cache
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="zoos.zoo"):
+            zoo = load_or_build_zoo(cfg, small_glyphs)
+        assert near_chance(zoo.members[0].heldout_acc, 5)
+        assert "zoo weak_sh: 1 of 1 members hold out near chance: 0 (resnet10" in caplog.text

@@ -388,6 +388,20 @@ def load_or_build_zoo(
     device = torch.device(device)
     specs, datasets = zoo_specs(cfg, dataset)
     members, trained = ensure_members(cfg, specs, datasets, device, repair)
+    weak = [
+        f"{m.spec.index} ({m.spec.arch}, {m.heldout_acc:.1f} %)"
+        for m in members
+        if near_chance(m.heldout_acc, len(m.spec.classes)) and m.spec.extra.get("untrusted") != "untrained"
+    ]
+    if weak:  # also for members loaded from the cache (the build-time warning was printed once)
+        log.warning(
+            "zoo %s: %d of %d members hold out near chance: %s; see its card (dfml-zoo card %s)",
+            cfg["name"],
+            len(weak),
+            len(members),
+            ", ".join(weak),
+            cfg["name"],
+        )
     manifest = make_manifest(cfg, members, datasets)
     atomic_write_json(manifest_path(manifest["key"]), manifest)
     first = datasets[members[0].spec.dataset]
