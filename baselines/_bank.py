@@ -107,6 +107,15 @@ class ClassBank:
         device: torch.device,
     ) -> None:
         """Invert ``member``'s classes (a support batch and a separate query batch) into the bank."""
+        log.info(  # minutes for a resnet member on CPU, with no progress bar of its own
+            "inverting zoo member %d (%s, %d classes): 2 batches x %d Adam steps, %d + %d images per class",
+            member.spec.index,
+            member.spec.arch,
+            len(member.spec.classes),
+            steps,
+            n_support,
+            n_query,
+        )
         support = invert_batch(member, n_support, steps, lr, weights, generator, device)
         query = invert_batch(member, n_query, steps, lr, weights, generator, device)
         for local, key in enumerate(member.class_keys):
