@@ -14,7 +14,8 @@ from bench.data import forbid_real_data
 from bench.errors import BenchError, DataFreeViolation
 from bench.method import METHODS, Budget, Learner, MethodContext, validate_method_config
 from bench.tasks import TaskShape, TaskSuite
-from zoos.zoo import Zoo, load_or_build_zoo
+from purer.teachers import FoldedConv4Teacher, MappedTeacher
+from zoos.zoo import InputMapped, Zoo, load_or_build_zoo
 
 #: Cost knobs shrunk for the contract run when a method's config has them (keeps it to seconds).
 SMOKE_KNOBS = {
@@ -187,3 +188,47 @@ def test_budget_rejects_non_positive_values():
         Budget(meta_iterations=0)
     with pytest.raises(BenchError, match="budget.max_seconds"):
         Budget(max_seconds=-1.0)
+
+
+#: Methods that feed images to zoo members (the parameter-space ones refuse mapped members).
+MEMBER_QUERIERS = [n for n in METHODS.names() if METHODS.get(n).real_data_use() == "none"]
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in MEMBER_QUERIERS if n not in ("random_init", "weight_average", "ota")]
+)
+def test_every_member_query_goes_through_the_members_input_map(name, tiny_zoo, small_glyphs, monkeypatch):
+    """MH: a member of another source is queried through its input map (ZooMember.run_model).
+
+    Every member here carries a map; a member forward (direct, hooked teacher) or a folded-teacher
+    call outside an InputMapped / MappedTeacher call fails the test.
+    """
+    depth, calls = [0], [0]
+
+    def counted(original):  # noqa: ANN001, ANN202
+        def call(self, *args, **kwargs):  # noqa: ANN001, ANN202
+            depth[0], calls[0] = depth[0] + 1, calls[0] + 1
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        return call
+
+    def guard(*_) -> None:  # noqa: ANN002
+        assert depth[0] > 0, f"{name} queried a zoo member without its input map"
+
+    folded = FoldedConv4Teacher.__call__
+    monkeypatch.setattr(InputMapped, "forward", counted(InputMapped.forward))
+    monkeypatch.setattr(MappedTeacher, "__call__", counted(MappedTeacher.__call__))
+    monkeypatch.setattr(FoldedConv4Teacher, "__call__", lambda self, x: (guard(), folded(self, x))[1])
+    mapping = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.1))
+    members = [dataclasses.replace(m, input_map=mapping) for m in tiny_zoo.members]
+    handles = [m.model.register_forward_pre_hook(lambda *_: guard()) for m in members]
+    extra = {"init": "random"} if name.startswith("purer") else None  # averaging refuses mapped members
+    try:
+        _train(name, dataclasses.replace(tiny_zoo, members=members), real_data=small_glyphs, extra=extra)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls[0] > 0

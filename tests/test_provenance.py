@@ -62,3 +62,30 @@ def test_resumed_evaluation_progress_names_its_code(tmp_path, monkeypatch):
     assert per_episode == {1: [50.0]}
     assert provenance.resumed_code() == [{"git_sha": "x", "git_dirty": True, "code_sha256": "f" * 64}]
     provenance.reset()
+
+
+def test_a_run_forgets_the_code_history_a_previous_run_in_its_process_inherited(tmp_path, small_glyphs):
+    """Hydra multirun runs several jobs in one process: one job's resumed files say nothing of the next."""
+    from hydra import compose, initialize_config_module
+
+    from bench.app import run_one
+    from bench.records import read_records
+
+    provenance.reset()
+    provenance.inherit([{"git_sha": "0" * 40, "git_dirty": False, "code_sha256": "0" * 64}], tmp_path / "x")
+    assert provenance.resumed_code()  # as after an earlier job that resumed other code's checkpoint
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "experiment=smoke",
+                "method=random_init",
+                "task.n_episodes=2",
+                "tracking=none",
+                f"paths.results={tmp_path}",
+            ],
+        )
+    run_one(cfg)
+    (record,) = read_records(tmp_path / "runs" / "smoke")
+    assert record.status == "ok" and "resumed_code" not in record.hashes
+    assert record.hashes["code_sha256"] == provenance.current_code()["code_sha256"]

@@ -213,10 +213,20 @@ def test_recalibrate_bn_sets_running_statistics_to_the_training_images_and_keeps
         assert torch.equal(model.state_dict()[key], value), key
 
 
+def test_recalibration_batches_mix_the_class_ordered_images():
+    """Images are stored class by class; batches of one class would give within-class variances."""
+    model = nn.Sequential(nn.BatchNorm2d(1))
+    x = torch.cat([torch.zeros(16, 1, 2, 2), torch.ones(16, 1, 2, 2)]) + 0.01 * torch.randn(32, 1, 2, 2)
+    recalibrate_bn(model, x, batch=16)  # stored order: each batch one "class"
+    assert float(model[0].running_var) < 0.01
+    recalibrate_bn(model, x, batch=16, generator=torch.Generator().manual_seed(0))
+    assert abs(float(model[0].running_var) - float(x.var())) < 0.1 * float(x.var())
+
+
 def test_recipe_switches_enter_member_keys_only_when_on():
-    """Keys of members built before ``recalibrate_bn`` existed (it off) must not move."""
-    assert "recalibrate_bn" not in TrainRecipe().to_json() and "augment" not in TrainRecipe().to_json()
-    assert TrainRecipe(recalibrate_bn=True).to_json()["recalibrate_bn"] is True
+    """Keys of members built before ``recalibrate_bn_batch`` existed (it off) must not move."""
+    assert "recalibrate_bn_batch" not in TrainRecipe().to_json() and "augment" not in TrainRecipe().to_json()
+    assert TrainRecipe(recalibrate_bn_batch=128).to_json()["recalibrate_bn_batch"] == 128
 
 
 @pytest.mark.parametrize("zoo", ["glyphs_sh", "mh_glyphs_omniglot"])
@@ -227,7 +237,7 @@ def test_shipped_cpu_sh_and_mh_zoos_give_resnets_enough_steps_and_recalibrated_b
     )
     for arch in ("resnet10", "resnet18"):
         recipe = recipe_for(cfg, arch)
-        assert recipe.batch_size == 16 and recipe.recalibrate_bn and recipe.optimizer == "sgd"
+        assert recipe.batch_size == 16 and recipe.recalibrate_bn_batch == 128 and recipe.optimizer == "sgd"
 
 
 def test_members_near_chance_are_flagged_on_the_card():
@@ -278,3 +288,15 @@ def test_a_zoo_with_members_near_chance_says_so_at_every_load(small_glyphs, tmp_
             zoo = load_or_build_zoo(cfg, small_glyphs)
         assert near_chance(zoo.members[0].heldout_acc, 5)
         assert "zoo weak_sh: 1 of 1 members hold out near chance: 0 (resnet10" in caplog.text
+
+
+def test_averaging_refuses_members_that_need_an_input_map():
+    """An MH zoo of one architecture still mixes input spaces: weight averaging must refuse it."""
+    from tests.benchmarks.purer_shapes import synthetic_conv4_zoo
+    from zoos.averaging import require_same_architecture
+
+    zoo = synthetic_conv4_zoo(n_members=2, n_classes=10)
+    require_same_architecture(zoo, "weight_average")  # plain SS: fine
+    zoo.members[1].input_map = (torch.ones(3, 1, 1), torch.zeros(3, 1, 1))
+    with pytest.raises(BenchError, match=r"weight_average averages parameters.*another normalisation"):
+        require_same_architecture(zoo, "weight_average")

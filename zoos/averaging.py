@@ -39,6 +39,14 @@ def require_same_architecture(zoo: Zoo, method: str) -> None:
             f"{zoo.name!r} is heterogeneous: {described}. Use an architecture-agnostic method "
             "(random_init, purer with method.init=random) or an SS zoo"
         )
+    mapped = sorted({m.spec.dataset for m in zoo.members if m.input_map is not None})
+    if mapped:  # an MH zoo of one architecture: its members' weights expect different inputs
+        raise BenchError(
+            f"{method} averages parameters, but zoo {zoo.name!r} holds members trained in another "
+            f"normalisation than the run's dataset (sources {mapped}, queried through an input map): "
+            "their averaged weights would mix two input spaces. Use an architecture-agnostic "
+            "method (random_init, purer with method.init=random) or an SS zoo"
+        )
 
 
 def average_state(zoo: Zoo) -> dict[str, torch.Tensor]:

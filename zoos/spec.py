@@ -34,19 +34,20 @@ class TrainRecipe:
     select: str = "final"
     #: Random crop (zero padding image_size // 8) + horizontal flip on training batches.
     augment: bool = False
-    #: After training, re-estimate every BN layer's running statistics from one pass over the
-    #: training images (train-mode forward, cumulative average; weights unchanged). Few optimiser
-    #: steps leave running statistics far from the trained weights' batch statistics (a resnet at
-    #: 20 steps is at chance in eval mode while right in train mode).
-    recalibrate_bn: bool = False
+    #: > 0: after training, re-estimate every BN layer's running statistics from one train-mode
+    #: pass over the training images in a seeded random order, this many at a time (cumulative
+    #: average; weights unchanged); 0: off. Few optimiser steps leave running statistics far from
+    #: the trained weights' batch statistics (a resnet at 20 steps is at chance in eval mode while
+    #: right in train mode). Batches should mix classes: the images are stored class by class.
+    recalibrate_bn_batch: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON; switches that are off (``augment``, ``recalibrate_bn``) are omitted.
+        """Plain JSON; switches that are off (``augment``, ``recalibrate_bn_batch``) are omitted.
 
         So member keys from before a switch existed hold.
         """
         data = asdict(self)
-        for switch in ("augment", "recalibrate_bn"):
+        for switch in ("augment", "recalibrate_bn_batch"):
             if not data[switch]:
                 del data[switch]
         return data

@@ -118,12 +118,17 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int) -> None:
+def recalibrate_bn(
+    model: nn.Module, x: torch.Tensor, batch: int, generator: torch.Generator | None = None
+) -> None:
     """Set every BN layer's running mean/var to its batch statistics' average over ``x`` (N, C, H, W).
 
-    One train-mode forward pass in batches of ``batch`` (the cumulative average of PyTorch's
-    ``momentum=None``; a single batch gives that batch's statistics); weights and BN affine
-    parameters are unchanged, and each layer's momentum is restored afterwards.
+    One train-mode forward pass over ``x`` in the order of a permutation drawn from ``generator``
+    (identity without one), ``batch`` images at a time: the cumulative average of PyTorch's
+    ``momentum=None`` (a single batch gives that batch's statistics). A member's images are stored
+    class by class, so the permutation keeps each batch from holding one class (whose statistics
+    are not the eval-time ones). Weights and BN affine parameters are unchanged; each layer's
+    momentum is restored afterwards.
     """
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not layers or len(x) == 0:
@@ -134,8 +139,10 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int) -> None:
         layer.momentum = None
     was_training = model.training
     model.train()
+    order = torch.arange(len(x)) if generator is None else torch.randperm(len(x), generator=generator)
+    order = order.to(x.device)
     for start in range(0, len(x), batch):
-        model(x[start : start + batch])
+        model(x[order[start : start + batch]])
     model.train(was_training)
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
@@ -176,7 +183,7 @@ def train_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
-    if recipe.recalibrate_bn and epochs:
-        recalibrate_bn(model, train_x, recipe.batch_size)
+    if recipe.recalibrate_bn_batch and epochs:
+        recalibrate_bn(model, train_x, recipe.recalibrate_bn_batch, order_gen)
     model.eval()
     return TrainedMember(model, accuracy(model, hold_x, hold_y), accuracy(model, train_x, train_y))

@@ -217,7 +217,7 @@ def build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
             "zoo member %d (%s, %s) holds out at %.1f %% (chance %.1f %%, train %.1f %% in eval mode): "
             "its teachers' logits and BN statistics carry little; give its architecture more "
             "optimiser steps (recipe_by_arch: a smaller batch_size or more epochs) or "
-            "recalibrate_bn: true",
+            "recalibrate_bn_batch: <n>",
             spec.index,
             spec.arch,
             spec.training_dataset,
@@ -406,7 +406,9 @@ def load_or_build_zoo(
     atomic_write_json(manifest_path(manifest["key"]), manifest)
     first = datasets[members[0].spec.dataset]
     run_norm = (tuple(dataset.mean), tuple(dataset.std))
-    for member in members:  # a member is fed images in its declared dataset's normalisation
+    # A member is fed images in its *declared* dataset's normalisation: an untrusted 'foreign'
+    # member claims the zoo's dataset (that is the scenario), so it is queried as one.
+    for member in members:
         source = datasets.get(member.spec.dataset, dataset)
         member.input_map = input_map((tuple(source.mean), tuple(source.std)), run_norm, device)
     return Zoo(
