@@ -104,8 +104,7 @@ def _near_chance_line(members: list[dict[str, Any]]) -> str:
     flagged = [
         f"{m['index']} ({m['arch']}, {m['heldout_acc']:.1f} %)"
         for m in members
-        if near_chance(m["heldout_acc"], len(m["classes"]))
-        and (m.get("spec", {}).get("extra") or {}).get("untrusted") != "untrained"
+        if near_chance(m["heldout_acc"], len(m["classes"]), m.get("spec", {}).get("extra"))
     ]
     chance = f"held-out at most {NEAR_CHANCE} x chance"
     if not flagged:

@@ -29,8 +29,13 @@ log = logging.getLogger(__name__)
 NEAR_CHANCE = 1.5
 
 
-def near_chance(heldout_acc: float, n_classes: int) -> bool:
-    """Whether a held-out accuracy (%) is at most :data:`NEAR_CHANCE` x chance (100 / n_classes)."""
+def near_chance(heldout_acc: float, n_classes: int, extra: dict | None = None) -> bool:
+    """Whether a held-out accuracy (%) is at most :data:`NEAR_CHANCE` x chance (100 / n_classes).
+
+    A member shipped untrained on purpose (``extra["untrusted"] == "untrained"``) is never flagged.
+    """
+    if (extra or {}).get("untrusted") == "untrained":
+        return False
     return heldout_acc <= NEAR_CHANCE * 100.0 / n_classes
 
 

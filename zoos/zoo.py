@@ -212,7 +212,7 @@ def build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
     """Train one member and store it atomically (weights, spec, sha256, held-out accuracy, time)."""
     started = time.perf_counter()
     trained = train_member(spec, dataset, device)
-    if near_chance(trained.heldout_acc, len(spec.classes)) and spec.extra.get("untrusted") != "untrained":
+    if near_chance(trained.heldout_acc, len(spec.classes), spec.extra):
         log.warning(
             "zoo member %d (%s, %s) holds out at %.1f %% (chance %.1f %%, train %.1f %% in eval mode): "
             "its teachers' logits and BN statistics carry little; give its architecture more "
@@ -391,7 +391,7 @@ def load_or_build_zoo(
     weak = [
         f"{m.spec.index} ({m.spec.arch}, {m.heldout_acc:.1f} %)"
         for m in members
-        if near_chance(m.heldout_acc, len(m.spec.classes)) and m.spec.extra.get("untrusted") != "untrained"
+        if near_chance(m.heldout_acc, len(m.spec.classes), m.spec.extra)
     ]
     if weak:  # also for members loaded from the cache (the build-time warning was printed once)
         log.warning(
