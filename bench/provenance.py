@@ -36,6 +36,11 @@ def reset() -> None:
     _inherited.clear()
 
 
+def _is_other(entry: dict[str, Any]) -> bool:
+    """Whether a history entry names code other than this process's."""
+    return entry.get("code_sha256") != code_sha256()
+
+
 def _add(history: list[dict[str, Any]], entry: dict[str, Any]) -> None:
     if entry not in history:
         history.append(dict(entry))
@@ -44,7 +49,7 @@ def _add(history: list[dict[str, Any]], entry: dict[str, Any]) -> None:
 def inherit(history: list[dict[str, Any]] | None, source: Path) -> None:
     """Note the code history of a resumed file (None: a file older than the field)."""
     entries = [UNKNOWN] if history is None else history
-    others = [e for e in entries if e.get("code_sha256") != code_sha256()]
+    others = [e for e in entries if _is_other(e)]
     for entry in entries:
         _add(_inherited, entry)
     if others:
@@ -68,4 +73,4 @@ def stamp() -> list[dict[str, Any]]:
 
 def resumed_code() -> list[dict[str, Any]]:
     """The inherited entries whose code differs from this process's (for the record)."""
-    return [dict(e) for e in _inherited if e.get("code_sha256") != code_sha256()]
+    return [dict(e) for e in _inherited if _is_other(e)]

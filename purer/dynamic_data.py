@@ -65,10 +65,10 @@ class DynamicDataset:
             start = index[name] * p
             rows.append(torch.arange(start, start + p))
             targets.append(torch.full((p,), local))
-        if self.channels_last:
+        if self.channels_last:  # converted here already: a hooked teacher needs no copy of its own
             model = model.to(memory_format=torch.channels_last)
         return TeacherSlot(
-            teacher_forward(model, self.fold_teachers),
+            teacher_forward(model, self.fold_teachers, channels_last=False if self.channels_last else None),
             running_targets(model),
             torch.cat(rows).to(device),
             torch.cat(targets).to(device),

@@ -79,16 +79,14 @@ class FoldedConv4Teacher:
 
 
 class MappedTeacher:
-    """A teacher forward applied to ``x * scale + shift`` (an MH member, see ``zoos.zoo.InputMapped``)."""
+    """The teacher of an MH member queried through its input map (``zoos.zoo.InputMapped``)."""
 
-    def __init__(
-        self, inner: HookedTeacher | FoldedConv4Teacher, scale: torch.Tensor, shift: torch.Tensor
-    ) -> None:
-        self.inner, self.scale, self.shift = inner, scale, shift
+    def __init__(self, inner: HookedTeacher | FoldedConv4Teacher, mapped: InputMapped) -> None:
+        self.inner, self.mapped = inner, mapped
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Moments]:
-        """Logits (B, n_classes) and the BN-input moments of the mapped images x (B, C, H, W)."""
-        return self.inner(x * self.scale + self.shift)
+        """Logits (B, n_classes) and the BN-input moments of images x (B, C, H, W), mapped first."""
+        return self.inner(self.mapped.map_input(x))
 
 
 def hooked_channels_last(model: nn.Module) -> bool:
@@ -112,7 +110,7 @@ def teacher_forward(
     :class:`~zoos.zoo.InputMapped` member is unwrapped, and its map applied before the teacher.
     """
     if isinstance(model, InputMapped):
-        return MappedTeacher(teacher_forward(model.inner, fold, channels_last), model.scale, model.shift)
+        return MappedTeacher(teacher_forward(model.inner, fold, channels_last), model)
     if fold and isinstance(model, Conv4) and not model.training:
         try:
             return FoldedConv4Teacher(model)

@@ -56,9 +56,13 @@ class InputMapped(nn.Module):
         self.inner = inner
         self.scale, self.shift = scale, shift
 
+    def map_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images x (B, C, H, W) in the run dataset's normalisation -> in the member's own."""
+        return x * self.scale + self.shift
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_classes) of images x (B, C, H, W) in the run dataset's normalisation."""
-        return self.inner(x * self.scale + self.shift)
+        return self.inner(self.map_input(x))
 
 
 def input_map(
