@@ -15,6 +15,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.tasks import Episode
+from purer.agreement import check_images, zero_counts
 from purer.inversion import InversionWeights, inversion_loss, running_targets
 from purer.teachers import teacher_forward
 from zoos.zoo import ZooMember
@@ -85,6 +86,7 @@ class ClassBank:
         self.query: dict[str, torch.Tensor] = {}
         self._batches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.images_synthesised = 0
+        self.agreement = zero_counts()  # label agreement of the images add_member inverted
 
     def add_class(self, key: str, support: torch.Tensor, query: torch.Tensor) -> None:
         """Append one batch of ``key``'s images (support (S, C, H, W), query (Q, C, H, W))."""
@@ -118,6 +120,9 @@ class ClassBank:
         )
         support = invert_batch(member, n_support, steps, lr, weights, generator, device)
         query = invert_batch(member, n_query, steps, lr, weights, generator, device)
+        labels = torch.arange(len(member.spec.classes), device=device)
+        check_images(self.agreement, member.run_model, support, labels.repeat_interleave(n_support))
+        check_images(self.agreement, member.run_model, query, labels.repeat_interleave(n_query))
         for local, key in enumerate(member.class_keys):
             self.add_class(
                 key,
@@ -126,10 +131,11 @@ class ClassBank:
             )
 
     def state_dict(self) -> dict:
-        """The batches per class and the synthesis counter (for loop checkpoints)."""
+        """The batches per class and the synthesis and agreement counters (for loop checkpoints)."""
         return {
             "batches": {k: [list(b) for b in v] for k, v in self._batches.items()},
             "images_synthesised": self.images_synthesised,
+            "agreement": dict(self.agreement),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -139,6 +145,9 @@ class ClassBank:
             for support, query in batches:
                 self.add_class(key, support, query)
         self.images_synthesised = int(state["images_synthesised"])
+        # A checkpoint written before the counters existed: its earlier inversions go unchecked
+        # (the record's synth_labels_checked says how many images the agreement covers).
+        self.agreement = {**zero_counts(), **state.get("agreement", {})}
 
     @property
     def n_classes(self) -> int:

@@ -48,6 +48,7 @@ from bench.learners.episodic import Resumable
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
+from purer.agreement import agreement_stats, count_agreement, zero_counts
 from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo, ZooMember
 
@@ -99,6 +100,7 @@ class BiDfMkdBase(MetaLearner):
             "teacher_queries": 0.0,
             "inversion_seconds": 0.0,
             "kd_steps": 0.0,
+            **zero_counts(),
         }
 
         def before(it: int) -> None:
@@ -167,6 +169,7 @@ class BiDfMkdBase(MetaLearner):
         self.train_stats.update(stats)
         self.train_stats.update(
             {
+                **agreement_stats(stats),
                 "inversion_steps": stats["member_inversions"] * 2 * cfg.generate_iterations,
                 "inversion_seconds_per_member": stats["inversion_seconds"]
                 / max(stats["member_inversions"], 1.0),
@@ -203,6 +206,8 @@ class BiDfMkdBase(MetaLearner):
             images, logits = self._synthesize(
                 zoo, member, n_classes, per_class, student if use_boundary else None, generator, stats
             )
+            labels = torch.arange(n_classes, device=images.device).repeat_interleave(per_class)
+            count_agreement(stats, logits, labels)  # the member's scores, already queried
             pools[part] = list(images.split(per_class))
             pools[f"{part}_t"] = list(logits.split(per_class))
         return pools

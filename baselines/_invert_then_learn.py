@@ -25,6 +25,7 @@ from bench.learners.episodic import (
 )
 from bench.method import Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
+from purer.agreement import agreement_stats
 from purer.inversion import InversionWeights
 from zoos.zoo import Zoo
 
@@ -112,6 +113,7 @@ def invert_then_learn(
             "synth_images": float(bank.images_synthesised),
             "synth_images_per_s": bank.images_synthesised / max(result.seconds, 1e-9),
             "bank_classes": float(bank.n_classes),
+            **agreement_stats(bank.agreement),
         }
     )
     return model, bank

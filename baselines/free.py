@@ -43,6 +43,7 @@ from bench.learners.episodic import Resumable
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
+from purer.agreement import agreement_stats, count_agreement, zero_counts
 from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo, ZooMember
 
@@ -92,7 +93,13 @@ class Free(MetaLearner):
         bank = ClassBank(cfg.bank_capacity)
         state = {"model": None, "bell": None}
         stall = ReplayStall(cfg.patience, cfg.max_replay)
-        stats = {"epochs": 0.0, "member_recoveries": 0.0, "recovery_seconds": 0.0, "bell_steps": 0.0}
+        stats = {
+            "epochs": 0.0,
+            "member_recoveries": 0.0,
+            "recovery_seconds": 0.0,
+            "bell_steps": 0.0,
+            **zero_counts(),
+        }
 
         def epoch(train_student: bool) -> None:
             count = min(cfg.members_per_epoch, len(zoo.members))
@@ -177,6 +184,7 @@ class Free(MetaLearner):
         self.train_stats.update(stats)
         self.train_stats.update(
             {
+                **agreement_stats(stats),
                 "recovery_seconds_per_member": stats["recovery_seconds"]
                 / max(stats["member_recoveries"], 1.0),
                 "synth_images": float(bank.images_synthesised),
@@ -224,6 +232,7 @@ class Free(MetaLearner):
         with torch.no_grad():
             images = clone(z)
             logits = member.run_model(images)
+        count_agreement(stats, logits, labels)
         stats["member_recoveries"] += 1
         stats["recovery_seconds"] += time.perf_counter() - started
         return images, logits

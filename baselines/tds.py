@@ -52,6 +52,7 @@ from bench.learners.protonet import Embed, ProtoNetLearner, protonet_logits, pro
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
 from bench.tasks import Episode
+from purer.agreement import agreement_stats, count_agreement, zero_counts
 from purer.inversion import bn_stat_loss, running_targets
 from purer.teachers import teacher_forward
 from zoos.meta_model import fresh_meta_model
@@ -149,6 +150,7 @@ class Tds(MetaLearner):
             "policy_updates": 0.0,
             "inversion_seconds": 0.0,
             "interpolated_tasks": 0.0,
+            **zero_counts(),
         }
         if cfg.val_signal == "real":
             stats["real_val_episodes"] = 0.0
@@ -289,6 +291,7 @@ class Tds(MetaLearner):
         self.train_stats.update(stats)
         self.train_stats.update(
             {
+                **agreement_stats(stats),
                 "synth_images": float(train_bank.images_synthesised + val_bank.images_synthesised),
                 "synth_images_per_s": (train_bank.images_synthesised + val_bank.images_synthesised)
                 / max(result.seconds, 1e-9),
@@ -367,6 +370,7 @@ class Tds(MetaLearner):
                 torch.randn(len(train_labels), cfg.nz, generator=generator).to(ctx.device), train_labels
             )
             teacher_logits = member.run_model(images)
+        count_agreement(stats, teacher_logits, train_labels)
         for local, key in enumerate(member.class_keys):  # task-shaped blocks: k_shot support, then queries
             block = slice(local * per_class, (local + 1) * per_class)
             train_bank.add_class(key, images[block][: ctx.k_shot], images[block][ctx.k_shot :])

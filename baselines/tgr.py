@@ -48,6 +48,7 @@ from bench.learners.episodic import Resumable
 from bench.learners.maml import FineTuneLearner, forward, inner_loop, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
 from bench.seeding import derive_seed, make_generator
+from purer.agreement import agreement_stats, count_agreement, zero_counts
 from zoos.meta_model import fresh_meta_model
 from zoos.zoo import Zoo
 
@@ -134,6 +135,7 @@ class Tgr(MetaLearner):
             "inversion_seconds": 0.0,
             "embedding_inversions": 0.0,
             "embedding_seconds": 0.0,
+            **zero_counts(),
         }
         groups: list[list[int]] = []  # filled at iteration 1 (a resumed run restores them instead)
 
@@ -202,6 +204,7 @@ class Tgr(MetaLearner):
         self.train_stats.update(stats)
         self.train_stats.update(
             {
+                **agreement_stats(stats),
                 "groups": float(len(groups)),
                 "largest_group": float(max(len(g) for g in groups)),
                 "uses_external_model": float(cfg.probe.weights is not None),
@@ -249,6 +252,9 @@ class Tgr(MetaLearner):
         if embedding:
             stats["embedding_inversions"] = stats.get("embedding_inversions", 0.0) + 1
             stats["embedding_seconds"] = stats.get("embedding_seconds", 0.0) + seconds
+        else:  # the images an epoch banks and learns from (the similarity's are not replayed)
+            labels = torch.arange(len(member.spec.classes), device=out[1].device).repeat_interleave(per_class)
+            count_agreement(stats, out[1], labels)
         return out
 
     def _similarity(self, zoo: Zoo, gens: dict[str, torch.Generator], stats: dict) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bench.tasks import Episode
+from purer.agreement import count_agreement, zero_counts
 from purer.inversion import InversionWeights, draw_shifts, inversion_loss, running_targets
 from purer.teachers import teacher_forward
 from zoos.zoo import Zoo
@@ -119,6 +120,17 @@ class DynamicDataset:
             for key in ("ce", "bn", "tv", "l2")
         }
         return total, parts
+
+    @torch.no_grad()
+    def label_agreement(self) -> dict[str, float]:
+        """``purer.agreement`` counters of X as it is now: each teacher on the rows it inverts."""
+        counts = zero_counts()
+        for slot in self.teachers:
+            images = self.X[slot.rows]
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            count_agreement(counts, slot.forward(images)[0], slot.targets)
+        return counts
 
     def sample_task(
         self, n_way: int, k_shot: int, n_query: int, generator: torch.Generator, detach: bool = True

@@ -30,6 +30,7 @@ from bench.profiles import PROFILES
 from bench.progress import progress_options
 from bench.seeding import derive_seed, make_generator
 from bench.timing import synchronize
+from purer.agreement import agreement_stats
 from purer.artefacts import save_curves, save_image_grid
 from purer.compilation import compiled
 from purer.config import PAPER_SCHEDULE, PurerConfig
@@ -396,6 +397,7 @@ class PurerTrainer:
             "curriculum_switches": float(len(self.curriculum.events) if self.curriculum else 0),
             "resumed_at_iteration": float(self.resumed_at),
             "resumed_seconds": float(self.resumed_seconds),
+            **agreement_stats(self.data.label_agreement()),  # of the final pixels
         }
         if self.step["iterations"] and self.step["seconds"] > 0:
             stats["step_meta_iterations_per_s"] = self.step["iterations"] / self.step["seconds"]
