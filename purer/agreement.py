@@ -11,8 +11,9 @@ labels are partly wrong teaches less. The records say how often that happened:
 - ``synth_label_agreement``: ``100 * agreed / checked`` (left out when nothing was checked).
 
 The check reuses the member's scores on the final images where a method computes them anyway
-(bidfmkd and bidfmkd_zo: no extra member query), else it is one no-grad forward in eval mode,
-which changes no weight, no BN statistic and no random stream.
+(bidfmkd, bidfmkd_zo, tds, free, tgr: no extra member query); the dfmaml / dfprotonet bank and
+PURER's pixels add one no-grad forward in eval mode, which changes no weight, no BN statistic and
+no random stream.
 """
 
 from __future__ import annotations
