@@ -206,8 +206,6 @@ class BiDfMkdBase(MetaLearner):
             images, logits = self._synthesize(
                 zoo, member, n_classes, per_class, student if use_boundary else None, generator, stats
             )
-            labels = torch.arange(n_classes, device=images.device).repeat_interleave(per_class)
-            count_agreement(stats, logits, labels)  # the member's scores, already queried
             pools[part] = list(images.split(per_class))
             pools[f"{part}_t"] = list(logits.split(per_class))
         return pools
@@ -255,6 +253,7 @@ class BiDfMkdBase(MetaLearner):
             else:
                 scores = log_probabilities(api.probabilities(images))
                 stats["teacher_queries"] += api.queries
+        count_agreement(stats, scores, labels)  # the member's scores on the final images, already queried
         return images, scores
 
     def _white_box_loss(
