@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,3 +73,50 @@ def test_channels_last_fine_tuning_matches_nchw():
     }
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-4, atol=1e-4)
     assert FineTuneLearner(model, 0.01).channels_last  # the CPU default
+
+
+def _relu_then_pool(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a conv4 with each block in the reference order: conv, BN, ReLU, max-pool."""
+    reference = copy.deepcopy(model)
+    layers = list(reference.features)
+    blocks = [layers[i : i + 4] for i in range(0, len(layers), 4)]
+    assert all(isinstance(b[2], pooling.MaxPool2x2) and isinstance(b[3], torch.nn.ReLU) for b in blocks)
+    reference.features = torch.nn.Sequential(*[m for b in blocks for m in (b[0], b[1], b[3], b[2])])
+    return reference
+
+
+@pytest.mark.parametrize("batch_stat_bn", [True, False], ids=["meta_model", "member"])
+def test_conv4_pool_before_relu_gives_the_reference_orders_bits(batch_stat_bn):
+    """conv4 pools before its ReLU (faster); values, gradients and MAML meta-gradients are unchanged."""
+    model = build_model(
+        "conv4", 5, 32, 3, torch.Generator().manual_seed(0), width=8, batch_stat_bn=batch_stat_bn
+    )
+    if not batch_stat_bn:  # a trained member: non-trivial running statistics, eval mode
+        model.train()(torch.randn(20, 3, 32, 32, generator=torch.Generator().manual_seed(4)) + 0.5)
+        model.eval()
+    reference = _relu_then_pool(model)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    ours, theirs = model(x), reference(x)
+    assert torch.equal(ours, theirs)
+    weights = torch.randn(ours.shape, generator=torch.Generator().manual_seed(6))
+    grads = [
+        torch.autograd.grad((out * weights).sum(), [x, *m.parameters()])
+        for out, m in ((ours, model), (theirs, reference))
+    ]
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+    if batch_stat_bn:  # second order, as PURER's meta-training differentiates it
+        g = torch.Generator().manual_seed(7)
+        task = Episode(
+            torch.randn(5, 3, 32, 32, generator=g),
+            torch.arange(5),
+            torch.randn(15, 3, 32, 32, generator=g),
+            torch.arange(5).repeat_interleave(3),
+            torch.arange(5),
+        )
+        meta = []
+        for m in (model, reference):
+            loss, _ = maml_task_loss(m, module_params(m), task, 2, 0.1, second_order=True)
+            meta.append(torch.autograd.grad(loss, list(m.parameters())))
+        for a, b in zip(*meta, strict=True):
+            assert torch.equal(a, b)

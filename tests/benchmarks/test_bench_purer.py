@@ -9,7 +9,8 @@ Variants, interleaved in one process as the 2-core machine's timings drift betwe
 
 - ``reference_like``: what the reference code does per iteration — teachers reloaded from disk and
   deep-copied, BN statistics by hooks with ``var`` over a permuted copy, no BN folding,
-  contiguous memory format, PyTorch's own ``F.max_pool2d`` (not ``zoos.pooling``'s fast path);
+  contiguous memory format, PyTorch's own ``F.max_pool2d`` (not ``zoos.pooling``'s fast path),
+  ReLU before max-pool in every conv4 block (teachers and meta model; ours pools first);
 - ``fp32``: dfml-bench's default path (teachers in memory, folded BN, channels_last);
 - ``bf16``: the same with the inversion step under bfloat16 autocast;
 - ``fp32_compiled``: ``fp32`` with ``method.compile=default`` (``torch.compile`` of the inversion
@@ -67,6 +68,14 @@ def _trainer(variant: str, k_shot: int, device: str) -> PurerTrainer:
     return PurerTrainer(Purer(cfg, context(k_shot, device)), cfg, zoo, Budget(), 0)
 
 
+def _relu_before_pool(model: torch.nn.Module) -> None:
+    """Put a conv4's blocks in the reference code's order (conv, BN, ReLU, pool), in place."""
+    layers = list(model.features)
+    blocks = [layers[i : i + 4] for i in range(0, len(layers), 4)]
+    assert all(isinstance(b[2], pooling.MaxPool2x2) and isinstance(b[3], torch.nn.ReLU) for b in blocks)
+    model.features = torch.nn.Sequential(*[m for b in blocks for m in (b[0], b[1], b[3], b[2])])
+
+
 def _reload_teachers_like_reference(trainer: PurerTrainer, blobs: list[bytes]) -> None:
     """The reference loads every teacher checkpoint from disk and deep-copies it each iteration."""
     for slot, blob in zip(trainer.data.teachers, blobs, strict=True):
@@ -97,7 +106,9 @@ def test_purer_meta_iteration(benchmark, monkeypatch, variant, k_shot, device, a
     if variant == "reference_like":
         monkeypatch.setattr(inversion, "batch_moments", _reference_moments)
         monkeypatch.setattr(pooling, "max_pool_2x2", lambda x: torch.nn.functional.max_pool2d(x, 2))
+        _relu_before_pool(trainer.model)
         for slot in trainer.data.teachers:
+            _relu_before_pool(slot.forward.model)
             buffer = io.BytesIO()
             torch.save(slot.forward.model.state_dict(), buffer)
             blobs.append(buffer.getvalue())
