@@ -74,6 +74,18 @@ def train_identity(identity: dict[str, Any], cls: type[MetaLearner]) -> dict[str
     return {**kept, "method": method, "task": task, "meta_train": trainer}
 
 
+def meta_train_dir(results: Path, identity: dict[str, Any], cls: type[MetaLearner], zoo_weights: str) -> Path:
+    """Where a run's meta-training checkpoints live: ``results/meta_train/<key>``.
+
+    The key hashes :func:`train_identity` and the zoo's *weights* (``Zoo.weights_sha256``). The
+    zoo's config key alone does not pin its weights: a rebuild at another thread count or on
+    another CPU trains other members, and a checkpoint of the old build must not be resumed on the
+    new one (it would mix two zoos in one training). Runs sharing a meta-training (purer,
+    purer_no_icfil) on one build still share the directory.
+    """
+    return results / "meta_train" / spec_hash({**train_identity(identity, cls), "zoo_weights": zoo_weights})
+
+
 def seed_name(cls: type[MetaLearner]) -> str:
     """The name a method's seed derives from: the key of the class whose ``meta_train`` it runs.
 
@@ -211,8 +223,7 @@ def run_one(cfg: DictConfig) -> Path:
     zoo = load_or_build_zoo(OmegaConf.to_container(cfg.zoo, resolve=True), dataset, device)
     seed = int(cfg.seed)
     work_dir = run_dir / "work"
-    train_key = spec_hash(train_identity(identity, METHODS.get(str(cfg.method.name))))
-    train_dir = results / "meta_train" / train_key
+    train_dir = meta_train_dir(results, identity, METHODS.get(str(cfg.method.name)), zoo.weights_sha256)
     if cfg.force:  # recompute everything: no resumed evaluation, no reused meta-training
         shutil.rmtree(work_dir, ignore_errors=True)
         shutil.rmtree(train_dir, ignore_errors=True)

@@ -141,3 +141,24 @@ def test_a_method_code_version_enters_only_that_methods_run_keys(monkeypatch):
     before = spec_hash(run_identity(tds, device))
     monkeypatch.setattr(METHODS.get("tds"), "code_version", METHODS.get("tds").code_version + 1)
     assert spec_hash(run_identity(tds, device)) != before
+
+
+def test_meta_training_checkpoints_are_keyed_by_the_zoo_weights(tmp_path):
+    """A rebuilt zoo (same config, other weights) never resumes the old build's checkpoint."""
+    from hydra import compose, initialize_config_module
+
+    from bench.app import meta_train_dir, run_identity
+    from bench.method import METHODS
+
+    device = torch.device("cpu")
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        purer, ablation = (
+            compose("config", overrides=["experiment=glyphs_sh", f"method={m}"])
+            for m in ("purer", "purer_no_icfil")
+        )
+    build_a, build_b = "a" * 64, "b" * 64
+    directory = meta_train_dir(tmp_path, run_identity(purer, device), METHODS.get("purer"), build_a)
+    assert directory.parent == tmp_path / "meta_train"
+    assert directory != meta_train_dir(tmp_path, run_identity(purer, device), METHODS.get("purer"), build_b)
+    shared = meta_train_dir(tmp_path, run_identity(ablation, device), METHODS.get("purer_no_icfil"), build_a)
+    assert shared == directory  # the ablation still shares the full method's training on one build
