@@ -99,3 +99,26 @@ def _tiny_cfg():
     from tests.conftest import TINY_ZOO
 
     return dict(TINY_ZOO)
+
+
+def test_members_record_the_thread_count_their_weights_depend_on(small_glyphs, cache_root):
+    """member.json, the manifest and the card say at how many threads each member was trained."""
+    from zoos.card import render_card
+    from zoos.zoo import manifest_path
+
+    cfg = {**_tiny_cfg(), "name": "threads_recorded", "n_members": 2, "seed": 11}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        zoo = load_or_build_zoo(cfg, small_glyphs)
+    finally:
+        torch.set_num_threads(before)
+    for member in zoo.members:
+        info = json.loads((cache_root / "zoo_members" / member.key / "member.json").read_text())
+        assert info["train_threads"] == 2 and info["torch"] == torch.__version__ and info["train_device_name"]
+    manifest = json.loads(manifest_path(zoo.key).read_text())
+    assert [m["train_threads"] for m in manifest["members"]] == [2, 2]
+    assert "- members trained: 2 at 2 threads." in render_card(manifest, [])
+    manifest["members"][0]["train_threads"] = None  # a member built before the field existed
+    manifest["members"][1]["train_threads"] = 1
+    assert "1 at 1 thread; 1 not recorded" in render_card(manifest, [])

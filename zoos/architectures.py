@@ -117,7 +117,7 @@ def conv4(
     batch_stat_bn: bool = False,
     global_pool: bool = False,
 ) -> nn.Module:
-    """conv4 (PURER's definition, width 32 by default): 4 conv-BN-pool-ReLU blocks (= conv-BN-ReLU-pool) + linear."""
+    """conv4 (PURER's, width 32 by default): 4 conv-BN-pool-ReLU (= conv-BN-ReLU-pool) blocks + linear."""
     model = Conv4(n_classes, image_size, channels, width, batch_stat_bn, global_pool)
     init_weights(model, generator)
     return model

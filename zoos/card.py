@@ -78,6 +78,7 @@ def render_card(manifest: dict[str, Any], builds: list[dict[str, Any]]) -> str:
             f"{build['trained']} members trained, {build['loaded']} loaded from cache, "
             f"device {build['device']} ({build['machine']})"
         )
+    lines.append(_threads_line(members))
     classes = Counter(c for m in members for c in m["classes"])
     lines += [
         "",
@@ -112,4 +113,17 @@ def _near_chance_line(members: list[dict[str, Any]]) -> str:
     return (
         f"**Members near chance ({chance}): {', '.join(flagged)}.** Their logits and BN statistics "
         "carry little for inversion or distillation; see the zoo's recipe_by_arch."
+    )
+
+
+def _threads_line(members: list[dict[str, Any]]) -> str:
+    """How many members were trained at each torch thread count (their weights depend on it)."""
+    counts = Counter(m.get("train_threads") for m in members)
+    known = sorted((t, n) for t, n in counts.items() if t is not None)
+    parts = [f"{n} at {t} thread{'s' if t != 1 else ''}" for t, n in known]
+    if None in counts:
+        parts.append(f"{counts[None]} not recorded (built before member.json kept it)")
+    return (
+        f"- members trained: {'; '.join(parts)}. A retrain reproduces a member's weights bit for bit "
+        "only at its thread count (`dfml-zoo build --threads N`) on the same CPU and torch"
     )

@@ -35,6 +35,7 @@ from bench.errors import BenchError, IntegrityError
 from bench.hashing import sha256_bytes, sha256_file, spec_hash
 from bench.paths import cache_dir
 from bench.progress import progress_options
+from bench.timing import device_name
 from zoos.architectures import build_model, count_parameters
 from zoos.members import is_multi_dataset, member_specs, untrusted_mix
 from zoos.spec import MemberSpec
@@ -241,6 +242,12 @@ def build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
             "param_count": count_parameters(trained.model),
             "trained_on": str(device),
             "train_seconds": time.perf_counter() - started,
+            # The weights depend on these, not only on the spec: a retrain is bit-identical on one
+            # CPU at one intra-op thread count, and differs at another count (measured: conv4 and
+            # resnet members of the glyphs zoos, torch 2.14.1 on the AMD EPYC host).
+            "train_threads": torch.get_num_threads(),
+            "train_device_name": device_name(device),
+            "torch": torch.__version__,
         }
         (tmp / "member.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
@@ -362,6 +369,7 @@ def make_manifest(
                 "weights_sha256": m.weights_sha256,
                 "param_count": m.param_count,
                 "train_seconds": info.get("train_seconds"),
+                "train_threads": info.get("train_threads"),  # None: built before it was recorded
                 "spec": m.spec.to_json(),
             }
         )
