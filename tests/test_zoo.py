@@ -102,17 +102,15 @@ def _tiny_cfg():
 
 
 def test_members_record_the_thread_count_their_weights_depend_on(small_glyphs, cache_root):
-    """member.json, the manifest and the card say at how many threads each member was trained."""
+    """Per-arch thread counts are applied while a member trains, recorded, shown, then restored."""
     from zoos.card import render_card
+    from zoos.cli import parse_threads_by_arch
     from zoos.zoo import manifest_path
 
     cfg = {**_tiny_cfg(), "name": "threads_recorded", "n_members": 2, "seed": 11}
     before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        zoo = load_or_build_zoo(cfg, small_glyphs)
-    finally:
-        torch.set_num_threads(before)
+    zoo = load_or_build_zoo(cfg, small_glyphs, threads_by_arch=parse_threads_by_arch("conv4=2"))
+    assert torch.get_num_threads() == before == 1  # restored (the suite runs one thread)
     for member in zoo.members:
         info = json.loads((cache_root / "zoo_members" / member.key / "member.json").read_text())
         assert info["train_threads"] == 2 and info["torch"] == torch.__version__ and info["train_device_name"]
@@ -122,3 +120,21 @@ def test_members_record_the_thread_count_their_weights_depend_on(small_glyphs, c
     manifest["members"][0]["train_threads"] = None  # a member built before the field existed
     manifest["members"][1]["train_threads"] = 1
     assert "1 at 1 thread; 1 not recorded" in render_card(manifest, [])
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("resnet10", r"expects arch=N\[,arch=N...\], e.g. resnet10=2; got 'resnet10'"),
+        ("conv4=two", r"got 'conv4=two'"),
+        ("resnet18=2", r"no 'resnet18' members; its architectures: \['conv4'\]"),
+        ("conv4=0", r"conv4=0; a thread count must be >= 1"),
+    ],
+)
+def test_bad_threads_by_arch_is_a_clear_error(small_glyphs, text, pattern):
+    from zoos.cli import parse_threads_by_arch
+
+    with pytest.raises(BenchError, match=pattern):
+        load_or_build_zoo(
+            {**_tiny_cfg(), "name": "never_built"}, small_glyphs, threads_by_arch=parse_threads_by_arch(text)
+        )

@@ -1,6 +1,7 @@
 """``dfml-zoo``: build, list, verify and describe zoos.
 
-    dfml-zoo build <zoo> [--dataset D] [--device auto] [--repair] [--threads N] [key=value ...]
+    dfml-zoo build <zoo> [--dataset D] [--device auto] [--repair] [--threads N]
+                   [--threads-by-arch arch=N[,arch=N]] [key=value ...]
     dfml-zoo ls
     dfml-zoo verify [<zoo>]
     dfml-zoo card <zoo> [--out card.md]
@@ -63,7 +64,27 @@ def builds_path(zoo_key: str) -> Path:
     return cache_dir() / "zoos" / zoo_key / "builds.json"
 
 
-def build(zoo: str, dataset: str | None, device: str, repair: bool, overrides: list[str]) -> Path:
+def parse_threads_by_arch(text: str | None) -> dict[str, int]:
+    """``"resnet10=2,resnet18=2"`` -> ``{"resnet10": 2, "resnet18": 2}`` (BenchError if malformed)."""
+    if not text:
+        return {}
+    parsed: dict[str, int] = {}
+    for item in text.split(","):
+        arch, sep, count = item.partition("=")
+        if not sep or not arch.strip() or not count.strip().isdigit():
+            raise BenchError(f"--threads-by-arch expects arch=N[,arch=N...], e.g. resnet10=2; got {item!r}")
+        parsed[arch.strip()] = int(count)
+    return parsed
+
+
+def build(
+    zoo: str,
+    dataset: str | None,
+    device: str,
+    repair: bool,
+    overrides: list[str],
+    threads_by_arch: dict[str, int] | None = None,
+) -> Path:
     """Build (resume) the zoo; returns the path of its card."""
     from bench.data import load_dataset
     from zoos.zoo import load_or_build_zoo, manifest_path
@@ -73,7 +94,7 @@ def build(zoo: str, dataset: str | None, device: str, repair: bool, overrides: l
     data = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
     resolved = resolve_device(device)
     started = time.perf_counter()
-    built = load_or_build_zoo(zoo_cfg, data, resolved, repair=repair)
+    built = load_or_build_zoo(zoo_cfg, data, resolved, repair=repair, threads_by_arch=threads_by_arch)
     missing = len(built.trained_now)
     entry = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -166,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p_build.add_argument("--device", default="auto")
     p_build.add_argument("--repair", action="store_true", help="retrain members that fail their sha256")
     p_build.add_argument("--threads", type=int, help="torch intra-op threads")
+    p_build.add_argument(
+        "--threads-by-arch",
+        help="train these architectures' members at other thread counts, e.g. resnet10=2,resnet18=2 "
+        "(a member's weights depend on its thread count; results/README.md, 'Zoo builds')",
+    )
     p_build.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. zoo.recipe.epochs=5")
     sub.add_parser("ls", help="zoo configs and what is built")
     p_verify = sub.add_parser("verify", help="re-hash every member's weights")
@@ -180,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             if args.threads is not None:
                 torch.set_num_threads(args.threads)
-            build(args.zoo, args.dataset, args.device, args.repair, [*args.overrides, *extra])
+            threads_by_arch = parse_threads_by_arch(args.threads_by_arch)
+            build(
+                args.zoo, args.dataset, args.device, args.repair, [*args.overrides, *extra], threads_by_arch
+            )
         elif args.command == "ls":
             listing()
         elif args.command == "verify":

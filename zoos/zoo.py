@@ -19,7 +19,8 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,14 +310,45 @@ def zoo_specs(
     return specs, {d.name: d for d in [*by_source.values(), *([foreign] if foreign else [])]}
 
 
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the block at ``threads`` torch intra-op threads (None: unchanged), then restore."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_threads_by_arch(threads_by_arch: Mapping[str, int], specs: list[MemberSpec]) -> None:
+    """Every arch named must be one of the zoo's, every count >= 1 (BenchError otherwise)."""
+    archs = sorted({s.arch for s in specs})
+    for arch, threads in threads_by_arch.items():
+        if arch not in archs:
+            raise BenchError(f"threads by arch: the zoo has no {arch!r} members; its architectures: {archs}")
+        if int(threads) < 1:
+            raise BenchError(f"threads by arch: {arch}={threads}; a thread count must be >= 1")
+
+
 def ensure_members(
     cfg: Mapping[str, Any],
     specs: list[MemberSpec],
     datasets: Mapping[str, ImageClassDataset],
     device: torch.device,
     repair: bool = False,
+    threads_by_arch: Mapping[str, int] | None = None,
 ) -> tuple[list[ZooMember], list[int]]:
-    """(members, indices trained now): train the missing ones (resumable); ``repair`` corrupt ones."""
+    """(members, indices trained now): train the missing ones (resumable); ``repair`` corrupt ones.
+
+    ``threads_by_arch`` trains the members of the named architectures at that many torch threads
+    (the weights depend on it; see ``dfml-zoo build --threads-by-arch``); others at the current count.
+    """
+    threads_by_arch = dict(threads_by_arch or {})
+    check_threads_by_arch(threads_by_arch, specs)
     members: list[ZooMember] = []
     trained: list[int] = []
     bar = tqdm(specs, desc=f"zoo {cfg['name']}", unit="member", **progress_options())
@@ -330,7 +362,8 @@ def ensure_members(
             remove_member(spec)
             member = None
         if member is None:
-            build_member(spec, datasets[spec.training_dataset], device)
+            with intra_op_threads(threads_by_arch.get(spec.arch)):
+                build_member(spec, datasets[spec.training_dataset], device)
             trained.append(spec.index)
             member = _load_member(spec, device, str(cfg["name"]))
             assert member is not None
@@ -395,11 +428,15 @@ def load_or_build_zoo(
     dataset: ImageClassDataset,
     device: torch.device | str = "cpu",
     repair: bool = False,
+    threads_by_arch: Mapping[str, int] | None = None,
 ) -> Zoo:
-    """Load every member of the zoo ``cfg`` from the cache, training the missing ones (resumable)."""
+    """Load every member of the zoo ``cfg`` from the cache, training the missing ones (resumable).
+
+    ``threads_by_arch``: see :func:`ensure_members`.
+    """
     device = torch.device(device)
     specs, datasets = zoo_specs(cfg, dataset)
-    members, trained = ensure_members(cfg, specs, datasets, device, repair)
+    members, trained = ensure_members(cfg, specs, datasets, device, repair, threads_by_arch)
     weak = [
         f"{m.spec.index} ({m.spec.arch}, {m.heldout_acc:.1f} %)"
         for m in members
