@@ -116,10 +116,29 @@ def test_members_record_the_thread_count_their_weights_depend_on(small_glyphs, c
         assert info["train_threads"] == 2 and info["torch"] == torch.__version__ and info["train_device_name"]
     manifest = json.loads(manifest_path(zoo.key).read_text())
     assert [m["train_threads"] for m in manifest["members"]] == [2, 2]
-    assert "- members trained: 2 at 2 threads." in render_card(manifest, [])
+    assert manifest["members"][0]["torch"] == torch.__version__
+    card = render_card(
+        manifest,
+        [
+            {
+                "finished_at": "t",
+                "wall_s": 60.0,
+                "trained": 2,
+                "loaded": 0,
+                "device": "cpu",
+                "machine": "x86_64, 1 threads",
+                "threads_by_arch": {"conv4": 2},
+            }
+        ],
+    )
+    assert (
+        f"- members trained on {manifest['members'][0]['train_device_name']}, torch {torch.__version__}: "
+        in card
+    )
+    assert "conv4: 2 at 2 threads. A retrain" in card and "(x86_64, 1 threads, by arch: conv4 2)" in card
     manifest["members"][0]["train_threads"] = None  # a member built before the field existed
     manifest["members"][1]["train_threads"] = 1
-    assert "1 at 1 thread; 1 not recorded" in render_card(manifest, [])
+    assert "conv4: 1 at 1 thread, 1 not recorded" in render_card(manifest, [])
 
 
 @pytest.mark.parametrize(
@@ -129,6 +148,8 @@ def test_members_record_the_thread_count_their_weights_depend_on(small_glyphs, c
         ("conv4=two", r"got 'conv4=two'"),
         ("resnet18=2", r"no 'resnet18' members; its architectures: \['conv4'\]"),
         ("conv4=0", r"conv4=0; a thread count must be >= 1"),
+        ("conv4=\u00b2", r"got 'conv4=\u00b2'"),
+        ("conv4=1,conv4=2", r"names 'conv4' twice"),
     ],
 )
 def test_bad_threads_by_arch_is_a_clear_error(small_glyphs, text, pattern):
@@ -138,3 +159,17 @@ def test_bad_threads_by_arch_is_a_clear_error(small_glyphs, text, pattern):
         load_or_build_zoo(
             {**_tiny_cfg(), "name": "never_built"}, small_glyphs, threads_by_arch=parse_threads_by_arch(text)
         )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--threads", "0"], "--threads 0: a thread count must be >= 1"),
+        (["--threads-by-arch", "resnet10"], "--threads-by-arch expects arch=N"),
+    ],
+)
+def test_dfml_zoo_build_refuses_bad_thread_flags_before_building(capsys, flags, message):
+    from zoos.cli import main
+
+    assert main(["build", "glyphs_ss_conv4", *flags]) == 2
+    assert message in capsys.readouterr().err

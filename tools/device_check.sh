@@ -67,7 +67,7 @@ step bench-learners-cuda 45 python3 -m pytest -n0 -p no:cacheprovider -q tests/b
   -k cuda --benchmark-enable --benchmark-columns=median,iqr,rounds --benchmark-json="$out/bench_learners_cuda.json"
 step run-smoke-cuda 100 dfml-run experiment=smoke device=cuda
 step run-purer-cuda 200 dfml-run experiment=default 'method=purer_no_icfil,purer' task=5w1s device=cuda \
-  budget.meta_iterations=300 eval.limit=30
+  budget.meta_iterations=300 eval.limit=30 threads=null
 step collect 60 dfml-collect smoke default --results "$DFML_RESULTS" --format csv
 tar -czf "$out/device_results.tar.gz" --exclude='*.pt' --exclude='mlartifacts' -C "$DFML_RESULTS" . 2>/dev/null
 python3 - "$DFML_RESULTS" <<'EOF'

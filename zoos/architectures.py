@@ -53,13 +53,15 @@ class Conv4(nn.Module):
     """PURER's conv4: 4 x [conv3x3(width) + BN + ReLU + maxpool2], flatten, linear head.
 
     Each block applies the max-pool before the ReLU (``features`` = conv, BN, pool, ReLU per block).
-    ReLU is monotone, so ``relu(maxpool(x)) == maxpool(relu(x))`` exactly, and the gradients (first
-    and second order) are the same bits: the pool routes to the same argmax wherever the window's
-    maximum is positive, and the gradient is zero elsewhere in both orders (tested against the
-    ReLU-then-pool reference order). The ReLU and its backward then touch 4x fewer values. Measured
-    on the 2-core CPU, one thread, in one process, interleaved: a second-order MAML meta-step 1.14x
-    (1-shot) and 1.15x (5-shot) faster, an ICFIL episode 1.08x / 1.02x. Parameter names are those
-    of the reference order (conv ``features.4k``, BN ``features.4k+1``).
+    ReLU is monotone, so ``relu(maxpool(x)) == maxpool(relu(x))`` exactly (up to the sign of a
+    zero: a window of non-positive values with a -0.0 maximum gives -0.0 instead of +0.0, which no
+    later layer can tell apart), and the gradients (first and second order) are the same bits: the
+    pool routes to the same argmax wherever the window's maximum is positive, and the gradient is
+    zero elsewhere in both orders (tested against the ReLU-then-pool reference order). The ReLU and
+    its backward then touch 4x fewer values. Measured on the 2-core CPU, one thread, in one
+    process, interleaved: a second-order MAML meta-step 1.14x (1-shot) and 1.15x (5-shot) faster,
+    an ICFIL episode 1.08x / 1.02x. Parameter names are those of the reference order (conv
+    ``features.4k``, BN ``features.4k+1``).
 
     Args:
         n_classes: head width.

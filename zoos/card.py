@@ -76,7 +76,13 @@ def render_card(manifest: dict[str, Any], builds: list[dict[str, Any]]) -> str:
         lines.append(
             f"- `dfml-zoo build` on {build['finished_at']}: {build['wall_s'] / 60:.1f} min wall, "
             f"{build['trained']} members trained, {build['loaded']} loaded from cache, "
-            f"device {build['device']} ({build['machine']})"
+            f"device {build['device']} ({build['machine']}"
+            + (
+                ", by arch: " + ", ".join(f"{a} {n}" for a, n in build["threads_by_arch"].items())
+                if build.get("threads_by_arch")
+                else ""
+            )
+            + ")"
         )
     lines.append(_threads_line(members))
     classes = Counter(c for m in members for c in m["classes"])
@@ -117,13 +123,25 @@ def _near_chance_line(members: list[dict[str, Any]]) -> str:
 
 
 def _threads_line(members: list[dict[str, Any]]) -> str:
-    """How many members were trained at each torch thread count (their weights depend on it)."""
-    counts = Counter(m.get("train_threads") for m in members)
-    known = sorted((t, n) for t, n in counts.items() if t is not None)
-    parts = [f"{n} at {t} thread{'s' if t != 1 else ''}" for t, n in known]
-    if None in counts:
-        parts.append(f"{counts[None]} not recorded (built before member.json kept it)")
+    """At how many torch threads each architecture's members trained, and on what (weights depend on it)."""
+    by_arch: dict[str, Counter] = {}
+    for m in members:
+        by_arch.setdefault(m["arch"], Counter())[m.get("train_threads")] += 1
+    parts = []
+    for arch, counts in by_arch.items():
+        known = [
+            f"{n} at {t} thread{'s' if t != 1 else ''}"
+            for t, n in sorted((t, n) for t, n in counts.items() if t)
+        ]
+        if None in counts:
+            known.append(f"{counts[None]} not recorded (built before member.json kept it)")
+        parts.append(f"{arch}: {', '.join(known)}")
+    hosts = sorted(
+        {f"{m.get('train_device_name')}, torch {m.get('torch')}" for m in members if m.get("torch")}
+    )
+    where = f" on {'; '.join(hosts)}" if hosts else ""
     return (
-        f"- members trained: {'; '.join(parts)}. A retrain reproduces a member's weights bit for bit "
-        "only at its thread count (`dfml-zoo build --threads N`) on the same CPU and torch"
+        f"- members trained{where}: {'; '.join(parts)}. A retrain reproduces a member's weights bit for "
+        "bit only at its thread count on the same CPU and torch (`dfml-zoo build --threads N "
+        "--threads-by-arch arch=N`)."
     )

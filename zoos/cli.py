@@ -70,10 +70,12 @@ def parse_threads_by_arch(text: str | None) -> dict[str, int]:
         return {}
     parsed: dict[str, int] = {}
     for item in text.split(","):
-        arch, sep, count = item.partition("=")
-        if not sep or not arch.strip() or not count.strip().isdigit():
+        arch, sep, count = (part.strip() for part in item.partition("="))
+        if not sep or not arch or not (count.isascii() and count.isdecimal()):
             raise BenchError(f"--threads-by-arch expects arch=N[,arch=N...], e.g. resnet10=2; got {item!r}")
-        parsed[arch.strip()] = int(count)
+        if arch in parsed:
+            raise BenchError(f"--threads-by-arch names {arch!r} twice; give each architecture once")
+        parsed[arch] = int(count)
     return parsed
 
 
@@ -103,6 +105,7 @@ def build(
         "loaded": len(built.members) - missing,
         "device": str(resolved),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "threads_by_arch": dict(threads_by_arch or {}),
     }
     log_path = builds_path(built.key)
     history = json.loads(log_path.read_text()) if log_path.is_file() else []
@@ -205,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             if args.threads is not None:
+                if args.threads < 1:
+                    raise BenchError(f"--threads {args.threads}: a thread count must be >= 1")
                 torch.set_num_threads(args.threads)
             threads_by_arch = parse_threads_by_arch(args.threads_by_arch)
             build(

@@ -402,7 +402,10 @@ def make_manifest(
                 "weights_sha256": m.weights_sha256,
                 "param_count": m.param_count,
                 "train_seconds": info.get("train_seconds"),
-                "train_threads": info.get("train_threads"),  # None: built before it was recorded
+                # None: built before member.json recorded them
+                "train_threads": info.get("train_threads"),
+                "train_device_name": info.get("train_device_name"),
+                "torch": info.get("torch"),
                 "spec": m.spec.to_json(),
             }
         )
