@@ -41,16 +41,21 @@ def test_channels_last_and_non_cpu_style_inputs_take_torch_path(monkeypatch):
     assert len(calls) == 1
 
 
-def test_second_order_maml_meta_gradient_equals_torch_pooling(monkeypatch):
-    model = build_model("conv4", 5, 32, 3, torch.Generator().manual_seed(0), width=8, batch_stat_bn=True)
-    g = torch.Generator().manual_seed(2)
-    task = Episode(
+def _random_task(seed: int) -> Episode:
+    """A 5-way 1-shot task of random 3x32x32 images with 3 queries per class."""
+    g = torch.Generator().manual_seed(seed)
+    return Episode(
         torch.randn(5, 3, 32, 32, generator=g),
         torch.arange(5),
         torch.randn(15, 3, 32, 32, generator=g),
         torch.arange(5).repeat_interleave(3),
         torch.arange(5),
     )
+
+
+def test_second_order_maml_meta_gradient_equals_torch_pooling(monkeypatch):
+    model = build_model("conv4", 5, 32, 3, torch.Generator().manual_seed(0), width=8, batch_stat_bn=True)
+    task = _random_task(2)
 
     def meta_gradient() -> list[torch.Tensor]:
         loss, _ = maml_task_loss(model, module_params(model), task, 2, 0.1, second_order=True)
@@ -106,14 +111,7 @@ def test_conv4_pool_before_relu_gives_the_reference_orders_bits(batch_stat_bn):
     for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
     if batch_stat_bn:  # second order, as PURER's meta-training differentiates it
-        g = torch.Generator().manual_seed(7)
-        task = Episode(
-            torch.randn(5, 3, 32, 32, generator=g),
-            torch.arange(5),
-            torch.randn(15, 3, 32, 32, generator=g),
-            torch.arange(5).repeat_interleave(3),
-            torch.arange(5),
-        )
+        task = _random_task(7)
         meta = []
         for m in (model, reference):
             loss, _ = maml_task_loss(m, module_params(m), task, 2, 0.1, second_order=True)
