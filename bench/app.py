@@ -34,6 +34,7 @@ from bench.profiles import check_profile
 from bench.records import IDENTITY_KEYS, RunRecord, finished_run, readout_name, write_record
 from bench.seeding import derive_seed, make_generator
 from bench.tasks import Episode, EpisodeSampler, TaskShape, TaskSuite
+from bench.threads import set_threads
 from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, synchronize
 from bench.tracking import make_sink
 from zoos.averaging import refuse_mixed_architecture_config
@@ -199,10 +200,7 @@ def run_one(cfg: DictConfig) -> Path:
     check_profile(cfg)
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))
-    if cfg.get("threads") is not None:
-        if int(cfg.threads) < 1:
-            raise BenchError(f"threads must be >= 1 or null; got {cfg.threads}")
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     identity = run_identity(cfg, device)
     key = spec_hash(identity)
     experiment = str(cfg.experiment.name)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import zoos.pooling as pooling
 from bench.learners.maml import FineTuneLearner, maml_task_loss, module_params
 from bench.tasks import Episode
+from tests.fixtures.conv4_order import relu_before_pool
 from zoos.architectures import build_model
 from zoos.pooling import max_pool_2x2
 
@@ -80,16 +81,6 @@ def test_channels_last_fine_tuning_matches_nchw():
     assert FineTuneLearner(model, 0.01).channels_last  # the CPU default
 
 
-def _relu_then_pool(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a conv4 with each block in the reference order: conv, BN, ReLU, max-pool."""
-    reference = copy.deepcopy(model)
-    layers = list(reference.features)
-    blocks = [layers[i : i + 4] for i in range(0, len(layers), 4)]
-    assert all(isinstance(b[2], pooling.MaxPool2x2) and isinstance(b[3], torch.nn.ReLU) for b in blocks)
-    reference.features = torch.nn.Sequential(*[m for b in blocks for m in (b[0], b[1], b[3], b[2])])
-    return reference
-
-
 @pytest.mark.parametrize("batch_stat_bn", [True, False], ids=["meta_model", "member"])
 def test_conv4_pool_before_relu_gives_the_reference_orders_bits(batch_stat_bn):
     """conv4 pools before its ReLU (faster); values, gradients and MAML meta-gradients are unchanged."""
@@ -99,7 +90,7 @@ def test_conv4_pool_before_relu_gives_the_reference_orders_bits(batch_stat_bn):
     if not batch_stat_bn:  # a trained member: non-trivial running statistics, eval mode
         model.train()(torch.randn(20, 3, 32, 32, generator=torch.Generator().manual_seed(4)) + 0.5)
         model.eval()
-    reference = _relu_then_pool(model)
+    reference = relu_before_pool(copy.deepcopy(model))
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(5), requires_grad=True)
     ours, theirs = model(x), reference(x)
     assert torch.equal(ours, theirs)

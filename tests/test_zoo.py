@@ -147,7 +147,7 @@ def test_members_record_the_thread_count_their_weights_depend_on(small_glyphs, c
         ("resnet10", r"expects arch=N\[,arch=N...\], e.g. resnet10=2; got 'resnet10'"),
         ("conv4=two", r"got 'conv4=two'"),
         ("resnet18=2", r"no 'resnet18' members; its architectures: \['conv4'\]"),
-        ("conv4=0", r"conv4=0; a thread count must be >= 1"),
+        ("conv4=0", r"threads by arch: conv4 must be >= 1; got 0"),
         ("conv4=\u00b2", r"got 'conv4=\u00b2'"),
         ("conv4=1,conv4=2", r"names 'conv4' twice"),
     ],
@@ -164,7 +164,7 @@ def test_bad_threads_by_arch_is_a_clear_error(small_glyphs, text, pattern):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--threads", "0"], "--threads 0: a thread count must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1 or null; got 0"),
         (["--threads-by-arch", "resnet10"], "--threads-by-arch expects arch=N"),
     ],
 )

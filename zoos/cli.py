@@ -32,6 +32,7 @@ from bench.hashing import sha256_file
 from bench.overrides import group_options
 from bench.paths import cache_dir
 from bench.registry import unknown_key_message
+from bench.threads import set_threads
 from bench.timing import resolve_device
 from zoos.card import render_card, scenario
 
@@ -207,10 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "build":
-            if args.threads is not None:
-                if args.threads < 1:
-                    raise BenchError(f"--threads {args.threads}: a thread count must be >= 1")
-                torch.set_num_threads(args.threads)
+            set_threads(args.threads, "--threads")
             threads_by_arch = parse_threads_by_arch(args.threads_by_arch)
             build(
                 args.zoo, args.dataset, args.device, args.repair, [*args.overrides, *extra], threads_by_arch

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench.atomic import is_done
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.paths import cache_dir
+from bench.threads import set_threads
 from bench.timing import resolve_device
 from zoos.zoo import build_member, zoo_specs
 
@@ -25,8 +25,7 @@ log = logging.getLogger(__name__)
 
 def run_job(cfg: DictConfig) -> list[int]:
     """Build member ``cfg.member`` (or every missing member); returns the indices trained."""
-    if cfg.threads is not None:
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.threads)
     zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
     dataset = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
     specs, datasets = zoo_specs(zoo_cfg, dataset)

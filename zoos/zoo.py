@@ -19,8 +19,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from bench.errors import BenchError, IntegrityError
 from bench.hashing import sha256_bytes, sha256_file, spec_hash
 from bench.paths import cache_dir
 from bench.progress import progress_options
+from bench.threads import check_threads, intra_op_threads
 from bench.timing import device_name
 from zoos.architectures import build_model, count_parameters
 from zoos.members import is_multi_dataset, member_specs, untrusted_mix
@@ -310,28 +310,13 @@ def zoo_specs(
     return specs, {d.name: d for d in [*by_source.values(), *([foreign] if foreign else [])]}
 
 
-@contextmanager
-def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """Run the block at ``threads`` torch intra-op threads (None: unchanged), then restore."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def check_threads_by_arch(threads_by_arch: Mapping[str, int], specs: list[MemberSpec]) -> None:
     """Every arch named must be one of the zoo's, every count >= 1 (BenchError otherwise)."""
     archs = sorted({s.arch for s in specs})
     for arch, threads in threads_by_arch.items():
         if arch not in archs:
             raise BenchError(f"threads by arch: the zoo has no {arch!r} members; its architectures: {archs}")
-        if int(threads) < 1:
-            raise BenchError(f"threads by arch: {arch}={threads}; a thread count must be >= 1")
+        check_threads(threads, f"threads by arch: {arch}", nullable=False)
 
 
 def ensure_members(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from bench.threads import intra_op_threads
 from bench.timing import set_cuda_fp32_precision
 
 
@@ -28,7 +29,5 @@ def _all_cores() -> Iterator[None]:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         yield
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    yield
-    torch.set_num_threads(previous)
+    with intra_op_threads(os.cpu_count() or 1):
+        yield

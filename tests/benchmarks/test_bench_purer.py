@@ -43,6 +43,7 @@ from purer.config import PurerConfig
 from purer.method import Purer
 from purer.trainer import PurerTrainer
 from tests.benchmarks.purer_shapes import context, synthetic_conv4_zoo
+from tests.fixtures.conv4_order import relu_before_pool
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -66,14 +67,6 @@ def _trainer(variant: str, k_shot: int, device: str) -> PurerTrainer:
     cfg.compile = {"compiled": "default", "cudagraphs": "reduce-overhead"}.get(variant.split("_")[-1], "off")
     zoo = synthetic_conv4_zoo(device=device)
     return PurerTrainer(Purer(cfg, context(k_shot, device)), cfg, zoo, Budget(), 0)
-
-
-def _relu_before_pool(model: torch.nn.Module) -> None:
-    """Put a conv4's blocks in the reference code's order (conv, BN, ReLU, pool), in place."""
-    layers = list(model.features)
-    blocks = [layers[i : i + 4] for i in range(0, len(layers), 4)]
-    assert all(isinstance(b[2], pooling.MaxPool2x2) and isinstance(b[3], torch.nn.ReLU) for b in blocks)
-    model.features = torch.nn.Sequential(*[m for b in blocks for m in (b[0], b[1], b[3], b[2])])
 
 
 def _reload_teachers_like_reference(trainer: PurerTrainer, blobs: list[bytes]) -> None:
@@ -106,9 +99,9 @@ def test_purer_meta_iteration(benchmark, monkeypatch, variant, k_shot, device, a
     if variant == "reference_like":
         monkeypatch.setattr(inversion, "batch_moments", _reference_moments)
         monkeypatch.setattr(pooling, "max_pool_2x2", lambda x: torch.nn.functional.max_pool2d(x, 2))
-        _relu_before_pool(trainer.model)
+        relu_before_pool(trainer.model)
         for slot in trainer.data.teachers:
-            _relu_before_pool(slot.forward.model)
+            relu_before_pool(slot.forward.model)
             buffer = io.BytesIO()
             torch.save(slot.forward.model.state_dict(), buffer)
             blobs.append(buffer.getvalue())

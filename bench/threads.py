@@ -1,0 +1,41 @@
+"""torch intra-op thread counts: one check for every entry point, and a scoped setting.
+
+A zoo member's weights (and a run's float summation order) depend on the thread count, so every
+place that sets it validates it the same way (results/README.md, "Zoo builds").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from bench.errors import BenchError
+
+
+def check_threads(threads: int | str, name: str, nullable: bool = True) -> int:
+    """``threads`` as an int >= 1; a BenchError naming ``name`` otherwise."""
+    if int(threads) < 1:
+        raise BenchError(f"{name} must be >= 1{' or null' if nullable else ''}; got {threads}")
+    return int(threads)
+
+
+def set_threads(threads: int | str | None, name: str = "threads") -> None:
+    """Set torch's intra-op thread count for the process (None: leave torch's default)."""
+    if threads is not None:
+        torch.set_num_threads(check_threads(threads, name))
+
+
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the block at ``threads`` intra-op threads (None: unchanged), then restore the count."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(check_threads(threads, "threads", nullable=False))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
