@@ -13,6 +13,8 @@ import torch
 from bench.learners.maml import FineTuneLearner, meta_step
 from bench.seeding import make_generator
 from bench.tasks import Episode, TaskShape, TaskSuite
+from purer.config import IcfilConfig
+from purer.icfil import IcfilLearner
 from zoos.architectures import build_model
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -57,6 +59,29 @@ def test_evaluation_episode(benchmark, device, small_glyphs):
         return int((readouts[10](episode.query_x).argmax(1) == episode.query_y).sum())
 
     benchmark.extra_info.update({"steps": 10, "shape": "5w5s15q", "device": device})
+    assert 0 <= benchmark(one_episode) <= 75
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k_shot", [1, 5])
+def test_icfil_episode(benchmark, device, k_shot, small_glyphs):
+    """One PURER test episode with ICFIL at both readouts (1 and 10 steps), as ``purer`` evaluates.
+
+    Per readout: 50 Adam steps inverting 25 pseudo images from the adapted model, 5 contrastive
+    calibration steps, 20 head steps, then the 75 queries. The 600-episode evaluation of a purer
+    cell costs about 600 times this.
+    """
+    gen = make_generator(0)
+    model = build_model("conv4", 5, 32, 3, gen, width=32, batch_stat_bn=True).to(device)
+    learner = IcfilLearner(FineTuneLearner(model, inner_lr=0.01), IcfilConfig(), seed=0)
+    suite = TaskSuite(small_glyphs, "test", TaskShape(5, k_shot, 15), 1, seed=0)
+    episode = suite.episode(0, device)
+
+    def one_episode() -> int:
+        readouts = learner.adapt_readouts(episode.support_x, episode.support_y, [1, 10])
+        return int((readouts[10](episode.query_x).argmax(1) == episode.query_y).sum())
+
+    benchmark.extra_info.update({"steps": [1, 10], "shape": f"5w{k_shot}s15q", "device": device})
     assert 0 <= benchmark(one_episode) <= 75
 
 
