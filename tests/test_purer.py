@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import shutil
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from bench.errors import BenchError
 from bench.learners.maml import FineTuneLearner, maml_task_loss, module_params
 from bench.method import Budget, MethodContext
+from bench.seeding import make_generator
 from purer.config import PurerConfig
 from purer.curriculum import Curriculum
 from purer.icfil import IcfilLearner, supervised_contrastive
@@ -48,7 +51,8 @@ def test_forced_switch_at_start_and_after_exactly_patience_non_improving():
 def test_improvement_resets_the_count_and_flag_pauses_tracking():
     c = Curriculum(start=1, patience=2)
     assert c.observe(1, 10.0)  # forced
-    assert not c.observe(2, 5.0)  # flag still set: tracking paused
+    assert not c.observe(2, 99.0)  # flag still set: tracking paused, so 99 does not become best
+    assert c.best is None and c.count == 0
     c.consume()
     assert [c.observe(it, a) for it, a in [(3, 5.0), (4, 6.0), (5, 5.0), (6, 7.0), (7, 1.0), (8, 1.0)]] == [
         False,
@@ -58,6 +62,36 @@ def test_improvement_resets_the_count_and_flag_pauses_tracking():
         False,
         True,
     ]
+
+
+def test_the_trainer_switches_on_accuracy_and_adds_the_term_once_on_the_next_data_step(monkeypatch):
+    """Through ``run()``: forced at adv.start, then after 6 non-improving *accuracies*.
+
+    The scripted losses rise every iteration: fed to the trigger instead of the accuracy they
+    would "improve" each time and the plateau switch would never fire.
+    """
+    import purer.trainer as trainer_module
+
+    accuracies = [50.0, 50.0, 60.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0]
+    calls = []
+
+    def scripted_meta_step(*_args, **_kwargs):
+        calls.append(len(calls))
+        return float(len(calls)), accuracies[len(calls) - 1]
+
+    monkeypatch.setattr(trainer_module, "meta_step", scripted_meta_step)
+    cfg = PurerConfig(meta_iterations=len(accuracies))
+    cfg.adv = dataclasses.replace(cfg.adv, start=2)
+    trainer = _trainer(cfg)
+    trainer.run()
+    switches = [h["iteration"] for h in trainer.history if h["switch"]]
+    adversarial = [h["iteration"] for h in trainer.history if h["adversarial"]]
+    # forced at 2; best = 60 at 3; 4..9 are six non-improving iterations -> fires at 9
+    assert switches == [2, 9]
+    assert adversarial == [3, 10]  # once each, on the data step right after the switch
+    assert [e["reason"] for e in trainer.curriculum.events] == ["forced", "plateau"]
+    stats = trainer.stats()
+    assert stats["adversarial_steps"] == 2 and stats["curriculum_switches"] == 2
 
 
 # ----------------------------------------------------------------------------- data
@@ -71,6 +105,10 @@ def test_each_class_is_inverted_only_by_its_owner():
         touched = (data.X.grad.abs().flatten(1).sum(1) > 0).nonzero().flatten()
         assert torch.equal(touched, slot.rows.sort().values)
         assert data.y[slot.rows].unique().numel() == 5
+        # local targets: member i holds global classes 5i..5i+4 (sorted names), in that order
+        p = data.images_per_class
+        assert torch.equal(slot.targets, torch.arange(5).repeat_interleave(p))
+        assert torch.equal(data.y[slot.rows], 5 * i + slot.targets)
 
 
 def test_uniform_vs_legacy_cumulative_weighting():
@@ -133,6 +171,37 @@ def test_non_finite_loss_stops_naming_the_iteration():
 
 
 # ----------------------------------------------------------------------------- resume
+def test_a_run_killed_with_a_switch_pending_resumes_with_it(tmp_path, monkeypatch):
+    """The iteration-2 checkpoint holds the forced switch's flag; the resumed run must still add the
+    adversarial term at iteration 3, and the curriculum's state must match an uninterrupted run's."""
+    cfg = PurerConfig(meta_iterations=5, checkpoint_every=2)
+    cfg.adv = dataclasses.replace(cfg.adv, start=2)
+    straight = _trainer(cfg, work_dir=tmp_path / "a")
+    straight.run()
+
+    interrupted = _trainer(cfg, work_dir=tmp_path / "b")
+    original = interrupted.meta_iteration
+
+    def crash_after_two():
+        if interrupted.it == 2:
+            assert interrupted.curriculum.flag  # the checkpoint just written holds the pending switch
+            raise KeyboardInterrupt
+        return original()
+
+    interrupted.meta_iteration = crash_after_two
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    resumed = _trainer(cfg, work_dir=tmp_path / "b")
+    resumed.run()
+    columns = ("adversarial", "switch", "outer_loss", "objective")
+    assert [[h[c] for c in columns] for h in resumed.history] == [
+        [h[c] for c in columns] for h in straight.history
+    ]
+    assert [h["adversarial"] for h in resumed.history] == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert resumed.curriculum.state_dict() == straight.curriculum.state_dict()
+    assert torch.equal(resumed.data.X, straight.data.X)
+
+
 def test_killed_run_resumes_to_identical_state(tmp_path):
     cfg = PurerConfig(meta_iterations=6, checkpoint_every=2)
     cfg.adv = dataclasses.replace(cfg.adv, start=2)
@@ -210,6 +279,21 @@ def test_a_run_stopped_by_max_seconds_resumes_without_training_more(tmp_path):
 
 
 # ----------------------------------------------------------------------------- ICFIL
+def test_supervised_contrastive_by_hand_with_two_positives_per_label():
+    """-mean over anchors of the mean over P(i) of log softmax(z_i . z^_j / tau), written out."""
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pseudo = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.6, 0.8]])
+    anchor_y, pseudo_y, tau = torch.tensor([0, 1]), torch.tensor([0, 0, 1, 1]), 0.5
+    expected = 0.0
+    for i, z in enumerate(anchors.tolist()):
+        logits = [(z[0] * p[0] + z[1] * p[1]) / tau for p in pseudo.tolist()]
+        log_norm = math.log(sum(math.exp(v) for v in logits))
+        positives = [j for j in range(4) if int(pseudo_y[j]) == int(anchor_y[i])]
+        expected += -sum(logits[j] - log_norm for j in positives) / len(positives)
+    expected /= 2
+    assert float(supervised_contrastive(anchors, anchor_y, pseudo, pseudo_y, tau)) == pytest.approx(expected)
+
+
 def test_supervised_contrastive_prefers_aligned_features():
     anchors = torch.nn.functional.normalize(torch.eye(2), dim=1)
     labels = torch.tensor([0, 1])
@@ -226,17 +310,68 @@ def _toy_episode(generator: torch.Generator):
 
 def test_icfil_is_deterministic_and_keeps_support_accuracy():
     trainer = _trainer()
-    base = FineTuneLearner(trainer.model, inner_lr=0.01, default_steps=10)
+    # one inner step: the plain learner is below 100 % on this support set, so ">=" can fail
+    base = FineTuneLearner(trainer.model, inner_lr=0.01, default_steps=1)
     cfg = dataclasses.replace(PurerConfig().icfil, inversion_steps=10)
     learner = IcfilLearner(base, cfg, seed=0)
-    support_x, support_y = _toy_episode(torch.Generator().manual_seed(0))
+    support_x, support_y = _toy_episode(torch.Generator().manual_seed(1))
     plain = base.adapt(support_x, support_y)(support_x).argmax(1)
     first = learner.adapt(support_x, support_y)(support_x)
     second = learner.adapt(support_x, support_y)(support_x)
     assert torch.equal(first, second)
     plain_acc = float((plain == support_y).float().mean())
     calibrated_acc = float((first.argmax(1) == support_y).float().mean())
+    assert plain_acc < 1.0
     assert calibrated_acc >= plain_acc
+
+
+def test_icfil_with_no_steps_is_the_adapted_model():
+    """ICFIL starts from theta' (the adapted parameters), not from the meta-learned init."""
+    trainer = _trainer()
+    base = FineTuneLearner(trainer.model, inner_lr=0.5, default_steps=3)
+    cfg = dataclasses.replace(PurerConfig().icfil, inversion_steps=0, calib_steps=0, head_steps=0)
+    support_x, support_y = _toy_episode(torch.Generator().manual_seed(1))
+    query = torch.randn(15, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    adapted = base.adapt(support_x, support_y)(query)
+    unadapted = base.adapt_readouts(support_x, support_y, [0])[0](query)
+    assert not torch.allclose(adapted, unadapted, atol=1e-3)
+    calibrated = IcfilLearner(base, cfg, seed=0).adapt(support_x, support_y)(query)
+    assert torch.allclose(calibrated, adapted, atol=1e-5)
+
+
+def test_icfil_calibration_lowers_its_losses():
+    """The pseudo set's CE under theta' falls over the inversion; the contrastive loss over calibration."""
+    import torch.nn.functional as F
+
+    from purer.icfil import supervised_contrastive as supcon
+
+    trainer = _trainer()
+    base = FineTuneLearner(trainer.model, inner_lr=0.01, default_steps=1)
+    cfg = dataclasses.replace(PurerConfig().icfil, inversion_steps=30, calib_steps=10, calib_lr=0.05)
+    learner = IcfilLearner(base, cfg, seed=0)
+    support_x, support_y = _toy_episode(torch.Generator().manual_seed(1))
+    params = base.adapt_readouts(support_x, support_y, [1])[1].params
+    model = copy.deepcopy(base.model)
+    model.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
+    shape = (25, *support_x.shape[1:])
+    start = torch.randn(shape, generator=make_generator(7))
+    pseudo_y = torch.arange(5).repeat_interleave(5)
+    pseudo_x, labels = learner.invert(model, support_x, support_y, 5, seed=7)
+    assert torch.equal(labels, pseudo_y)
+    with torch.no_grad():
+        assert float(F.cross_entropy(model(pseudo_x), pseudo_y)) < float(
+            F.cross_entropy(model(start), pseudo_y)
+        )
+
+    def contrastive() -> float:
+        with torch.no_grad():
+            anchors = F.normalize(model.embed(support_x), dim=1)
+            pseudo = F.normalize(model.embed(pseudo_x), dim=1)
+            return float(supcon(anchors, support_y, pseudo, pseudo_y, cfg.tau))
+
+    before = contrastive()
+    learner.calibrate_features(model, support_x, support_y, pseudo_x, pseudo_y)
+    assert contrastive() < before
 
 
 def test_purer_returns_icfil_learner_only_when_enabled():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from purer.inversion import (
     BNStatRecorder,
@@ -96,6 +97,76 @@ def test_cross_entropy_and_l2_terms_by_hand():
     assert float(loss) == pytest.approx(math.log(4.0 / 3.0) + 5.0)
 
 
+def _tv_by_hand(x: torch.Tensor) -> float:
+    """The four neighbour-difference norms of x (N, C, H, W), summed, written out element by element."""
+    n, c, h, w = x.shape
+    sums = [0.0, 0.0, 0.0, 0.0]  # horizontal, vertical, diagonal, anti-diagonal
+    v = x.tolist()
+    for a in range(n):
+        for b in range(c):
+            for i in range(h):
+                for j in range(w):
+                    if j + 1 < w:
+                        sums[0] += (v[a][b][i][j] - v[a][b][i][j + 1]) ** 2
+                    if i + 1 < h:
+                        sums[1] += (v[a][b][i][j] - v[a][b][i + 1][j]) ** 2
+                    if i + 1 < h and j + 1 < w:
+                        sums[2] += (v[a][b][i + 1][j] - v[a][b][i][j + 1]) ** 2
+                        sums[3] += (v[a][b][i][j] - v[a][b][i + 1][j + 1]) ** 2
+    return sum(math.sqrt(t) for t in sums)
+
+
+def test_inversion_loss_scores_the_rolled_images_in_every_term():
+    """The teacher, TV and L2 all see the rolled images x~ (purer.md §6.2), with the given weights."""
+    images = (torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).view(2, 1, 4, 5) ** 1.5) / 10
+    rolled = torch.roll(images, shifts=(1, -2), dims=(2, 3))
+    assert abs(_tv_by_hand(rolled) - _tv_by_hand(images)) > 1.0  # the roll matters to TV here
+    seen: list[torch.Tensor] = []
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, list]:
+        seen.append(x.detach().clone())
+        return x.flatten(1)[:, :3], []
+
+    weights = InversionWeights(ce=0.7, bn=0.0, tv=0.3, l2=0.05, jitter=2)
+    targets = [2, 0]
+    loss, parts = inversion_loss(
+        forward, [], images, torch.tensor(targets), weights, None, torch.tensor([1, -2])
+    )
+    assert torch.equal(seen[0], rolled)
+    rows = rolled.flatten(1)[:, :3].tolist()
+    ce = (
+        sum(math.log(sum(math.exp(z) for z in row)) - row[t] for row, t in zip(rows, targets, strict=True))
+        / 2
+    )
+    tv = _tv_by_hand(rolled)
+    l2 = math.sqrt(sum(float(v) ** 2 for v in rolled.flatten()))
+    assert float(parts["ce"]) == pytest.approx(ce, rel=1e-5)
+    assert float(parts["tv"]) == pytest.approx(tv, rel=1e-5)
+    assert float(parts["l2"]) == pytest.approx(l2, rel=1e-5)
+    assert float(loss) == pytest.approx(0.7 * ce + 0.3 * tv + 0.05 * l2, rel=1e-5)
+    # drawn from a generator instead: still exactly one circular roll within the jitter
+    inversion_loss(forward, [], images, torch.tensor(targets), weights, torch.Generator().manual_seed(5))
+    offsets = [
+        (dx, dy)
+        for dx in range(-2, 3)
+        for dy in range(-2, 3)
+        if torch.equal(seen[-1], torch.roll(images, shifts=(dx, dy), dims=(2, 3)))
+    ]
+    assert len(offsets) == 1
+
+
+def test_bn_stat_loss_sums_layers_by_hand():
+    moments = [
+        (torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0])),
+        (torch.tensor([0.0]), torch.tensor([2.0])),
+    ]
+    targets = [
+        (torch.tensor([1.0, 0.0]), torch.tensor([4.0, 5.0])),  # 5 + 2
+        (torch.tensor([-3.0]), torch.tensor([0.5])),  # 1.5 + 3
+    ]
+    assert float(bn_stat_loss(moments, targets)) == pytest.approx(5.0 + 2.0 + 1.5 + 3.0)
+
+
 def test_random_roll_is_circular_and_seeded():
     x = torch.arange(25.0).view(1, 1, 5, 5)
     a = random_roll(x, 2, torch.Generator().manual_seed(3))
@@ -147,6 +218,37 @@ def test_hooks_record_bn_inputs_in_forward_order():
         assert torch.allclose(var, captured.var((0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-5)
     assert all(not layer._forward_pre_hooks for layer in layers), "hooks must be removed"
     assert torch.allclose(logits, teacher(x))
+
+
+def test_hooked_moments_line_up_with_running_targets_on_a_resnet():
+    """Forward order of the hooks = ``running_targets``' order, on a resnet with shortcut BNs.
+
+    Each BN's running statistics are set to the (mean, biased var) of its own input on a batch x
+    (repeated until fixed: a layer's input depends on the earlier layers' statistics). Then x
+    matches every layer, so the BN loss is ~0; any mispairing of layers would not be.
+    """
+    torch.manual_seed(0)
+    model = ResNet((1, 1, 1, 1), 5, 3).eval().requires_grad_(False)
+    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(layers) > 9  # stem, two per block and the down-sampling shortcuts
+    x = torch.randn(16, 3, 32, 32)
+    inputs: dict[nn.Module, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda m, inp: inputs.__setitem__(m, inp[0])) for m in layers]
+    try:
+        for _ in range(len(layers) + 1):
+            model(x)
+            for layer in layers:
+                layer.running_mean.copy_(inputs[layer].mean((0, 2, 3)))
+                layer.running_var.copy_(inputs[layer].var((0, 2, 3), unbiased=False))
+    finally:
+        for handle in handles:
+            handle.remove()
+    targets = running_targets(model)
+    _, moments = HookedTeacher(model)(x)
+    assert float(bn_stat_loss(moments, targets)) < 1e-3
+    swapped = targets[:]
+    swapped[-1], swapped[-2] = swapped[-2], swapped[-1]
+    assert float(bn_stat_loss(moments, swapped)) > 0.1
 
 
 def test_folded_teacher_equals_hooked_teacher():
