@@ -82,3 +82,23 @@ def test_maml_oracle_unknown_init_names_the_valid_ones(tiny_zoo, small_glyphs):
     attach_real_data(method, small_glyphs, TaskShape(5, 1, 15))
     with pytest.raises(BenchError, match="init 'zoo' unknown; valid: random, average"):
         method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", ["maml_oracle", "protonet_oracle"])
+def test_oracles_meta_train_on_meta_train_classes_only(name, tiny_zoo, small_glyphs, monkeypatch):
+    """Every image an oracle reads while meta-training belongs to a class of the train split."""
+    from tests.test_methods import _train
+
+    rows_read: list[torch.Tensor] = []
+    original = small_glyphs.read_rows
+
+    def recording(rows: torch.Tensor) -> torch.Tensor:
+        rows_read.append(rows.clone())
+        return original(rows)
+
+    monkeypatch.setattr(small_glyphs, "read_rows", recording)
+    _train(name, tiny_zoo, real_data=small_glyphs)
+    assert rows_read, "the oracle read no real images: the check below would be empty"
+    classes = set(small_glyphs.labels[torch.cat(rows_read)].unique().tolist())
+    assert classes <= set(small_glyphs.split_classes("train"))
+    assert len(classes) >= 5

@@ -27,7 +27,9 @@ def test_kl_is_the_textbook_kl_and_the_legacy_loss_is_not():
     assert torch.allclose(kd_loss(s, t, "kl"), by_hand, atol=1e-6)
     assert torch.allclose(kd_loss(t, t, "kl"), torch.tensor(0.0), atol=1e-6)
     legacy = kd_loss(s, t, "kl_prob_legacy")
-    assert torch.allclose(legacy, F.kl_div(p_s, p_t, reduction="batchmean"))
+    # the reference's F.kl_div(p_s, p_t): treats the student *probabilities* as log-probabilities
+    legacy_by_hand = (p_t * (p_t.log() - p_s)).sum(1).mean()
+    assert torch.allclose(legacy, legacy_by_hand, atol=1e-6)
     assert not torch.allclose(legacy, by_hand, atol=1e-3)
     scaled = (F.softmax(t / 4, 1) * (F.log_softmax(t / 4, 1) - F.log_softmax(s / 4, 1))).sum(1).mean() * 16
     assert torch.allclose(kd_loss(s, t, "kl", temperature=4.0), scaled, atol=1e-5)
@@ -49,6 +51,9 @@ def test_zero_order_gradient_estimates_the_true_gradient_from_counted_queries():
     true = 2 * (x - target)
     cosine = F.cosine_similarity(estimate.flatten(1), true.flatten(1), dim=1)
     assert cosine.min() > 0.95, cosine
+    # the scale too (cosine ignores it): a wrong d/q factor would be off by 16x here
+    ratio = estimate.flatten(1).norm(dim=1) / true.flatten(1).norm(dim=1)
+    assert ((ratio > 0.9) & (ratio < 1.1)).all(), ratio
     assert sum(calls) == 3 * (1 + 2000)
     with pytest.raises(ValueError, match="multiple of chunks"):
         zero_order_gradient(loss, x, directions=10, mu=1e-3, chunks=3, generator=gen)
@@ -61,10 +66,48 @@ def test_generator_makes_normalised_images_of_the_zoo_size(size):
     again = fresh_generator(16, 8, size, 3, mean, std, torch.Generator().manual_seed(0), CPU)
     pairs = zip(net.state_dict().values(), again.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)  # seeded initialisation
-    images = net(torch.randn(4, 16))
+    z = torch.randn(4, 16)
+    images = net(z)
     assert images.shape == (4, 3, size, size)
-    raw = images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
-    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5  # sigmoid range before normalisation
+    # the sigmoid output, normalised by hand with the zoo's mean/std
+    net.eval()  # the same BN path for both forwards
+    sigmoid = net.blocks(net.project(z).view(4, -1, net.init_size, net.init_size))
+    if sigmoid.shape[-1] != size:
+        sigmoid = F.interpolate(sigmoid, size=(size, size), mode="bilinear")
+    assert sigmoid.min() >= 0 and sigmoid.max() <= 1
+    by_hand = (sigmoid - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(net(z), by_hand, atol=1e-6)
+
+
+def test_bilevel_kd_loss_is_query_kd_after_inner_kd_steps_on_the_support():
+    """0 steps: the query KD loss of the init; 1 step: of one SGD step on the support KD loss."""
+    from baselines._kd import KDEpisode, bilevel_kd_loss
+    from bench.learners.maml import forward, module_params
+    from zoos.architectures import build_model
+
+    gen = torch.Generator().manual_seed(3)
+    model = build_model("conv4", 5, 16, 3, gen, width=8, batch_stat_bn=True)
+    task = KDEpisode(
+        torch.randn(5, 3, 16, 16, generator=gen),
+        torch.arange(5),
+        torch.randn(10, 3, 16, 16, generator=gen),
+        torch.arange(5).repeat(2),
+        torch.arange(5),
+        support_t=torch.randn(5, 5, generator=gen),
+        query_t=torch.randn(10, 5, generator=gen),
+    )
+    params = module_params(model)
+    zero, _ = bilevel_kd_loss(model, params, task, 0, 0.1, "kl", 2.0)
+    assert torch.allclose(zero, kd_loss(forward(model, params, task.query_x), task.query_t, "kl", 2.0))
+    support_loss = kd_loss(forward(model, params, task.support_x), task.support_t, "kl", 2.0)
+    grads = torch.autograd.grad(support_loss, list(params.values()))
+    stepped = {k: v - 0.1 * g for (k, v), g in zip(params.items(), grads, strict=True)}
+    one, accuracy = bilevel_kd_loss(model, params, task, 1, 0.1, "kl", 2.0)
+    expected = kd_loss(forward(model, stepped, task.query_x), task.query_t, "kl", 2.0)
+    assert torch.allclose(one, expected, atol=1e-6) and not torch.allclose(one, zero, atol=1e-4)
+    logits = forward(model, stepped, task.query_x)
+    assert float(accuracy) == pytest.approx(float((logits.argmax(1) == task.query_y).float().mean() * 100))
+    assert one.requires_grad  # second order: the outer loss reaches the init through the inner step
 
 
 #: What a white-box method would reach for on a member; the call-only wrapper refuses every one.

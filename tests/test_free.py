@@ -144,3 +144,31 @@ def test_recovery_sums_the_clones_last_step_gradients_into_the_meta_generator(ti
     for old, p, g in zip(before, together.parameters(), summed, strict=True):
         clear = g.abs() > 1e-6  # Adam's first step is -lr·g/(|g| + eps): the sign of -g
         assert torch.equal(torch.sign(p.detach() - old)[clear], -torch.sign(g[clear]))
+
+
+def test_bell_sets_theta_grad_to_reptile_scale_times_theta_minus_the_clone():
+    """With the outer optimiser swapped for SGD(lr 1): theta_new = theta - 67 (theta - theta')."""
+    import copy
+
+    from baselines._kd import kd_loss
+    from zoos.meta_model import fresh_meta_model
+
+    method = _free()
+    assert method.cfg.reptile_scale == 67.0
+    model = fresh_meta_model(method.context, 32)
+    before = [p.detach().clone() for p in model.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    recovered = [
+        (None, torch.randn(20, 3, 32, 32, generator=gen), torch.randn(20, 5, generator=gen)) for _ in range(2)
+    ]
+    clone = copy.deepcopy(model)
+    inner = torch.optim.Adam(clone.parameters(), lr=method.cfg.bell_lr)
+    for _, images, logits in recovered:
+        loss = kd_loss(clone(images[:20]), logits[:20, :5])
+        inner.zero_grad()
+        loss.backward()
+        inner.step()
+    method._bell({"model": model, "bell": torch.optim.SGD(model.parameters(), lr=1.0)}, recovered)
+    for old, new, target in zip(before, model.parameters(), clone.parameters(), strict=True):
+        expected = old - 67.0 * (old - target.detach())
+        assert torch.allclose(new.detach(), expected, atol=1e-5)

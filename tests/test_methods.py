@@ -45,6 +45,7 @@ def _train(
     extra: dict | None = None,
     train_dir: Path | None = None,
     stats: dict | None = None,
+    probes: tuple | None = None,
 ) -> Learner:
     cls = METHODS.get(name)
     from importlib import resources
@@ -57,6 +58,8 @@ def _train(
     cfg = validate_method_config(cls, raw)
     method = cls(cfg, dataclasses.replace(CONTEXT, seed=seed, train_dir=train_dir))
     generator = torch.Generator().manual_seed(seed)
+    if probes is not None:  # (validate, test_probe), as bench.app gives every method
+        method.validate, method.test_probe = probes
     if cls.uses_real_val:  # the paper's TDS variant: fresh real meta-val episodes via the harness
         attach_real_data(method, real_data, TaskShape(CONTEXT.n_way, CONTEXT.k_shot, raw.get("n_query", 15)))
     if cls.uses_real_data:
@@ -84,6 +87,40 @@ def test_method_contract(name, tiny_zoo, small_glyphs):
         episode.query_x
     )
     assert torch.equal(logits, again), "same seed must give identical results"
+
+
+#: Methods that score checkpoints on the test probe, for a labelled reference-style number only.
+TEST_PROBE_USERS = {"purer", "purer_no_icfil", "purer_ei"}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_the_test_split_cannot_steer_what_a_method_learns(name, tiny_zoo, small_glyphs):
+    """Two runs whose test probes answer opposite scores give the same learner; methods other than
+    PURER's family never call the test probe at all. (The meta-val probe may select checkpoints.)"""
+    episode = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 1, seed=0).episode(0)
+    calls: list[str] = []
+
+    def validate(_learner) -> float:  # noqa: ANN001
+        calls.append("val")
+        return 40.0
+
+    def rising(_learner) -> float:  # noqa: ANN001
+        calls.append("test")
+        return float(10 * len(calls))
+
+    def falling(_learner) -> float:  # noqa: ANN001
+        calls.append("test")
+        return float(100 - 10 * len(calls))
+
+    outputs = []
+    for test_probe in (rising, falling):
+        learner = _train(name, tiny_zoo, real_data=small_glyphs, probes=(validate, test_probe))
+        outputs.append(learner.adapt(episode.support_x, episode.support_y)(episode.query_x))
+    assert torch.equal(outputs[0], outputs[1])
+    if name in TEST_PROBE_USERS:
+        assert "test" in calls  # the probe is wired, so the equality above means something
+    else:
+        assert "test" not in calls
 
 
 #: Methods without a meta-training loop, and PURER's family (its own trainer; tests/test_purer.py).
@@ -149,6 +186,20 @@ def test_random_init_depends_on_seed_not_zoo(tiny_zoo, small_glyphs):
     a = _train("random_init", tiny_zoo, seed=0).adapt(episode.support_x, episode.support_y)(episode.query_x)
     b = _train("random_init", tiny_zoo, seed=1).adapt(episode.support_x, episode.support_y)(episode.query_x)
     assert not torch.equal(a, b)
+    # another zoo (one member fewer, so other weights and classes): the same init
+    fewer = dataclasses.replace(tiny_zoo, members=tiny_zoo.members[1:])
+    c = _train("random_init", fewer, seed=0).adapt(episode.support_x, episode.support_y)(episode.query_x)
+    assert torch.equal(a, c)
+    # the init is the shared fresh meta model of the run seed, head bias zeroed
+    from zoos.meta_model import fresh_meta_model
+
+    init = _train("random_init", tiny_zoo, seed=0).init_params
+    fresh = dict(fresh_meta_model(CONTEXT, 32).named_parameters())
+    assert set(init) == set(fresh)
+    for key, value in init.items():
+        expected = torch.zeros_like(value) if key == "head.bias" else fresh[key].detach()
+        assert torch.equal(value, expected), key
+    assert fresh["head.bias"].abs().sum() > 0  # zeroing it is a real step
 
 
 def test_weight_average_is_the_mean_of_member_weights(tiny_zoo):
@@ -232,3 +283,23 @@ def test_every_member_query_goes_through_the_members_input_map(name, tiny_zoo, s
         for handle in handles:
             handle.remove()
     assert calls[0] > 0
+
+
+@pytest.mark.parametrize("name", ["bidfmkd", "bidfmkd_zo", "free", "tgr"])
+def test_the_kd_loss_choice_reaches_the_distillation(name, tiny_zoo, small_glyphs, monkeypatch):
+    """``method.kd_loss=kl_prob_legacy`` is the loss every KD call of the method computes."""
+    import baselines._kd as kd
+    import baselines.free as free
+    import baselines.tgr as tgr
+
+    kinds: list[str] = []
+    original = kd.kd_loss
+
+    def recording(student, teacher, kind="kl", temperature=1.0):  # noqa: ANN001, ANN202
+        kinds.append(kind)
+        return original(student, teacher, kind, temperature)
+
+    for module in (kd, free, tgr):
+        monkeypatch.setattr(module, "kd_loss", recording)
+    _train(name, tiny_zoo, real_data=small_glyphs, extra={"kd_loss": "kl_prob_legacy"})
+    assert kinds and set(kinds) == {"kl_prob_legacy"}

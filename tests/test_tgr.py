@@ -96,3 +96,33 @@ def test_aligned_step_with_zero_shift_is_an_adam_step_on_the_mean_member_gradien
     method._aligned_step(model, torch.optim.Adam(model.parameters(), lr=1e-3), tasks)
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_aligned_step_re_evaluates_each_member_gradient_at_its_shifted_point():
+    """On quadratic member losses L_i = a_i/2 ||theta - c_i||^2 and plain SGD (lr 1), the step is
+    -mean_i a_i (theta - alpha (g_mean - g_i) - c_i), with g_i = a_i (theta - c_i): by hand."""
+    from bench.learners.maml import module_params
+    from zoos.meta_model import fresh_meta_model
+
+    alpha = 0.1
+    method = _tgr(align_step=alpha, inner_steps=1)
+    model = fresh_meta_model(method.context, 32)
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(4)
+    tasks = [(1.0, {n: torch.randn(v.shape, generator=gen) for n, v in theta.items()})]
+    tasks.append((3.0, {n: torch.randn(v.shape, generator=gen) for n, v in theta.items()}))
+
+    def quadratic(_model, params, task):  # noqa: ANN001, ANN202
+        a, centre = task
+        return sum(0.5 * a * ((params[n] - centre[n]) ** 2).sum() for n in params)
+
+    method._member_loss = quadratic
+    method._aligned_step(model, torch.optim.SGD(model.parameters(), lr=1.0), tasks)
+    for name, start in theta.items():
+        g = [a * (start - c[name]) for a, c in tasks]
+        g_mean = (g[0] + g[1]) / 2
+        again = [a * (start - alpha * (g_mean - gi) - c[name]) for (a, c), gi in zip(tasks, g, strict=True)]
+        expected = start - (again[0] + again[1]) / 2
+        assert torch.allclose(module_params(model)[name], expected, atol=1e-5), name
+        flipped = [a * (start + alpha * (g_mean - gi) - c[name]) for (a, c), gi in zip(tasks, g, strict=True)]
+        assert not torch.allclose(start - (flipped[0] + flipped[1]) / 2, expected, atol=1e-3)
