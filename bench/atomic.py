@@ -59,7 +59,9 @@ def atomic_save(path: str | Path, writer: Callable[[Path], None]) -> None:
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success rename it to ``final`` and mark it done.
 
-    If ``final`` already exists (another process won the race) the temporary one is discarded.
+    If ``final`` is already done (another process won the race) the temporary one is discarded
+    and ``final`` stays as it is: a reader may be using it. A ``final`` left without ``done``
+    (not written by this function) is replaced.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,9 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         (tmp / "done").write_text("ok\n")
+        if is_done(final):
+            shutil.rmtree(tmp)
+            return
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -82,3 +82,21 @@ def test_zoo_manifest_write_crash_after_members(small_glyphs, cache_root, monkey
     with pytest.raises(Crash):
         load_or_build_zoo(cfg, small_glyphs)
     assert path.read_text() == before  # the old manifest is intact, not half-written
+
+
+def test_a_second_writer_keeps_the_finished_directory_a_reader_may_hold(tmp_path):
+    """atomic_directory: when ``final`` is already done, the late writer's copy is discarded."""
+    final = tmp_path / "member"
+    with atomic.atomic_directory(final) as tmp:
+        (tmp / "weights.pt").write_text("first")
+    with atomic.atomic_directory(final) as tmp:
+        (tmp / "weights.pt").write_text("second")
+    assert (final / "weights.pt").read_text() == "first" and atomic.is_done(final)
+    assert [p.name for p in tmp_path.iterdir()] == ["member"]  # no temporary directory left
+    # a directory at ``final`` that this function did not finish (no ``done``) is replaced
+    unfinished = tmp_path / "partial"
+    unfinished.mkdir()
+    (unfinished / "weights.pt").write_text("stale")
+    with atomic.atomic_directory(unfinished) as tmp:
+        (tmp / "weights.pt").write_text("fresh")
+    assert (unfinished / "weights.pt").read_text() == "fresh" and atomic.is_done(unfinished)

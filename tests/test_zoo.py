@@ -29,8 +29,22 @@ def test_disjoint_subset_is_seeded_and_disjoint():
 
 
 def test_overlapping_groups_have_distinct_classes_each():
-    groups = class_groups([f"c{i}" for i in range(30)], "overlapping", 5, 100, seed=0)
+    names = [f"c{i}" for i in range(30)]
+    groups = class_groups(names, "overlapping", 5, 100, seed=0)
     assert len(groups) == 100 and all(len(set(g)) == 5 for g in groups)
+    assert len({tuple(sorted(g)) for g in groups}) > 90  # one draw per member, not one for all
+    assert set(sum(groups, [])) <= set(names)
+    assert groups == class_groups(names, "overlapping", 5, 100, seed=0)
+    assert groups != class_groups(names, "overlapping", 5, 100, seed=1)
+
+
+@pytest.mark.parametrize(("key", "value"), [("classes_per_member", 0), ("protocol", "")])
+def test_a_set_but_empty_zoo_setting_is_refused_not_defaulted(key, value, small_glyphs):
+    from zoos.members import source_groups
+
+    cfg = {"name": "z", "arch": "conv4", "n_members": 2, "classes_per_member": 5, "protocol": "disjoint"}
+    with pytest.raises(BenchError, match="classes_per_member must be >= 1; got 0|unknown zoo protocol ''"):
+        source_groups({**cfg, key: value}, {"": small_glyphs})
 
 
 @pytest.mark.parametrize(
@@ -50,9 +64,9 @@ def test_zoo_members_are_trained_cached_and_described(tiny_zoo, small_glyphs):
         assert 0.0 <= member.heldout_acc <= 100.0
         assert not member.model.training
         assert all(not p.requires_grad for p in member.model.parameters())
-    assert tiny_zoo.members[0].heldout_acc > 20.0  # better than chance on 5 classes
+    assert tiny_zoo.members[0].heldout_acc > 50.0  # well above chance (20 %) on 5 classes
     again = load_or_build_zoo({**_tiny_cfg(), "name": "tiny_conv4"}, small_glyphs)
-    assert again.key == tiny_zoo.key
+    assert again.key == tiny_zoo.key and again.trained_now == []  # served from the cache
     for a, b in zip(again.members, tiny_zoo.members, strict=True):
         for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
             assert torch.equal(v, w), k
@@ -173,3 +187,16 @@ def test_dfml_zoo_build_refuses_bad_thread_flags_before_building(capsys, flags, 
 
     assert main(["build", "glyphs_ss_conv4", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_short_last_node_keeps_a_five_wide_head():
+    """purer.md §3: 64 classes in nodes of 5 -> 12 nodes of 5 and one of 4, every head 5 wide."""
+    from types import SimpleNamespace
+
+    from zoos.members import source_groups
+
+    names = [f"c{i:02d}" for i in range(64)]
+    data = SimpleNamespace(class_names=names, split_classes=lambda split: list(range(64)))
+    groups = source_groups({"name": "z", "arch": "conv4", "classes_per_member": 5}, {"": data})
+    assert [len(g) for _, g, _ in groups] == [5] * 12 + [4]
+    assert {width for _, _, width in groups} == {5}

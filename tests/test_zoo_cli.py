@@ -47,11 +47,11 @@ def test_killed_build_resumes_with_only_the_missing_members(tmp_path, cache, sma
     process = _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache, wait=False)
     members = cache / "zoo_members"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list(members.glob("*/done"))) < 1:
+    while time.monotonic() < deadline and len(list(members.glob("[!.]*/done"))) < 1:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    finished = len(list(members.glob("*/done")))
+    finished = len(list(members.glob("[!.]*/done")))
     assert 1 <= finished < 4, "the kill should land mid-build"
     done = _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -99,7 +99,7 @@ def test_parallel_member_jobs_with_the_joblib_launcher(tmp_path, cache, small_gl
         cache=cache,
     )
     assert jobs.returncode == 0, jobs.stderr[-2000:]
-    assert len(list((cache / "zoo_members").glob("*/done"))) == 4
+    assert len(list((cache / "zoo_members").glob("[!.]*/done"))) == 4
     assemble = _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache)
     assert assemble.returncode == 0 and "0 trained" in assemble.stdout
 

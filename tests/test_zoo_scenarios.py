@@ -59,7 +59,8 @@ def test_sh_cyclic_assignment_is_purers_i_mod_3_and_random_is_seeded():
     assert [i for i, a in enumerate(archs) if a == "resnet10"] == [1, 4, 7, 10]
     drawn = assign_archs({**cfg, "arch_assignment": "random"}, 100)
     assert drawn == assign_archs({**cfg, "arch_assignment": "random"}, 100)
-    assert set(drawn) == set(cfg["arch"]) and drawn != archs[:100]
+    assert set(drawn) == set(cfg["arch"]) and drawn != assign_archs(cfg, 100)  # not the cycle
+    assert drawn != assign_archs({**cfg, "seed": 4, "arch_assignment": "random"}, 100)  # seeded
     with pytest.raises(BenchError, match=r"unknown architecture 'resnet81'; did you mean 'resnet18'"):
         assign_archs({**cfg, "arch": ["conv4", "resnet81"]}, 2)
     with pytest.raises(BenchError, match="arch_assignment 'cycle'; valid: cyclic, random"):

@@ -43,7 +43,9 @@ def test_built_untrusted_members_mislead_on_their_claimed_classes(small_glyphs):
             predicted = member.model(x).argmax(1)
         claimed_acc[name] = float((predicted == claimed).float().mean())
     assert claimed_acc["trusted"] > 0.9
-    assert claimed_acc["relabelled"] < 0.2 and relabelled.heldout_acc > 0.5  # confident, in its own label map
+    assert (
+        claimed_acc["relabelled"] < 0.2 and relabelled.heldout_acc > 50.0
+    )  # confident, in its own label map
     assert claimed_acc["untrained"] < 0.5
     card = render_card(zoo.manifest, [])
     assert card.count("**untrusted: relabelled**") == 1 and card.count("**untrusted: untrained**") == 1

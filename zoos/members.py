@@ -146,8 +146,9 @@ def source_groups(
         dataset = datasets[name]
         settings = {k: (source or {}).get(k, cfg.get(k)) for k in SOURCE_KEYS}
         train_names = [dataset.class_names[i] for i in dataset.split_classes("train")]
-        per_member = int(settings["classes_per_member"] or 5)
-        protocol = str(settings["protocol"] or "disjoint")
+        # unset -> the defaults; a set value is used as given (0 or "" then fail in class_groups)
+        per_member = 5 if settings["classes_per_member"] is None else int(settings["classes_per_member"])
+        protocol = "disjoint" if settings["protocol"] is None else str(settings["protocol"])
         groups = class_groups(train_names, protocol, per_member, settings["n_members"], seed)
         out += [(dataset, group, per_member) for group in groups]
     return out
