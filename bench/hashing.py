@@ -53,11 +53,13 @@ CODE_OBJECTS = (type, types.ModuleType, types.FunctionType, types.MethodType, ty
 
 
 def object_fingerprint(obj: Any) -> str:
-    """sha256 over every tensor reachable from ``obj`` (attributes, modules' state, containers).
+    """sha256 over every tensor and plain number reachable from ``obj``.
 
-    Identifies a trained learner's numbers: the same weights give the same fingerprint in any
-    process (values, not memory layout or object ids). Objects are walked once (cycles are safe);
-    names of the attributes are part of the digest, so a tensor moved between fields changes it.
+    Attributes, modules' state and containers are walked; two learners that differ only in
+    ``inner_lr`` or a step count differ. Identifies a trained learner's numbers: the same weights
+    give the same fingerprint in any process (values, not memory layout or object ids). Objects are
+    walked once (cycles are safe); names of the attributes are part of the digest, so a tensor moved
+    between fields changes it.
     """
     import torch
     from torch import nn
@@ -69,7 +71,10 @@ def object_fingerprint(obj: Any) -> str:
         if isinstance(value, torch.Tensor):
             digest.update(f"{path}={tensor_sha256(value)};".encode())
             return
-        if isinstance(value, str | bytes | int | float | bool) or value is None or id(value) in seen:
+        if isinstance(value, int | float | bool):  # hyper-parameters (inner_lr, steps) change numbers
+            digest.update(f"{path}={type(value).__name__}:{value!r};".encode())
+            return
+        if isinstance(value, str | bytes) or value is None or id(value) in seen:
             return
         seen.add(id(value))
         if isinstance(value, nn.Module):

@@ -111,7 +111,7 @@ def _import_plugin(module_name: str, info: pkgutil.ModuleInfo, kind: str) -> Non
 def unknown_key_message(kind: str, name: str, valid: list[str]) -> str:
     """``unknown method 'x'; did you mean 'y'? available: a, b`` (the suggestion only if close)."""
     close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ";"
     return f"unknown {kind} {name!r}{hint} available: {', '.join(valid) or '(none)'}"
 
 

@@ -7,6 +7,7 @@ are exactly what a ``kill -9`` at that instant would leave; then the readers are
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,28 @@ def test_a_second_writer_keeps_the_finished_directory_a_reader_may_hold(tmp_path
     with atomic.atomic_directory(unfinished) as tmp:
         (tmp / "weights.pt").write_text("fresh")
     assert (unfinished / "weights.pt").read_text() == "fresh" and atomic.is_done(unfinished)
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 4])
+def test_a_rerun_killed_at_any_write_does_not_leave_the_old_record_looking_finished(
+    tmp_path, monkeypatch, crash_at
+):
+    """write_record over a finished run, killed at its n-th rename (config, episodes, record, done)."""
+    run_dir = tmp_path / "runs" / "exp" / "key"
+    write_record(run_dir, fake_record("random_init", True, 30.0, "5w1s", 0), "cfg: 1\n")
+    assert finished_run(run_dir)
+    renames = []
+    real_replace = atomic.os.replace
+
+    def replace(src, dst):  # noqa: ANN001, ANN202
+        renames.append(dst)
+        if len(renames) == crash_at:
+            raise Crash(f"killed before renaming {src} to {dst}")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(Crash):
+        write_record(run_dir, fake_record("random_init", True, 45.0, "5w1s", 0), "cfg: 2\n")
+    order = ["config.yaml", "episodes.csv", "record.json", "done"]
+    assert [Path(p).name for p in renames] == order[:crash_at]  # done is written last
+    assert not finished_run(run_dir) and read_records(tmp_path / "runs") == []

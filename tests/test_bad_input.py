@@ -18,6 +18,10 @@ CASES = {
         r"unknown method 'weight_avrage'; did you mean 'weight_average'",
     ),
     "unknown dataset": (["dataset=omniglott"], r"unknown dataset 'omniglott'; did you mean 'omniglot'"),
+    "unknown method, nothing close": (
+        ["method=zzz"],
+        r"unknown method 'zzz'; available: bidfmkd, .*random_init, .*weight_average",
+    ),
     "unknown zoo": (["zoo=glyphs_ss_conv"], r"unknown zoo 'glyphs_ss_conv'; did you mean 'glyphs_ss_conv4'"),
     "unknown experiment": (["experiment=omniglt"], r"unknown experiment 'omniglt'; did you mean 'omniglot'"),
     "unknown tracking": (["tracking=sqlit"], r"unknown tracking 'sqlit'; did you mean 'sqlite'"),

@@ -162,3 +162,54 @@ def test_meta_training_checkpoints_are_keyed_by_the_zoo_weights(tmp_path):
     assert directory != meta_train_dir(tmp_path, run_identity(purer, device), METHODS.get("purer"), build_b)
     shared = meta_train_dir(tmp_path, run_identity(ablation, device), METHODS.get("purer_no_icfil"), build_a)
     assert shared == directory  # the ablation still shares the full method's training on one build
+
+
+@pytest.mark.parametrize(
+    ("override", "changes_key"),
+    [
+        # settings that do not change the numbers: the same run (a relaunch finds it finished)
+        ("threads=2", False),
+        ("tracking=none", False),
+        ("force=true", False),
+        ("paths.results=/elsewhere", False),
+        ("method.description=another", False),
+        # settings that do
+        ("seed=1", True),
+        ("eval.limit=10", True),
+        ("task.test_steps=[1,5]", True),
+        ("method.inner_lr=0.02", True),
+        ("task=5w5s", True),
+        ("budget.meta_iterations=7", True),
+        ("zoo.n_members=3", True),
+    ],
+)
+def test_what_enters_a_run_key_and_what_does_not(override, changes_key):
+    from bench.app import run_identity
+    from bench.hashing import spec_hash
+
+    base = ["method=random_init", "task=5w1s"]
+    device = torch.device("cpu")
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        plain = compose("config", overrides=base)
+        changed = compose("config", overrides=[*base, override])
+    same = spec_hash(run_identity(plain, device)) == spec_hash(run_identity(changed, device))
+    assert same != changes_key
+
+
+def test_the_device_type_enters_the_run_key():
+    from bench.app import run_identity
+    from bench.hashing import spec_hash
+
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["method=random_init", "task=5w1s"])
+    assert spec_hash(run_identity(cfg, torch.device("cpu"))) != spec_hash(
+        run_identity(cfg, torch.device("cuda"))
+    )
+
+
+def test_every_seed_of_a_cell_is_scored_on_the_same_episode_suite():
+    """The suite seed is the task's, not derived from ``seed``: seeds pool over the same episodes."""
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        seeds = [compose("config", overrides=["method=random_init", f"seed={s}"]) for s in (0, 1, 7)]
+    assert len({int(cfg.task.suite_seed) for cfg in seeds}) == 1
+    assert len({int(cfg.seed) for cfg in seeds}) == 3

@@ -72,6 +72,9 @@ def test_progress_of_another_trained_model_is_not_resumed(small_glyphs, tmp_path
     progress = tmp_path / "eval_progress.json"
     first = learner(0)
     assert object_fingerprint(first) == object_fingerprint(learner(0)) != object_fingerprint(learner(1))
+    # same weights, another inner learning rate or step count: other numbers, another fingerprint
+    assert object_fingerprint(FineTuneLearner(first.model, 0.02, 1)) != object_fingerprint(first)
+    assert object_fingerprint(FineTuneLearner(first.model, 0.01, 2)) != object_fingerprint(first)
     done = evaluate(
         first, suite, [1], limit=4, progress=progress, save_every=2, fingerprint=object_fingerprint(first)
     )

@@ -134,8 +134,17 @@ def test_evaluation_resume_is_identical_and_skips_saved_episodes(tmp_path, small
     resumed = evaluate(resumed_learner, suite, [1, 10], progress=progress, save_every=25)
     assert resumed_learner.calls == 60 - 25
     assert resumed.per_episode == clean.per_episode
+    # a progress file of another suite, or of other readouts, is ignored: every episode re-run
     other = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 60, seed=4)
-    assert evaluate(learner, other, [1, 10], progress=progress).n_episodes == 60  # stale file ignored
+    counted = _Crashing(learner, die_after=10**6)
+    stale = evaluate(counted, other, [1, 10], progress=progress)
+    assert counted.calls == 60 and stale.per_episode == evaluate(learner, other, [1, 10]).per_episode
+    partial = tmp_path / "partial_progress.json"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(_Crashing(learner, die_after=30), suite, [1, 10], progress=partial, save_every=25)
+    counted = _Crashing(learner, die_after=10**6)
+    assert set(evaluate(counted, suite, [1, 5], progress=partial).per_episode) == {1, 5}
+    assert counted.calls == 60
 
 
 def test_non_finite_loss_stops_naming_iteration_last_losses_and_kept_checkpoint(tmp_path):

@@ -38,6 +38,33 @@ def test_tidy_table_aggregates_seeds_and_orders_rows():
     assert pd.isna(row.delta_vs_reference)
     wa = table[(table.method == "weight_average") & (table.task == "5w5s") & (table.test_steps == 10)].iloc[0]
     assert wa.n_seeds == 1 and wa.delta_vs_reference == pytest.approx(16.0, abs=3.0)
+    # the paired difference, episode by episode against random_init of the same seed, by hand
+    (wa_record,) = [
+        r for r in fixture_records() if r.method == "weight_average" and r.setting["task"] == "5w5s"
+    ]
+    (ri_record,) = [
+        r
+        for r in fixture_records()
+        if r.method == "random_init"
+        and r.setting["task"] == "5w5s"
+        and r.seeds["root"] == wa_record.seeds["root"]
+    ]
+    diffs = [
+        a - b
+        for a, b in zip(wa_record.per_episode["steps_10"], ri_record.per_episode["steps_10"], strict=True)
+    ]
+    mean = sum(diffs) / len(diffs)
+    population_std = (sum((d - mean) ** 2 for d in diffs) / len(diffs)) ** 0.5
+    assert wa.delta_vs_reference == pytest.approx(mean)
+    assert wa.delta_ci95 == pytest.approx(1.96 * population_std / len(diffs) ** 0.5)
+    reversed_pairs = [
+        a - b
+        for a, b in zip(
+            wa_record.per_episode["steps_10"], ri_record.per_episode["steps_10"][::-1], strict=True
+        )
+    ]
+    shuffled_std = (sum((d - mean) ** 2 for d in reversed_pairs) / len(diffs)) ** 0.5
+    assert abs(shuffled_std - population_std) > 0.5  # the pairing matters on these records
     assert not table[table.method == "maml_oracle"].data_free.any()
 
 

@@ -33,7 +33,7 @@ def test_unknown_key_suggests_close_names():
 
 def test_unknown_key_lists_available_without_bogus_suggestion():
     message = unknown_key_message("architecture", "zzz", ["conv4", "resnet18"])
-    assert message == "unknown architecture 'zzz' available: conv4, resnet18"
+    assert message == "unknown architecture 'zzz'; available: conv4, resnet18"
     with pytest.raises(BenchError, match="available: conv4"):
         ARCHITECTURES.get("conv5x")
 

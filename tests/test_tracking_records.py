@@ -48,7 +48,11 @@ def test_a_rerun_replaces_its_run_in_mlflow_and_a_repeated_upload_does_not_dupli
     first.finished_at = "2026-01-01T00:00:00+00:00"
     write_record(run_dir, first, "a: 1\n")
     assert sink.log_record(first, run_dir) and sink.synced(run_dir, first)
+    marker = json.loads((run_dir / "mlflow_run.json").read_text())
     assert sink.log_record(first, run_dir)  # the same record again (e.g. --sync-mlflow): no duplicate
+    mlflow.set_tracking_uri(uri)
+    assert len(mlflow.search_runs(experiment_names=["golden"])) == 1
+    assert json.loads((run_dir / "mlflow_run.json").read_text())["run_id"] == marker["run_id"]
     rerun = fake_record("weight_average", True, 45.0, "5w1s", 0)  # a force=true rerun: same run key
     rerun.finished_at = "2026-02-01T00:00:00+00:00"
     rerun.per_episode = {k: [v - 10.0 for v in vs] for k, vs in rerun.per_episode.items()}
@@ -102,10 +106,40 @@ def test_record_without_done_marker_is_ignored(tmp_path):
     assert read_records(tmp_path) == []
 
 
-def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path):
+def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "x.json"
     atomic_write_json(target, {"ok": 1})
     with pytest.raises(TypeError):
         atomic_write_json(target, {1j: 1})  # complex keys are not JSON
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+    # a failure after the new bytes are written, before the rename: the old file stands, no temp left
+
+    def fail(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_json(target, {"ok": 2, "padding": "x" * 10_000})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_a_record_of_another_schema_is_refused_by_name_and_skipped_by_the_collector(tmp_path, caplog):
+    from bench.records import SCHEMA_VERSION
+
+    write_record(tmp_path / "good", fake_record("random_init", True, 30.0, "5w1s", 0), "")
+    write_record(tmp_path / "old", fake_record("weight_average", True, 40.0, "5w1s", 0), "")
+    path = tmp_path / "old" / "record.json"
+    data = json.loads(path.read_text())
+    data["schema_version"] = SCHEMA_VERSION - 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"schema_version {SCHEMA_VERSION - 1} != {SCHEMA_VERSION}"):
+        read_record(path)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "record.json").write_text("{not json")
+    (tmp_path / "broken" / "done").write_text("ok\n")
+    with caplog.at_level("WARNING"):
+        assert [r.method for r in read_records(tmp_path)] == ["random_init"]
+    assert "skipping unreadable record" in caplog.text and "old" in caplog.text and "broken" in caplog.text
