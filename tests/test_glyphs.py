@@ -120,6 +120,17 @@ def test_storage_dtype_shape_and_normalize(small: ImageClassDataset) -> None:
     assert bool((small.images.flatten(1).amax(1) > 0).all()), "an image has no ink"
     assert small.channels == 3 and len(small.mean) == 3 and len(small.std) == 3
     assert 0 < small.mean[0] < 0.5 and 0 < small.std[0] < 0.5
+    # the statistics of the meta-train images only (by hand), not of every image
+    train = torch.isin(small.labels, torch.tensor(small.split_classes("train")))
+    pixels = small.images[train].double() / 255
+    assert small.mean[0] == pytest.approx(round(float(pixels.mean()), 4), abs=1e-4)
+    assert small.std[0] == pytest.approx(round(float(pixels.std(unbiased=False)), 4), abs=1e-4)
+    everything = small.images.double() / 255
+    assert (
+        abs(round(float(everything.mean()), 4) - small.mean[0])
+        + abs(round(float(everything.std(unbiased=False)), 4) - small.std[0])
+        > 0
+    )  # the two differ here, so the check above can tell them apart
     x = small.normalize(small.images[:8])
     assert x.dtype == torch.float32 and x.shape == (8, 3, 32, 32)
     assert torch.equal(x[:, 0], x[:, 2])

@@ -200,3 +200,23 @@ def test_a_short_last_node_keeps_a_five_wide_head():
     groups = source_groups({"name": "z", "arch": "conv4", "classes_per_member": 5}, {"": data})
     assert [len(g) for _, g, _ in groups] == [5] * 12 + [4]
     assert {width for _, _, width in groups} == {5}
+
+
+def test_a_member_trains_on_the_first_80_percent_of_each_class_and_holds_out_the_rest(tiny_zoo, small_glyphs):
+    """purer.md §5: per class, the first round(0.8 n) stored images train, the others are held out."""
+    from zoos.train import member_tensors
+
+    spec = tiny_zoo.members[0].spec
+    assert spec.recipe.holdout_fraction == pytest.approx(0.2)
+    train_x, train_y, hold_x, hold_y = member_tensors(spec, small_glyphs, torch.device("cpu"))
+    start_t = start_h = 0
+    for local, name in enumerate(spec.classes):
+        rows = small_glyphs.class_rows(small_glyphs.class_names.index(name))
+        n_train = round(0.8 * rows.numel())
+        images = small_glyphs.normalize(small_glyphs.read_rows(rows))
+        assert torch.equal(train_x[start_t : start_t + n_train], images[:n_train])
+        assert torch.equal(hold_x[start_h : start_h + rows.numel() - n_train], images[n_train:])
+        assert (train_y[start_t : start_t + n_train] == local).all()
+        assert (hold_y[start_h : start_h + rows.numel() - n_train] == local).all()
+        start_t, start_h = start_t + n_train, start_h + rows.numel() - n_train
+    assert start_t == len(train_x) and start_h == len(hold_x) and len(hold_x) > 0
