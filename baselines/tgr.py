@@ -383,6 +383,8 @@ class Tgr(MetaLearner):
         cfg: TgrConfig = self.cfg  # type: ignore[assignment]
         sx, sy, qx, qy, qt = task
         adapted = inner_loop(model, params, sx, sy, cfg.inner_steps, cfg.inner_lr, cfg.second_order)
+        if not cfg.second_order:  # first order: the query gradient at the adapted point reaches params
+            adapted = {k: params[k] + (v - params[k]).detach() for k, v in adapted.items()}
         logits = forward(model, adapted, qx)
         return kd_loss(logits, qt, cfg.kd_loss, cfg.kd_temperature) + F.cross_entropy(logits, qy)
 

@@ -120,6 +120,20 @@ def hydra_choices() -> dict[str, str]:
         return {}
 
 
+def selection_probe_episodes(cfg: DictConfig) -> int:
+    """Meta-val episodes per selection probe; raises unless >= 1 (0 is not "use the default").
+
+    ``method.selection.val_episodes`` (PURER), else ``method.val_episodes``, else 200.
+    """
+    value = OmegaConf.select(cfg, "method.selection.val_episodes", default=None)
+    key = "method.selection.val_episodes"
+    if value is None:
+        value, key = OmegaConf.select(cfg, "method.val_episodes", default=200), "method.val_episodes"
+    if int(value) < 1:
+        raise BenchError(f"{key} must be >= 1; got {value}")
+    return int(value)
+
+
 def make_probe(dataset, split: str, shape: TaskShape, n_episodes: int, seed: int, steps: int, device):  # noqa: ANN001, ANN201
     """A Probe scoring a learner on the first ``n_episodes`` of a fixed real suite (guard lifted)."""
     suite: list[TaskSuite] = []
@@ -211,6 +225,7 @@ def run_one(cfg: DictConfig) -> Path:
         )
         return run_dir
     budget = Budget(cfg.budget.meta_iterations, cfg.budget.max_seconds)
+    probe_episodes = selection_probe_episodes(cfg)
     if METHODS.get(str(cfg.method.name)).same_architecture_only:  # refuse before building the zoo
         refuse_mixed_architecture_config(OmegaConf.to_container(cfg.zoo, resolve=True), str(cfg.method.name))
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -236,10 +251,6 @@ def run_one(cfg: DictConfig) -> Path:
         train_dir=train_dir,
     )
     method = build_method(cfg, context)
-    probe_episodes = int(
-        OmegaConf.select(cfg, "method.selection.val_episodes", default=None)
-        or OmegaConf.select(cfg, "method.val_episodes", default=200)
-    )
     method.validate = make_probe(dataset, "val", shape, probe_episodes, suite_seed, primary, device)
     method.test_probe = make_probe(
         dataset, str(cfg.task.split), shape, probe_episodes, suite_seed, primary, device

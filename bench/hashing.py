@@ -74,6 +74,9 @@ def object_fingerprint(obj: Any) -> str:
         if isinstance(value, int | float | bool):  # hyper-parameters (inner_lr, steps) change numbers
             digest.update(f"{path}={type(value).__name__}:{value!r};".encode())
             return
+        if isinstance(value, types.MethodType):  # a bound method (e.g. ``model.embed``): its object's state
+            walk(value.__self__, f"{path}.__self__")
+            return
         if isinstance(value, str | bytes) or value is None or id(value) in seen:
             return
         seen.add(id(value))

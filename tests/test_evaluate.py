@@ -92,3 +92,16 @@ def test_progress_of_another_trained_model_is_not_resumed(small_glyphs, tmp_path
     )
     assert "written for another trained model" in caplog.text
     assert resumed.per_episode[1] == straight.per_episode[1]
+
+
+def test_a_protonet_learner_fingerprint_sees_the_embedding_weights():
+    """ProtoNetLearner holds ``model.embed`` (a bound method): the fingerprint walks the model."""
+    from bench.hashing import object_fingerprint
+    from bench.learners.protonet import ProtoNetLearner
+    from bench.seeding import make_generator
+    from zoos.architectures import build_model
+
+    def learner(seed: int) -> ProtoNetLearner:
+        return ProtoNetLearner(build_model("conv4", 5, 32, 3, make_generator(seed), batch_stat_bn=True).embed)
+
+    assert object_fingerprint(learner(0)) == object_fingerprint(learner(0)) != object_fingerprint(learner(1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench.learners.maml import FineTuneLearner, forward, inner_loop, maml_task_loss, module_params
@@ -124,3 +125,13 @@ def test_a_run_stopped_by_max_seconds_resumes_to_the_same_model_without_training
     calls.clear()
     again, resumed = run()  # the budget is spent: it must not train past the stopping point
     assert calls == [] and resumed == done and torch.equal(first, again)
+
+
+def test_meta_step_refuses_an_unknown_reduction_naming_the_valid_ones():
+    from bench.errors import BenchError
+    from bench.learners.maml import meta_step
+
+    model, task, _ = _setup()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.raises(BenchError, match="outer reduce 'Sum' unknown; valid: sum, mean"):
+        meta_step(model, optimizer, [task], 1, 0.01, reduce="Sum")

@@ -126,3 +126,32 @@ def test_aligned_step_re_evaluates_each_member_gradient_at_its_shifted_point():
         assert torch.allclose(module_params(model)[name], expected, atol=1e-5), name
         flipped = [a * (start + alpha * (g_mean - gi) - c[name]) for (a, c), gi in zip(tasks, g, strict=True)]
         assert not torch.allclose(start - (flipped[0] + flipped[1]) / 2, expected, atol=1e-3)
+
+
+def test_first_order_member_loss_gives_the_query_gradient_at_the_adapted_point():
+    """second_order: false: d loss / d theta = the query gradient at theta' (no crash, no zero)."""
+    import torch.nn.functional as F
+
+    from baselines._kd import kd_loss
+    from bench.learners.maml import forward, inner_loop, module_params
+    from zoos.meta_model import fresh_meta_model
+
+    method = _tgr(second_order=False, inner_steps=1)
+    gen = torch.Generator().manual_seed(3)
+    task = method._member_task(
+        torch.randn(20, 3, 32, 32, generator=gen), torch.randn(20, 5, generator=gen), 5, gen
+    )
+    model = fresh_meta_model(method.context, 32)
+    params = module_params(model)
+    grads = torch.autograd.grad(method._member_loss(model, params, task), list(params.values()))
+    sx, sy, qx, qy, qt = task
+    adapted = {
+        k: v.detach().requires_grad_(True)
+        for k, v in inner_loop(model, params, sx, sy, 1, method.cfg.inner_lr, False).items()
+    }
+    logits = forward(model, adapted, qx)
+    loss = kd_loss(logits, qt, method.cfg.kd_loss, method.cfg.kd_temperature) + F.cross_entropy(logits, qy)
+    expected = torch.autograd.grad(loss, list(adapted.values()))
+    for g, e in zip(grads, expected, strict=True):
+        assert torch.allclose(g, e, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in grads)

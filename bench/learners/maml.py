@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from bench.errors import BenchError
 from bench.method import Classifier, Learner
 from bench.tasks import Episode
 
@@ -109,6 +110,8 @@ def meta_step(
 
     ``reduce`` is ``sum`` (PURER's reference: the sum of the tasks' query losses) or ``mean``.
     """
+    if reduce not in ("sum", "mean"):
+        raise BenchError(f"outer reduce {reduce!r} unknown; valid: sum, mean")
     params = module_params(model)
     losses, accuracies = zip(
         *(maml_task_loss(model, params, t, steps, lr, second_order) for t in tasks), strict=True
