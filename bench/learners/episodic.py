@@ -50,6 +50,10 @@ class LoopResult:
     selected_iteration: int = 0
     selected_val: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    #: Labelled test-probe accuracy (%) of the last and of the selected weights (baselines.md §8:
+    #: "also report the last checkpoint"); None without a test probe.
+    test_probe_last: float | None = None
+    test_probe_selected: float | None = None
 
 
 @dataclass
@@ -102,8 +106,12 @@ def meta_train_loop(
     description: str = "meta-train",
     before_iteration: Callable[[int], None] | None = None,
     checkpoint: LoopCheckpoint | None = None,
+    test_probe: Probe | None = None,
 ) -> LoopResult:
     """Train ``model`` in place for ``iterations`` outer steps; loads the meta-val-best weights at the end.
+
+    ``test_probe`` (labelled, never used to select) scores the last and the selected weights once
+    training is over, into ``test_probe_last`` / ``test_probe_selected``.
 
     ``sample_tasks(it)`` gives iteration ``it``'s meta-batch (it = 1..iterations);
     ``before_iteration(it)`` runs first (e.g. refreshing a synthetic bank). With ``checkpoint``,
@@ -183,10 +191,17 @@ def meta_train_loop(
             save()
         _iteration_done(it)
     result.seconds = time.perf_counter() - started
+    if test_probe is not None:
+        result.test_probe_last = test_probe(make_learner(copy.deepcopy(model)))
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
         result.selected_iteration = result.iterations
+    if test_probe is not None:
+        same = best_state is None or result.selected_iteration == result.iterations
+        result.test_probe_selected = (
+            result.test_probe_last if same else test_probe(make_learner(copy.deepcopy(model)))
+        )
     return result
 
 
@@ -257,9 +272,20 @@ def train_episodic(
         str(cfg.name),
         before_iteration=before_iteration,
         checkpoint=_loop_checkpoint(method, resumable),
+        test_probe=method.test_probe,
     )
     method.train_stats.update(loop_stats(result, cfg.meta_batch))
+    method.extra_metrics.update(loop_probe_metrics(result))
     return model, result
+
+
+def loop_probe_metrics(result: LoopResult) -> dict[str, float]:
+    """The labelled test-probe numbers of a loop, named as PURER's (purer.md §10); {} without a probe."""
+    names = {
+        "acc_test_probe_last": result.test_probe_last,
+        "acc_test_probe_selected": result.test_probe_selected,
+    }
+    return {name: float(value) for name, value in names.items() if value is not None}
 
 
 def _loop_checkpoint(method: MetaLearner, resumable: Resumable | None) -> LoopCheckpoint | None:
