@@ -92,12 +92,22 @@ class ReplayStall:
 def check_generator_setup(cfg, zoo, method, name: str, per_class: int | None = None):  # noqa: ANN001, ANN201
     """The zoo of members ``method`` can distil (see ``distillable_members``).
 
-    Raises on an unknown ``kd_loss`` or too few images per class.
+    Raises on an unknown ``kd_loss``, too few images per class, or members wider than the task
+    (their boundary / adversarial terms compare a member's whole output with the n_way-way
+    student's: refused here, before any generator is trained, rather than deep in training).
     """
     context = method.context
     kind = getattr(cfg, "kd_loss", "kl")
     if kind not in KD_LOSSES:
         raise BenchError(f"method.kd_loss={kind!r} is not one of: {', '.join(KD_LOSSES)}")
+    wide = [m for m in zoo.members if m.spec.head_width > context.n_way]
+    if wide:
+        listed = ", ".join(f"member {m.spec.index} ({m.spec.head_width} outputs)" for m in wide[:5])
+        raise BenchError(
+            f"{name} needs members with at most n_way={context.n_way} outputs (its generator terms "
+            f"compare a member's outputs with the {context.n_way}-way student's); the zoo has {listed}; "
+            f"use a zoo with classes_per_member: {context.n_way} or task.n_way={wide[0].spec.head_width}"
+        )
     zoo = distillable_members(zoo, context.n_way, name, method.train_stats)
     if per_class is not None and per_class < context.k_shot + cfg.n_query:
         raise BenchError(

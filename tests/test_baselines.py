@@ -102,3 +102,21 @@ def test_oracles_meta_train_on_meta_train_classes_only(name, tiny_zoo, small_gly
     classes = set(small_glyphs.labels[torch.cat(rows_read)].unique().tolist())
     assert classes <= set(small_glyphs.split_classes("train"))
     assert len(classes) >= 5
+
+
+@pytest.mark.parametrize("name", ["bidfmkd", "bidfmkd_zo", "free", "tgr"])
+def test_generator_methods_refuse_members_wider_than_the_task_up_front(name, tiny_zoo):
+    """5-output members, 3-way tasks: a clear error before training (it crashed mid-training)."""
+    from importlib import resources
+
+    import yaml
+
+    from bench.method import validate_method_config
+
+    cls = METHODS.get(name)
+    raw = yaml.safe_load((resources.files("bench.conf") / "method" / f"{name}.yaml").read_text())
+    method = cls(validate_method_config(cls, raw), MethodContext(3, 1, 32, 3, torch.device("cpu"), 0))
+    with pytest.raises(
+        BenchError, match=rf"{name} needs members with at most n_way=3 outputs.*member 0 \(5 outputs\)"
+    ):
+        method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
