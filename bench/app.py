@@ -102,6 +102,21 @@ def task_shape(cfg: DictConfig) -> TaskShape:
     return TaskShape(int(cfg.task.n_way), int(cfg.task.k_shot), int(cfg.task.n_query))
 
 
+TASK_INTEGERS = ("n_way", "k_shot", "n_query", "n_episodes", "suite_seed", "primary_steps")
+
+
+def check_task_integers(cfg: DictConfig) -> None:
+    """Raise a clear error for a ``task.*`` count that is not an integer (``task.n_episodes=abc``)."""
+    for key in TASK_INTEGERS:
+        value = OmegaConf.select(cfg, f"task.{key}", default=None)
+        if value is None:
+            continue
+        try:
+            int(value)
+        except (TypeError, ValueError):
+            raise BenchError(f"task.{key}={value!r} is not an integer") from None
+
+
 def build_method(cfg: DictConfig, context: MethodContext) -> MetaLearner:
     """Look the method up, validate its YAML against its Config, instantiate it."""
     cls = METHODS.get(str(cfg.method.name))
@@ -225,7 +240,11 @@ def run_one(cfg: DictConfig) -> Path:
         )
         return run_dir
     budget = Budget(cfg.budget.meta_iterations, cfg.budget.max_seconds)
+    check_task_integers(cfg)
     probe_episodes = selection_probe_episodes(cfg)
+    # a bad method key or value is reported before the dataset and the zoo are loaded or built
+    method_yaml = OmegaConf.to_container(cfg.method, resolve=True)
+    validate_method_config(METHODS.get(str(cfg.method.name)), method_yaml)
     if METHODS.get(str(cfg.method.name)).same_architecture_only:  # refuse before building the zoo
         refuse_mixed_architecture_config(OmegaConf.to_container(cfg.zoo, resolve=True), str(cfg.method.name))
     started = datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,9 +1,10 @@
-"""``dfml-collect``: records -> ``results/leaderboards/<experiment>.{csv,md}``."""
+"""dfml-collect: run records -> results/leaderboards/<experiment>.{csv,md,png}."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def collect_experiment(
     spec = experiment_yaml(experiment)
     if reference is None:
         reference = str((spec.get("experiment") or {}).get("reference") or REFERENCE)
+    check_reference(reference, records, results / "leaderboards" / f"{experiment}.csv" if carry else None)
     params = ((spec.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
     expected = [m.strip() for m in str(params.get("method") or "").split(",") if m.strip()]
     compare_to = [str(m) for m in ((spec.get("experiment") or {}).get("compare_to") or [])]
@@ -44,6 +46,20 @@ def collect_experiment(
         carry,
         sweep_cells(params),
     )
+
+
+def check_reference(reference: str, records: list, carried_csv: Path | None) -> None:
+    """Raise unless ``reference`` is a method of the records (or of the carried table's rows).
+
+    A mistyped ``--reference`` would otherwise rewrite the tables without any paired difference.
+    """
+    known = {r.method for r in records}
+    if carried_csv is not None and carried_csv.is_file():
+        known |= set(pd.read_csv(carried_csv)["method"].astype(str))
+    if known and reference not in known:
+        from bench.registry import unknown_key_message
+
+        raise BenchError(unknown_key_message("reference method", reference, sorted(known)))
 
 
 def experiment_yaml(experiment: str) -> dict:
@@ -86,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     parser = argparse.ArgumentParser(prog="dfml-collect", description=__doc__)
     parser.add_argument("experiments", nargs="*", help="experiment names (default: all with records)")
-    parser.add_argument("--results", default="results", help="results directory (default: ./results)")
+    parser.add_argument(
+        "--results",
+        default=os.environ.get("DFML_RESULTS", "results"),
+        help="results directory (default: $DFML_RESULTS, else ./results)",
+    )
     parser.add_argument(
         "--reference",
         default=None,
@@ -116,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     wanted = args.experiments or available
     try:
+        if not results.is_dir():
+            raise BenchError(f"results directory {results} does not exist (--results or $DFML_RESULTS)")
         if not wanted:
             raise BenchError(f"no records under {runs}; run dfml-run first")
         for name in wanted:
@@ -128,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 uploaded, failed = sync_mlflow(results, name)
                 print(f"{name}: {uploaded} run(s) uploaded to MLflow, {failed} still unreachable")
             table, markdown = collect_experiment(results, name, args.reference, not args.no_carry)
+            log.info("%s: wrote %s.{csv,md,png}", name, results / "leaderboards" / name)
             if args.format == "latex":
                 print(latex_table(table, name))
             else:

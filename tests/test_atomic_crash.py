@@ -126,3 +126,21 @@ def test_a_rerun_killed_at_any_write_does_not_leave_the_old_record_looking_finis
     order = ["config.yaml", "episodes.csv", "record.json", "done"]
     assert [Path(p).name for p in renames] == order[:crash_at]  # done is written last
     assert not finished_run(run_dir) and read_records(tmp_path / "runs") == []
+
+
+def test_atomic_files_and_directories_get_the_usual_permissions(tmp_path):
+    """Not mkstemp's owner-only 0600 / 0700: what open() / mkdir() give under the umask."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        atomic.atomic_write_text(tmp_path / "table.md", "x")
+        atomic.atomic_save(tmp_path / "weights.pt", lambda p: p.write_bytes(b"w"))
+        with atomic.atomic_directory(tmp_path / "member") as tmp:
+            (tmp / "spec.json").write_text("{}")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "table.md").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "weights.pt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "member").stat().st_mode) == 0o755

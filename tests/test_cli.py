@@ -18,9 +18,11 @@ from bench.records import read_records
 BIN = Path(sys.executable).parent
 
 
-def _run(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(tool: str, *args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TQDM_DISABLE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DFML_RESULTS", None)  # ./results under cwd, unless a test sets it
+    env.update(env_extra or {})
     return subprocess.run(
         [str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -89,6 +91,19 @@ def test_collect_and_ls(smoke_results):
     assert "weight_average" in again.stdout and "Carried over from the previous table" in again.stdout
     none = _run("dfml-collect", "smoke", "--results", "tables_only", "--no-carry", cwd=work)
     assert none.returncode == 2 and "experiment with records or a table" in none.stderr
+    # a mistyped reference is refused before any table is rewritten
+    board = work / "results" / "leaderboards" / "smoke.md"
+    before = board.read_text()
+    typo = _run("dfml-collect", "smoke", "--reference", "random_int", cwd=work)
+    assert (
+        typo.returncode == 2
+        and "unknown reference method 'random_int'; did you mean 'random_init'" in typo.stderr
+    )
+    assert board.read_text() == before
+    nowhere = _run("dfml-collect", "smoke", "--results", "no_such_dir", cwd=work)
+    assert nowhere.returncode == 2 and "no_such_dir does not exist" in nowhere.stderr
+    from_env = _run("dfml-collect", "smoke", cwd=work, env_extra={"DFML_RESULTS": str(work / "tables_only")})
+    assert from_env.returncode == 0 and "Carried over from the previous table" in from_env.stdout
     listing = _run("dfml-ls", cwd=work)
     assert listing.returncode == 0
     for needle in (
@@ -264,3 +279,15 @@ def test_tds_real_val_is_recorded_and_shown_as_not_data_free(smoke_results):
     markdown = (work / "results" / "leaderboards" / "smoke.md").read_text()
     assert "tds_real_val (uses real meta-val episodes)" in markdown
     assert "| random_init " in markdown or "random_init |" in markdown
+
+
+@pytest.mark.parametrize(
+    ("tool", "needle"),
+    [
+        ("dfml-run", "A bare `dfml-run` runs experiment=default"),
+        ("dfml-zoo-job", "build zoo members as independent jobs"),
+    ],
+)
+def test_help_says_what_the_tool_does(tool, needle, tmp_path):
+    done = _run(tool, "--help", cwd=tmp_path)
+    assert done.returncode == 0 and needle in done.stdout and "Traceback" not in done.stderr

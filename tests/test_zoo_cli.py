@@ -84,6 +84,29 @@ def test_ls_card_and_verify_catch_a_corrupt_member(tmp_path, cache, small_glyphs
 def test_unknown_zoo_is_a_did_you_mean(tmp_path, cache):
     done = _run("dfml-zoo", "build", "glyphs_ss_conv", cwd=tmp_path, cache=cache)
     assert done.returncode == 2 and "did you mean 'glyphs_ss_conv4'" in done.stderr
+    card = _run("dfml-zoo", "card", "glyphs_ss_conv", cwd=tmp_path, cache=cache)
+    assert card.returncode == 2 and "did you mean 'glyphs_ss_conv4'" in card.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--repiar"], "unrecognized arguments: --repiar"),
+        (
+            ["zoo.recipe.epoch=5"],
+            "bad override in 'zoo.recipe.epoch=5': Could not override 'zoo.recipe.epoch'",
+        ),
+        (["--dataset", "nosuch"], "unknown dataset 'nosuch'; available: cifar_fs"),
+    ],
+)
+def test_bad_build_arguments_are_one_line_not_a_traceback(args, message, tmp_path, cache):
+    done = _run("dfml-zoo", "build", "glyphs_ss_conv4", *args, cwd=tmp_path, cache=cache)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_verify_with_nothing_built_says_so(tmp_path, cache):
+    done = _run("dfml-zoo", "verify", cwd=tmp_path, cache=cache)
+    assert done.returncode == 0 and "no built zoos in" in done.stdout
 
 
 def test_parallel_member_jobs_with_the_joblib_launcher(tmp_path, cache, small_glyphs):

@@ -54,10 +54,19 @@ def compose(zoo: str, dataset: str | None = None, overrides: list[str] | None = 
     valid = group_options("zoo")
     if zoo not in valid:
         raise BenchError(unknown_key_message("zoo", zoo, valid))
+    from hydra.errors import HydraException
+
+    if dataset is not None and dataset not in group_options("dataset"):
+        raise BenchError(unknown_key_message("dataset", dataset, group_options("dataset")))
     with initialize_config_module("bench.conf", version_base="1.3"):
         cfg = hydra_compose("config", overrides=[f"zoo={zoo}"])
         chosen = dataset or default_dataset(cfg.zoo)
-        return hydra_compose("config", overrides=[f"zoo={zoo}", f"dataset={chosen}", *(overrides or [])])
+        try:
+            return hydra_compose("config", overrides=[f"zoo={zoo}", f"dataset={chosen}", *(overrides or [])])
+        except HydraException as error:  # a bad override: its message, without the traceback
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = " ".join(lines[:3]) or type(error).__name__
+            raise BenchError(f"bad override in {' '.join(overrides or [])!r}: {reason}") from None
 
 
 def builds_path(zoo_key: str) -> Path:
@@ -130,11 +139,14 @@ def find_manifest(zoo: str) -> dict[str, Any]:
     for manifest in manifests():
         if zoo in (manifest["name"], manifest["key"]):
             return manifest
+    valid = group_options("zoo")
+    if zoo not in valid:
+        raise BenchError(unknown_key_message("zoo", zoo, valid))
     raise BenchError(f"zoo {zoo!r} has not been built in {cache_dir()}; run `dfml-zoo build {zoo}`")
 
 
 def write_card(manifest: dict[str, Any], out: Path | None = None) -> Path:
-    """Render the card next to the manifest (and to ``out``); returns the path written."""
+    """Render the card to ``out``, else next to the manifest; returns the path written."""
     log_path = builds_path(manifest["key"])
     builds = json.loads(log_path.read_text()) if log_path.is_file() else []
     text = render_card(manifest, builds)
@@ -146,6 +158,9 @@ def write_card(manifest: dict[str, Any], out: Path | None = None) -> Path:
 def verify(zoo: str | None) -> int:
     """Re-hash every member of the named zoo (or of every built zoo); 1 if any fails."""
     chosen = [find_manifest(zoo)] if zoo else manifests()
+    if not chosen:
+        print(f"no built zoos in {cache_dir() / 'zoos'}; build one with `dfml-zoo build <zoo>`")
+        return 0
     bad = 0
     for manifest in chosen:
         for member in manifest["members"]:
@@ -186,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dfml-zoo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_build = sub.add_parser("build", help="train the missing members, write manifest and card")
-    p_build.add_argument("zoo")
+    p_build.add_argument("zoo", help="a zoo config name (dfml-zoo ls lists them)")
     p_build.add_argument("--dataset", help="dataset group option (default: the zoo's own)")
-    p_build.add_argument("--device", default="auto")
+    p_build.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p_build.add_argument("--repair", action="store_true", help="retrain members that fail their sha256")
     p_build.add_argument("--threads", type=int, help="torch intra-op threads")
     p_build.add_argument(
@@ -199,13 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     p_build.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. zoo.recipe.epochs=5")
     sub.add_parser("ls", help="zoo configs and what is built")
     p_verify = sub.add_parser("verify", help="re-hash every member's weights")
-    p_verify.add_argument("zoo", nargs="?")
+    p_verify.add_argument("zoo", nargs="?", help="a built zoo's name or key (default: every built zoo)")
     p_card = sub.add_parser("card", help="Markdown summary of a built zoo")
-    p_card.add_argument("zoo")
-    p_card.add_argument("--out", type=Path)
+    p_card.add_argument("zoo", help="a built zoo's name or key")
+    p_card.add_argument("--out", type=Path, help="write the card here instead of beside the manifest")
     args, extra = parser.parse_known_args(argv)  # flags may follow the overrides
     if extra and args.command != "build":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    flags = [item for item in extra if item.startswith("-")]
+    if flags:  # a mistyped flag would otherwise reach Hydra as an override (a traceback)
+        parser.error(f"unrecognized arguments: {' '.join(flags)}")
     try:
         if args.command == "build":
             set_threads(args.threads, "--threads")
