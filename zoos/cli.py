@@ -185,15 +185,15 @@ def listing() -> None:
         built.setdefault(manifest["name"], []).append(manifest)
     for name in group_options("zoo"):
         found = built.get(name, [])
-        state = "not built"
-        if found:
-            m = found[0]
+        if not found:
+            print(f"  {name:<22} not built")
+        for i, m in enumerate(found):  # newest first; overrides (a smoke run's n_members) build others
             accs = [r["heldout_acc"] for r in m["members"]]
             state = (
                 f"built {m['key']}: {scenario(m)}, {len(m['members'])} members, "
                 f"held-out {sum(accs) / len(accs):.1f}% mean"
             )
-        print(f"  {name:<22} {state}")
+            print(f"  {name if i == 0 else '':<22} {state}")
 
 
 def main(argv: list[str] | None = None) -> int:
