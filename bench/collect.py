@@ -19,19 +19,28 @@ log = logging.getLogger(__name__)
 
 
 def collect_experiment(
-    results: Path, experiment: str, reference: str | None = None, carry: bool = True
+    results: Path,
+    experiment: str,
+    reference: str | None = None,
+    carry: bool = True,
+    strict_reference: bool = False,
 ) -> tuple[pd.DataFrame, str]:
     """Build the leaderboard of one experiment from its records under ``results/runs``.
 
     ``reference`` defaults to the experiment YAML's ``experiment.reference`` (as the end-of-sweep
     callback uses), else ``random_init``. The YAML's ``experiment.compare_to`` (a list of methods)
     adds paired differences to each of them beside the ones to ``reference``.
+    ``strict_reference`` (a reference the user typed: ``dfml-collect --reference``) refuses one
+    that no record or carried row has; otherwise a reference not run yet (a sweep of purer alone)
+    gives a table without paired differences.
     """
     records = read_records(results / "runs" / experiment)
     spec = experiment_yaml(experiment)
     if reference is None:
         reference = str((spec.get("experiment") or {}).get("reference") or REFERENCE)
-    check_reference(reference, records, results / "leaderboards" / f"{experiment}.csv" if carry else None)
+    if strict_reference:
+        carried = results / "leaderboards" / f"{experiment}.csv" if carry else None
+        check_reference(reference, records, carried)
     params = ((spec.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
     expected = [m.strip() for m in str(params.get("method") or "").split(",") if m.strip()]
     compare_to = [str(m) for m in ((spec.get("experiment") or {}).get("compare_to") or [])]
@@ -149,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.sync_mlflow:
                 uploaded, failed = sync_mlflow(results, name)
                 print(f"{name}: {uploaded} run(s) uploaded to MLflow, {failed} still unreachable")
-            table, markdown = collect_experiment(results, name, args.reference, not args.no_carry)
+            table, markdown = collect_experiment(
+                results, name, args.reference, not args.no_carry, strict_reference=args.reference is not None
+            )
             log.info("%s: wrote %s.{csv,md,png}", name, results / "leaderboards" / name)
             if args.format == "latex":
                 print(latex_table(table, name))

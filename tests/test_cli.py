@@ -100,6 +100,13 @@ def test_collect_and_ls(smoke_results):
         and "unknown reference method 'random_int'; did you mean 'random_init'" in typo.stderr
     )
     assert board.read_text() == before
+    # the experiment's own reference not run yet (a sweep of one method): a table without differences
+    shutil.copytree(work / "results" / "runs", work / "wa_only" / "runs")
+    for record in (work / "wa_only" / "runs" / "smoke").glob("*/record.json"):
+        if '"method": "random_init"' in record.read_text():
+            shutil.rmtree(record.parent)
+    alone = _run("dfml-collect", "smoke", "--results", "wa_only", "--no-carry", cwd=work)
+    assert alone.returncode == 0 and "weight_average" in alone.stdout, alone.stderr
     nowhere = _run("dfml-collect", "smoke", "--results", "no_such_dir", cwd=work)
     assert nowhere.returncode == 2 and "no_such_dir does not exist" in nowhere.stderr
     from_env = _run("dfml-collect", "smoke", cwd=work, env_extra={"DFML_RESULTS": str(work / "tables_only")})
