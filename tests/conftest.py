@@ -47,6 +47,17 @@ def cache_root() -> Path:
     return Path(_CACHE)
 
 
+@pytest.fixture
+def zoo_cache(tmp_path) -> Path:
+    """A fresh, empty zoo cache that shares the session's dataset cache (no glyph regeneration)."""
+    fresh = tmp_path / "cache"
+    fresh.mkdir()
+    shared = Path(_CACHE) / "datasets"
+    shared.mkdir(parents=True, exist_ok=True)
+    (fresh / "datasets").symlink_to(shared, target_is_directory=True)
+    return fresh
+
+
 @pytest.fixture(scope="session")
 def small_glyphs():
     from bench.data import load_dataset

@@ -30,12 +30,9 @@ def _run(tool: str, *args: str, cwd: Path, cache: Path, wait: bool = True):  # n
 
 
 @pytest.fixture
-def cache(tmp_path, cache_root) -> Path:
-    """A fresh zoo cache that shares the session's dataset cache (no glyph regeneration)."""
-    fresh = tmp_path / "cache"
-    fresh.mkdir()
-    (fresh / "datasets").symlink_to(cache_root / "datasets", target_is_directory=True)
-    return fresh
+def cache(zoo_cache) -> Path:
+    """A fresh zoo cache that shares the session's dataset cache (conftest's ``zoo_cache``)."""
+    return zoo_cache
 
 
 def _builds(cache: Path) -> list[dict]:

@@ -1,15 +1,21 @@
-"""``dfml-zoo``: build, list, verify and describe zoos.
+"""``dfml-zoo``: build, list, verify, describe, export and import zoos.
 
     dfml-zoo build <zoo> [--dataset D] [--device auto] [--repair] [--threads N]
                    [--threads-by-arch arch=N[,arch=N]] [key=value ...]
     dfml-zoo ls
     dfml-zoo verify [<zoo>]
     dfml-zoo card <zoo> [--out card.md]
+    dfml-zoo export <zoo> --out <file.tar|file.tar.gz>
+    dfml-zoo import <file.tar|file.tar.gz> [--replace]
 
 ``build`` trains only the members missing from the cache (a killed build resumes), writes the
 manifest, appends the wall time to the zoo's build log and writes its card. Extra ``key=value``
 arguments are Hydra overrides of the composed config (``zoo.recipe.epochs=5``,
 ``dataset.root=...``). For parallel builds see ``dfml-zoo-job`` (Hydra multirun, one job per member).
+
+``export`` / ``import`` carry one *build* of a zoo (its members' exact weights, verified by sha256)
+to another cache: a zoo retrained on another CPU or thread count gets other weights, and with them
+other numbers for every zoo-reading method (``zoos.archive``).
 """
 
 from __future__ import annotations
@@ -178,6 +184,31 @@ def verify(zoo: str | None) -> int:
     return 1 if bad else 0
 
 
+def export(zoo: str, out: Path) -> None:
+    """Write the newest build of ``zoo`` (name or key) to the archive ``out``."""
+    from zoos.archive import export_zoo
+
+    header = export_zoo(find_manifest(zoo), out)
+    size = out.stat().st_size / 2**20
+    print(
+        f"exported zoo {header['zoo']} ({header['zoo_key']}), build {header['build'][:12]}: "
+        f"{header['members']} members, {size:.1f} MiB -> {out}"
+    )
+
+
+def import_archive(archive: Path, replace: bool) -> None:
+    """Verify ``archive`` and put its build into the cache."""
+    from zoos.archive import import_zoo
+
+    report = import_zoo(archive, replace)
+    print(
+        f"imported zoo {report.zoo} ({report.zoo_key}), build {report.build[:12]}: "
+        f"{len(report.added)} members added, {len(report.present)} already present, "
+        f"{len(report.replaced)} replaced; runs use it when their zoo config and dataset hash to "
+        f"the same member keys (check: dfml-zoo build {report.zoo} reports 0 trained)"
+    )
+
+
 def listing() -> None:
     """Each zoo config, and its built manifests in the cache."""
     built: dict[str, list[dict[str, Any]]] = {}
@@ -218,6 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     p_card = sub.add_parser("card", help="Markdown summary of a built zoo")
     p_card.add_argument("zoo", help="a built zoo's name or key")
     p_card.add_argument("--out", type=Path, help="write the card here instead of beside the manifest")
+    p_export = sub.add_parser("export", help="write a built zoo's exact weights to a verified archive")
+    p_export.add_argument("zoo", help="a built zoo's name or key (its newest build)")
+    p_export.add_argument(
+        "--out", type=Path, required=True, help="archive path ending in .tar, .tar.gz or .tgz"
+    )
+    p_import = sub.add_parser("import", help="verify an archive and put its build into the cache")
+    p_import.add_argument("archive", type=Path, help="a file written by dfml-zoo export")
+    p_import.add_argument(
+        "--replace", action="store_true", help="replace members of which the cache holds another build"
+    )
     args, extra = parser.parse_known_args(argv)  # flags may follow the overrides
     if extra and args.command != "build":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -235,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             listing()
         elif args.command == "verify":
             return verify(args.zoo)
+        elif args.command == "export":
+            export(args.zoo, args.out)
+        elif args.command == "import":
+            import_archive(args.archive, args.replace)
         else:
             path = write_card(find_manifest(args.zoo), args.out)
             print(path.read_text(), end="")

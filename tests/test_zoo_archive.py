@@ -1,0 +1,164 @@
+"""dfml-zoo export / import: one build carried between caches, verified, never half-written."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.errors import BenchError, IntegrityError
+from bench.hashing import sha256_file
+from tests.test_zoo_cli import TINY, _run
+from zoos.archive import export_zoo, import_zoo
+from zoos.cli import find_manifest
+
+
+@pytest.fixture
+def exported(tmp_path, tiny_zoo) -> Path:
+    """The session's tiny zoo build, exported from the session cache."""
+    out = tmp_path / "tiny.tar.gz"
+    export_zoo(find_manifest("tiny_conv4"), out)
+    return out
+
+
+@pytest.fixture
+def other_cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache the imports go to."""
+    cache = tmp_path / "other-cache"
+    cache.mkdir()
+    monkeypatch.setenv("DFML_CACHE", str(cache))
+    return cache
+
+
+def _files(cache: Path) -> dict[str, str]:
+    """Every file under ``cache`` with its sha256 (what an import wrote, leftovers included)."""
+    return {str(p.relative_to(cache)): sha256_file(p) for p in sorted(cache.rglob("*")) if p.is_file()}
+
+
+def _rewrite(archive: Path, out: Path, change) -> Path:  # noqa: ANN001
+    """Copy ``archive`` to ``out`` with ``change(name, data) -> (name, data) | None`` per entry."""
+    with tarfile.open(archive, "r:*") as source, tarfile.open(out, "w") as target:
+        for entry in source:
+            data = source.extractfile(entry).read()
+            changed = change(entry.name, data)
+            if changed is not None:
+                info = tarfile.TarInfo(changed[0])
+                info.size = len(changed[1])
+                target.addfile(info, io.BytesIO(changed[1]))
+    return out
+
+
+def _another_build(cache: Path, member_key: str) -> str:
+    """Make the cache's copy of one member another (valid) build: other weights, matching sha256."""
+    directory = cache / "zoo_members" / member_key
+    state = torch.load(directory / "weights.pt", weights_only=True)
+    first = next(iter(k for k, v in state.items() if v.is_floating_point()))
+    state[first] = state[first] + 1e-3
+    torch.save(state, directory / "weights.pt")
+    info = json.loads((directory / "member.json").read_text())
+    info["weights_sha256"] = sha256_file(directory / "weights.pt")
+    (directory / "member.json").write_text(json.dumps(info))
+    return info["weights_sha256"]
+
+
+def test_import_puts_the_exact_build_in_an_empty_cache(exported, other_cache, tiny_zoo):
+    report = import_zoo(exported)
+    assert report.build == tiny_zoo.weights_sha256
+    assert sorted(report.added) == sorted(m.key for m in tiny_zoo.members) and not report.replaced
+    for member in tiny_zoo.members:
+        assert sha256_file(other_cache / "zoo_members" / member.key / "weights.pt") == member.weights_sha256
+    assert not list((other_cache / "zoo_members").glob(".*")), "the staging directory is removed"
+    again = import_zoo(exported)
+    assert again.present == report.added and not again.added and not again.replaced
+
+
+def test_cli_round_trip_then_the_build_trains_nothing(tmp_path, zoo_cache, small_glyphs):
+    """Build in one cache, export, import into another: `dfml-zoo build` there loads every member."""
+    cache = zoo_cache
+    assert _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache).returncode == 0
+    archive = tmp_path / "ss.tar"
+    done = _run("dfml-zoo", "export", "glyphs_ss_conv4", "--out", str(archive), cwd=tmp_path, cache=cache)
+    assert done.returncode == 0 and "4 members" in done.stdout, done.stderr
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "datasets").symlink_to(cache / "datasets", target_is_directory=True)
+    imported = _run("dfml-zoo", "import", str(archive), cwd=tmp_path, cache=second)
+    assert imported.returncode == 0 and "4 members added" in imported.stdout, imported.stderr
+    build = _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=second)
+    assert build.returncode == 0 and "0 trained" in build.stdout, build.stderr
+    (first_manifest,) = (cache / "zoos").glob("*/manifest.json")
+    (second_manifest,) = (second / "zoos").glob("*/manifest.json")
+    weights = [
+        [m["weights_sha256"] for m in json.loads(p.read_text())["members"]]
+        for p in (first_manifest, second_manifest)
+    ]
+    assert weights[0] == weights[1]
+
+
+def test_a_damaged_weights_file_is_refused_and_nothing_is_written(tmp_path, exported, other_cache):
+    def flip(name: str, data: bytes) -> tuple[str, bytes]:
+        return (name, data[:-1] + bytes([data[-1] ^ 1])) if name.endswith("weights.pt") else (name, data)
+
+    damaged = _rewrite(exported, tmp_path / "damaged.tar", flip)
+    with pytest.raises(IntegrityError, match="damaged"):
+        import_zoo(damaged)
+    assert _files(other_cache) == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda name, data: ("../escape.json", data) if name.endswith("manifest.json") else (name, data),
+            "unexpected entry",
+        ),
+        (
+            lambda name, data: None if name == "dfml-zoo-archive.json" else (name, data),
+            "no dfml-zoo-archive.json",
+        ),
+        (lambda name, data: None if name.endswith("spec.json") else (name, data), "lacks spec.json"),
+    ],
+    ids=["path-outside-the-layout", "no-header", "member-incomplete"],
+)
+def test_a_malformed_archive_is_refused_by_name(tmp_path, exported, other_cache, change, message):
+    with pytest.raises(BenchError, match=message):
+        import_zoo(_rewrite(exported, tmp_path / "bad.tar", change))
+    assert not (tmp_path / "escape.json").exists() and _files(other_cache) == {}
+
+
+def test_another_build_in_the_cache_is_kept_unless_replace(exported, other_cache, tiny_zoo):
+    import_zoo(exported)
+    victim = tiny_zoo.members[1]
+    theirs = _another_build(other_cache, victim.key)
+    before = _files(other_cache)
+    with pytest.raises(BenchError, match=rf"another build of 1 member.*member 1 \({victim.key}\).*--replace"):
+        import_zoo(exported)
+    assert _files(other_cache) == before, "a refused import writes nothing"
+    assert theirs != victim.weights_sha256
+    report = import_zoo(exported, replace=True)
+    assert report.replaced == [victim.key] and len(report.present) == len(tiny_zoo.members) - 1
+    assert sha256_file(other_cache / "zoo_members" / victim.key / "weights.pt") == victim.weights_sha256
+
+
+def test_a_damaged_copy_of_the_same_build_is_repaired_without_replace(exported, other_cache, tiny_zoo):
+    import_zoo(exported)
+    weights = other_cache / "zoo_members" / tiny_zoo.members[0].key / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"oops")
+    report = import_zoo(exported)
+    assert report.replaced == [tiny_zoo.members[0].key]
+    assert sha256_file(weights) == tiny_zoo.members[0].weights_sha256
+
+
+def test_export_refuses_a_corrupt_cache_and_a_bad_archive_name(tmp_path, tiny_zoo, monkeypatch):
+    manifest = find_manifest("tiny_conv4")
+    with pytest.raises(BenchError, match=r"must end in one of \.tar, \.tar\.gz, \.tgz"):
+        export_zoo(manifest, tmp_path / "zoo.zip")
+    tampered = json.loads(json.dumps(manifest))
+    tampered["members"][0]["weights_sha256"] = "0" * 64
+    with pytest.raises(IntegrityError, match="does not match the manifest"):
+        export_zoo(tampered, tmp_path / "zoo.tar")
+    assert not (tmp_path / "zoo.tar").exists() and not list(tmp_path.glob(".zoo.tar.*"))

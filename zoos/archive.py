@@ -1,0 +1,264 @@
+"""Zoo archives: carry one *build* of a zoo (its members' exact weights) to another cache.
+
+A zoo's key hashes its configuration; the weights its members end up with depend on the CPU and
+the torch thread count they were trained on (results/README.md, "Zoo builds"), and every
+zoo-reading method's numbers depend on the weights. Rebuilding a zoo on another machine therefore
+gives another build, and a leaderboard row made on it is not comparable like for like with rows
+made on the first. An archive carries the build itself::
+
+    dfml-zoo export glyphs_sh --out glyphs_sh.tar      # on the machine that built it
+    dfml-zoo import glyphs_sh.tar                      # anywhere: verified, then put in the cache
+
+Archive layout (a plain or gzip tar, read member by member; nothing is extracted by path)::
+
+    dfml-zoo-archive.json                       format, zoo name / key, build hash, member count
+    zoos/<zoo_key>/manifest.json                the manifest (member specs, weights sha256, ...)
+    zoos/<zoo_key>/builds.json                  the build log, when the source cache had one
+    zoo_members/<member_key>/{spec.json, member.json, weights.pt}
+
+Import checks every weights file against its ``member.json`` and the manifest and the build hash
+against the header before anything reaches the cache; a cache that already holds *another* build
+of a member is left alone unless ``replace`` is asked for. Members are moved in one atomic rename
+each and the manifest is written last, so an interrupted import leaves whole members only.
+Imported members are used by runs whose member specs hash to the same keys, i.e. the same zoo
+configuration on a dataset with the same content hash (the manifest's ``datasets``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.atomic import _as_if_created, atomic_save, atomic_write_json, is_done
+from bench.errors import BenchError, IntegrityError
+from bench.hashing import sha256_bytes, sha256_file
+from bench.paths import cache_dir
+
+FORMAT = "dfml-zoo-archive/1"
+HEADER = "dfml-zoo-archive.json"
+MEMBER_FILES = ("spec.json", "member.json", "weights.pt")
+SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
+_NAME = re.compile(
+    r"^(dfml-zoo-archive\.json"
+    r"|zoos/[0-9a-f]{16}/(manifest|builds)\.json"
+    r"|zoo_members/[0-9a-f]{16}/(spec\.json|member\.json|weights\.pt))$"
+)
+
+
+def build_hash(weights_sha256: list[str]) -> str:
+    """A build's identity: sha256 over its members' weight-file hashes in order (Zoo.weights_sha256)."""
+    return sha256_bytes("\n".join(weights_sha256).encode())
+
+
+def write_mode(out: Path) -> str:
+    """The tarfile mode for ``out``'s suffix; BenchError naming the valid ones otherwise."""
+    for suffix, mode in SUFFIXES.items():
+        if out.name.endswith(suffix):
+            return mode
+    raise BenchError(f"archive name {out.name!r} must end in one of {', '.join(SUFFIXES)}")
+
+
+def _member_dir(key: str) -> Path:
+    return cache_dir() / "zoo_members" / key
+
+
+def export_zoo(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write the build described by ``manifest`` to the archive ``out`` (atomically); returns its header.
+
+    Every member's weights are re-hashed first: a corrupt cache is refused, not exported.
+    """
+    mode = write_mode(out)
+    weights = []
+    for member in manifest["members"]:
+        directory = _member_dir(member["key"])
+        missing = [name for name in MEMBER_FILES if not (directory / name).is_file()]
+        if missing or not is_done(directory):
+            raise IntegrityError(
+                f"zoo {manifest['name']!r} member {member['index']} ({member['key']}) is not complete in "
+                f"{cache_dir()} (missing: {', '.join(missing) or 'done marker'}); run "
+                f"`dfml-zoo build {manifest['name']}` first"
+            )
+        actual = sha256_file(directory / "weights.pt")
+        if actual != member["weights_sha256"]:
+            raise IntegrityError(
+                f"zoo {manifest['name']!r} member {member['index']} ({member['key']}): weights sha256 "
+                f"{actual[:12]}... does not match the manifest's {member['weights_sha256'][:12]}...; run "
+                f"`dfml-zoo build {manifest['name']} --repair` (a repaired member may be another build)"
+            )
+        weights.append(actual)
+    header = {
+        "format": FORMAT,
+        "zoo": manifest["name"],
+        "zoo_key": manifest["key"],
+        "build": build_hash(weights),
+        "members": len(weights),
+        "datasets": manifest["datasets"],
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    builds = cache_dir() / "zoos" / manifest["key"] / "builds.json"
+
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, mode) as tar:
+            _add_bytes(tar, HEADER, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
+            _add_bytes(tar, f"zoos/{manifest['key']}/manifest.json", json.dumps(manifest, indent=2).encode())
+            if builds.is_file():
+                _add_bytes(tar, f"zoos/{manifest['key']}/builds.json", builds.read_bytes())
+            for member in manifest["members"]:
+                for name in MEMBER_FILES:
+                    path = _member_dir(member["key"]) / name
+                    tar.add(path, arcname=f"zoo_members/{member['key']}/{name}", recursive=False)
+
+    atomic_save(out, write)
+    return header
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+@dataclass
+class ImportReport:
+    """What an import did: the build, and which members were new, already there or replaced."""
+
+    zoo: str
+    zoo_key: str
+    build: str
+    added: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+
+
+def _read_archive(archive: Path, staging: Path) -> tuple[dict[str, Any], dict[str, Any], bytes | None]:
+    """Stream the archive's files into ``staging`` (checked names only); (header, manifest, builds)."""
+    if not archive.is_file():
+        raise BenchError(f"zoo archive {str(archive)!r} not found")
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as error:
+        raise BenchError(f"{str(archive)!r} is not a zoo archive (tar or tar.gz): {error}") from error
+    seen: set[str] = set()
+    with tar:
+        for entry in tar:
+            if not entry.isfile() or not _NAME.match(entry.name) or entry.name in seen:
+                kind = "a duplicate" if entry.name in seen else "an unexpected entry"
+                raise BenchError(
+                    f"{str(archive)!r}: {kind} {entry.name!r}; a zoo archive holds only {HEADER}, "
+                    "zoos/<key>/{manifest,builds}.json and "
+                    "zoo_members/<key>/{spec.json,member.json,weights.pt}"
+                )
+            seen.add(entry.name)
+            target = staging / entry.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(entry)
+            assert source is not None
+            with source, open(target, "wb") as handle:
+                shutil.copyfileobj(source, handle, 1 << 20)
+    if HEADER not in seen:
+        raise BenchError(f"{str(archive)!r} has no {HEADER}: not written by `dfml-zoo export`")
+    header = json.loads((staging / HEADER).read_text())
+    if header.get("format") != FORMAT:
+        raise BenchError(f"{str(archive)!r}: format {header.get('format')!r}; this version reads {FORMAT!r}")
+    manifest_file = staging / "zoos" / str(header["zoo_key"]) / "manifest.json"
+    if not manifest_file.is_file():
+        raise BenchError(f"{str(archive)!r} has no manifest for zoo key {header['zoo_key']!r}")
+    builds = staging / "zoos" / str(header["zoo_key"]) / "builds.json"
+    return header, json.loads(manifest_file.read_text()), builds.read_bytes() if builds.is_file() else None
+
+
+def _check(archive: Path, staging: Path, header: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Every member complete, its weights matching member.json and the manifest; the build hash."""
+    if (manifest.get("name"), manifest.get("key")) != (header["zoo"], header["zoo_key"]):
+        raise IntegrityError(f"{str(archive)!r}: the manifest names another zoo than the header")
+    for member in manifest["members"]:
+        directory = staging / "zoo_members" / member["key"]
+        missing = [name for name in MEMBER_FILES if not (directory / name).is_file()]
+        if missing:
+            raise IntegrityError(
+                f"{str(archive)!r}: member {member['index']} ({member['key']}) lacks {', '.join(missing)}"
+            )
+        info = json.loads((directory / "member.json").read_text())
+        actual = sha256_file(directory / "weights.pt")
+        if not actual == info.get("weights_sha256") == member["weights_sha256"]:
+            raise IntegrityError(
+                f"{str(archive)!r}: member {member['index']} ({member['key']}) weights sha256 "
+                f"{actual[:12]}... does not match its member.json / manifest "
+                f"({str(info.get('weights_sha256'))[:12]}... / {member['weights_sha256'][:12]}...); "
+                "the archive is damaged: export it again"
+            )
+    build = build_hash([m["weights_sha256"] for m in manifest["members"]])
+    if build != header["build"] or len(manifest["members"]) != header["members"]:
+        raise IntegrityError(
+            f"{str(archive)!r}: its members make build {build[:12]}..., the header says "
+            f"{str(header['build'])[:12]}... ({header['members']} members); the archive is damaged"
+        )
+
+
+def import_zoo(archive: Path, replace: bool = False) -> ImportReport:
+    """Verify ``archive`` and put its build into the cache; see the module docstring.
+
+    A member key the cache already holds with *other* weights (another build of the same
+    configuration) is a BenchError listing them, and nothing is written, unless ``replace``.
+    """
+    members_root = cache_dir() / "zoo_members"
+    members_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".import.", suffix=".tmp", dir=members_root))
+    try:
+        header, manifest, builds = _read_archive(archive, staging)
+        _check(archive, staging, header, manifest)
+        report = ImportReport(manifest["name"], manifest["key"], header["build"])
+        conflicts = []
+        for member in manifest["members"]:
+            final = members_root / member["key"]
+            if not is_done(final):
+                continue
+            held = json.loads((final / "member.json").read_text()).get("weights_sha256", "")
+            if held != member["weights_sha256"]:
+                conflicts.append((member, held))
+            elif (final / "weights.pt").is_file() and sha256_file(final / "weights.pt") == held:
+                report.present.append(member["key"])
+            # else: a damaged copy of this very build; the archive's copy repairs it below
+        if conflicts and not replace:
+            listed = "; ".join(
+                f"member {m['index']} ({m['key']}): cache {held[:12]}..., "
+                f"archive {m['weights_sha256'][:12]}..."
+                for m, held in conflicts[:5]
+            )
+            raise BenchError(
+                f"the cache {cache_dir()} holds another build of {len(conflicts)} member(s) of zoo "
+                f"{manifest['name']!r} ({listed}{'; ...' if len(conflicts) > 5 else ''}); nothing was "
+                "imported. Pass --replace to put the archive's build in their place (runs on the cache's "
+                "build would then not be reproducible from this cache), or import into another DFML_CACHE"
+            )
+        for member in manifest["members"]:
+            if member["key"] in report.present:
+                continue
+            source = staging / "zoo_members" / member["key"]
+            _as_if_created(source, directory=True)
+            (source / "done").write_text("ok\n")
+            final = members_root / member["key"]
+            (report.replaced if is_done(final) else report.added).append(member["key"])
+            if final.exists():  # another build (replace=True), a damaged copy, or an unfinished dir
+                os.replace(final, staging / f"old-{member['key']}")
+            os.replace(source, final)
+        zoo_dir = cache_dir() / "zoos" / manifest["key"]
+        if builds is not None and not (zoo_dir / "builds.json").is_file():
+            atomic_write_json(zoo_dir / "builds.json", json.loads(builds))
+        atomic_write_json(zoo_dir / "manifest.json", manifest)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
