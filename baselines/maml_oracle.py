@@ -14,7 +14,9 @@ from the zoo beats the random-init oracle on a short CPU schedule.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -45,6 +47,11 @@ class MamlOracle(MetaLearner):
 
     Config = MamlOracleConfig
     uses_real_data = True
+
+    @classmethod
+    def reads_zoo(cls, method_cfg: Mapping[str, Any]) -> bool:
+        """Only with ``init: average`` (its start is the zoo's weight average)."""
+        return method_cfg.get("init", "random") == "average"
 
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
         """Meta-train a conv4 (fresh, or the zoo's average) on real episodes; select on meta-val."""

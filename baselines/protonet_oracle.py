@@ -8,7 +8,9 @@ squared-Euclidean prototypes, Adam 1e-3, meta-batch 4, selection on meta-val. De
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,6 +32,11 @@ class ProtoNetOracle(MetaLearner):
 
     Config = ProtoNetOracleConfig
     uses_real_data = True
+
+    @classmethod
+    def reads_zoo(cls, method_cfg: Mapping[str, Any]) -> bool:
+        """Never: it meta-trains on real episodes only."""
+        return False
 
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
         """Ignore the zoo; train a conv4 embedding on real episodes; select on meta-val."""

@@ -7,7 +7,9 @@ Ref: Finn et al., "Model-Agnostic Meta-Learning", ICML 2017 (arXiv 1703.03400) f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,6 +32,11 @@ class RandomInit(MetaLearner):
     """Random conv4 init, fine-tuned on each support set (no meta-training; the zero point)."""
 
     Config = RandomInitConfig
+
+    @classmethod
+    def reads_zoo(cls, method_cfg: Mapping[str, Any]) -> bool:
+        """Never: only the input shape comes from the zoo."""
+        return False
 
     def meta_train(self, zoo: Zoo, budget: Budget, gen: torch.Generator) -> Learner:
         """Draw the init; the zoo is not used."""

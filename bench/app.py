@@ -37,6 +37,7 @@ from bench.tasks import Episode, EpisodeSampler, TaskShape, TaskSuite
 from bench.threads import set_threads
 from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, synchronize
 from bench.tracking import make_sink
+from bench.zoo_builds import check_one_zoo_build
 from zoos.averaging import refuse_mixed_architecture_config
 from zoos.zoo import load_or_build_zoo
 
@@ -253,6 +254,10 @@ def run_one(cfg: DictConfig) -> Path:
     suite_seed, primary = int(cfg.task.suite_seed), int(cfg.task.primary_steps)
     suite = TaskSuite(dataset, str(cfg.task.split), shape, int(cfg.task.n_episodes), suite_seed)
     zoo = load_or_build_zoo(OmegaConf.to_container(cfg.zoo, resolve=True), dataset, device)
+    if METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml) and not cfg.get(
+        "allow_mixed_zoo_builds", False
+    ):
+        check_one_zoo_build(results / "runs" / experiment, experiment, zoo.name, zoo.key, zoo.weights_sha256)
     seed = int(cfg.seed)
     work_dir = run_dir / "work"
     train_dir = meta_train_dir(results, identity, METHODS.get(str(cfg.method.name)), zoo.weights_sha256)

@@ -121,6 +121,15 @@ class MetaLearner(ABC):
     #: never resume an old checkpoint. Version 1 adds nothing to the key (keys predate the field).
     code_version: ClassVar[int] = 1
 
+    @classmethod
+    def reads_zoo(cls, method_cfg: Mapping[str, Any]) -> bool:
+        """Whether a run with this method config reads the zoo's members (its numbers depend on them).
+
+        False lets its records sit beside any build of the zoo (``bench/zoo_builds.py``); a
+        contract test checks the answer against two builds.
+        """
+        return True
+
     def __init__(self, cfg: MethodConfig, context: MethodContext) -> None:
         self.cfg, self.context = cfg, context
         #: Counters filled by meta_train for the record (meta-train episodes, images synthesised...).

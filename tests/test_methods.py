@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -90,6 +91,38 @@ def test_method_contract(name, tiny_zoo, small_glyphs):
         episode.query_x
     )
     assert torch.equal(logits, again), "same seed must give identical results"
+
+
+def _another_build(zoo: Zoo) -> Zoo:
+    """The same zoo configuration with other member weights, as a retrain on another CPU gives."""
+    gen = torch.Generator().manual_seed(1)
+    members = []
+    for member in zoo.members:
+        model = copy.deepcopy(member.model)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.05 * torch.randn(param.shape, generator=gen))
+        members.append(dataclasses.replace(member, model=model, weights_sha256="another build"))
+    return dataclasses.replace(zoo, members=members)
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [(name, None) for name in METHODS.names()] + [("maml_oracle", {"init": "average"})],
+    ids=[*METHODS.names(), "maml_oracle-init-average"],
+)
+def test_reads_zoo_says_whether_another_build_changes_the_learner(name, extra, tiny_zoo, small_glyphs):
+    """``reads_zoo`` lets a record sit beside records of another zoo build (bench/zoo_builds.py):
+    it must be False only where another build gives the very same learner."""
+    episode = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 1, seed=0).episode(0)
+    raw = dict(extra or {})
+    outputs = [
+        _train(name, zoo, real_data=small_glyphs, extra=extra).adapt(episode.support_x, episode.support_y)(
+            episode.query_x
+        )
+        for zoo in (tiny_zoo, _another_build(tiny_zoo))
+    ]
+    assert torch.equal(*outputs) == (not METHODS.get(name).reads_zoo(raw))
 
 
 @pytest.mark.parametrize("name", METHODS.names())

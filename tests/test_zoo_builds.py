@@ -1,0 +1,79 @@
+"""dfml-run keeps one build of a zoo per experiment (bench/zoo_builds.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from bench.app import run_one
+from bench.errors import BenchError
+from bench.hashing import sha256_file
+from bench.records import read_records
+
+
+def _cfg(results: Path, *overrides: str):  # noqa: ANN202
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "experiment=smoke",
+                "task.n_episodes=2",
+                "tracking=none",
+                f"paths.results={results}",
+                *overrides,
+            ],
+        )
+
+
+def _rebuild_one_member(cache: Path) -> None:
+    """Turn the cached zoo into another build of the same configuration: one member, other weights."""
+    (manifest,) = (cache / "zoos").glob("*/manifest.json")
+    directory = cache / "zoo_members" / json.loads(manifest.read_text())["members"][0]["key"]
+    state = torch.load(directory / "weights.pt", weights_only=True)
+    state["features.0.weight"] = state["features.0.weight"] + 1e-3
+    torch.save(state, directory / "weights.pt")
+    info = json.loads((directory / "member.json").read_text())
+    info["weights_sha256"] = sha256_file(directory / "weights.pt")
+    (directory / "member.json").write_text(json.dumps(info))
+
+
+def _builds(results: Path) -> dict[str, str]:
+    return {
+        f"{r.method} {r.setting['task']}": r.hashes["zoo_weights"][:12]
+        for r in read_records(results / "runs")
+    }
+
+
+def test_a_zoo_reading_cell_on_another_build_is_refused_unless_allowed(tmp_path, zoo_cache, monkeypatch):
+    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
+    results = tmp_path / "results"
+    run_one(_cfg(results, "method=weight_average", "task=5w1s"))
+    (first,) = _builds(results).values()
+    _rebuild_one_member(zoo_cache)
+    with pytest.raises(
+        BenchError,
+        match=rf"another build of zoo 'glyphs_ss_conv4' \(member weights {first} × 1.*allow_mixed_zoo_builds",
+    ):
+        run_one(_cfg(results, "method=weight_average", "task=5w5s"))
+    assert list(_builds(results)) == ["weight_average 5w1s"], "nothing is recorded for the refused cell"
+    run_one(_cfg(results, "method=random_init", "task=5w5s"))  # never reads the zoo: any build will do
+    run_one(_cfg(results, "method=weight_average", "task=5w5s", "allow_mixed_zoo_builds=true"))
+    builds = _builds(results)
+    assert (
+        builds["weight_average 5w5s"] != first and builds["random_init 5w5s"] == builds["weight_average 5w5s"]
+    )
+    # another experiment name is another table: no refusal there
+    run_one(_cfg(results, "method=weight_average", "task=5w1s", "experiment.name=smoke_rebuilt"))
+
+
+def test_records_of_methods_that_never_read_the_zoo_do_not_pin_a_build(tmp_path, zoo_cache, monkeypatch):
+    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
+    results = tmp_path / "results"
+    run_one(_cfg(results, "method=random_init", "task=5w1s"))
+    _rebuild_one_member(zoo_cache)
+    run_one(_cfg(results, "method=weight_average", "task=5w1s"))
+    assert len(set(_builds(results).values())) == 2
