@@ -28,7 +28,14 @@ from bench.errors import BenchError, DataFreeViolation
 from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
 from bench.hashing import object_fingerprint, spec_hash
 from bench.legacy import legacy_switches
-from bench.method import METHODS, Budget, MetaLearner, MethodContext, validate_method_config
+from bench.method import (
+    METHODS,
+    Budget,
+    MetaLearner,
+    MethodContext,
+    check_reference_method,
+    validate_method_config,
+)
 from bench.paths import resolve_results_dir
 from bench.profiles import check_profile
 from bench.records import IDENTITY_KEYS, RunRecord, finished_run, readout_name, write_record
@@ -37,9 +44,9 @@ from bench.tasks import Episode, EpisodeSampler, TaskShape, TaskSuite
 from bench.threads import set_threads
 from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, synchronize
 from bench.tracking import make_sink
-from bench.zoo_builds import check_one_zoo_build
+from bench.zoo_builds import check_before_building, check_one_zoo_build
 from zoos.averaging import refuse_mixed_architecture_config
-from zoos.zoo import load_or_build_zoo
+from zoos.zoo import load_or_build_zoo, missing_members
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +235,8 @@ def run_one(cfg: DictConfig) -> Path:
     provenance.reset()  # code histories of resumed files are per run
     cfg = with_method_overrides(cfg)
     check_profile(cfg)
+    if cfg.experiment.get("reference"):  # a typo would leave its table without paired differences
+        check_reference_method(str(cfg.experiment.reference))
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))
     set_threads(cfg.get("threads"))
@@ -253,11 +262,17 @@ def run_one(cfg: DictConfig) -> Path:
     shape = task_shape(cfg)
     suite_seed, primary = int(cfg.task.suite_seed), int(cfg.task.primary_steps)
     suite = TaskSuite(dataset, str(cfg.task.split), shape, int(cfg.task.n_episodes), suite_seed)
-    zoo = load_or_build_zoo(OmegaConf.to_container(cfg.zoo, resolve=True), dataset, device)
-    if METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml) and not cfg.get(
-        "allow_mixed_zoo_builds", False
-    ):
-        check_one_zoo_build(results / "runs" / experiment, experiment, zoo.name, zoo.key, zoo.weights_sha256)
+    zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
+    one_build = METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml) and not cfg.get(
+        "allow_mixed_zoo_builds"
+    )
+    runs_dir = results / "runs" / experiment
+    if one_build:
+        zoo_key, missing = missing_members(zoo_cfg, dataset)
+        check_before_building(runs_dir, experiment, key, str(cfg.zoo.name), zoo_key, missing)
+    zoo = load_or_build_zoo(zoo_cfg, dataset, device)
+    if one_build:
+        check_one_zoo_build(runs_dir, experiment, key, zoo.name, zoo.key, zoo.weights_sha256)
     seed = int(cfg.seed)
     work_dir = run_dir / "work"
     train_dir = meta_train_dir(results, identity, METHODS.get(str(cfg.method.name)), zoo.weights_sha256)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.leaderboard import REFERENCE, latex_table, write_leaderboard
+from bench.method import check_reference_method
 from bench.records import read_records
 from bench.sweep_cells import sweep_cells
 
@@ -30,14 +31,15 @@ def collect_experiment(
     ``reference`` defaults to the experiment YAML's ``experiment.reference`` (as the end-of-sweep
     callback uses), else ``random_init``. The YAML's ``experiment.compare_to`` (a list of methods)
     adds paired differences to each of them beside the ones to ``reference``.
-    ``strict_reference`` (a reference the user typed: ``dfml-collect --reference``) refuses one
-    that no record or carried row has; otherwise a reference not run yet (a sweep of purer alone)
-    gives a table without paired differences.
+    A reference that is not a registered method is refused. ``strict_reference`` (one typed for
+    this table: ``dfml-collect --reference``) also refuses one that no record or carried row has;
+    otherwise a reference not run yet (a sweep of purer alone) gives a table without differences.
     """
     records = read_records(results / "runs" / experiment)
     spec = experiment_yaml(experiment)
     if reference is None:
         reference = str((spec.get("experiment") or {}).get("reference") or REFERENCE)
+    check_reference_method(reference)
     if strict_reference:
         carried = results / "leaderboards" / f"{experiment}.csv" if carry else None
         check_reference(reference, records, carried)

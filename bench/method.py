@@ -175,3 +175,11 @@ def validate_method_config(cls: type[MetaLearner], raw: Mapping[str, Any]) -> Me
             f"bad config for method {raw.get('name')!r}: {where}{message}; valid keys: {valid}"
         ) from error
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def check_reference_method(reference: str) -> None:
+    """Raise unless ``reference`` (the method of a table's paired differences) is registered."""
+    if reference not in METHODS:
+        from bench.registry import unknown_key_message
+
+        raise BenchError(unknown_key_message("reference method", reference, METHODS.names()))

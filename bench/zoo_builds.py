@@ -4,7 +4,9 @@ A zoo's key hashes its configuration; its members' weights also depend on the CP
 thread count they were trained on (results/README.md, "Zoo builds"). A cell run on a rebuilt zoo
 would land in a leaderboard beside cells of the first build, and meta-trained methods move by
 several points between builds, far beyond the episodes' CI. So ``dfml-run`` stops before adding
-such a record, unless ``allow_mixed_zoo_builds=true`` is given on purpose.
+such a record, unless ``allow_mixed_zoo_builds=true`` is given on purpose: before training missing
+members of a zoo whose build the experiment's records already name (a build made here would most
+likely be another one), and after loading a complete zoo whose weights differ from that build.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from bench.errors import BenchError
 from bench.method import METHODS
 from bench.records import RunRecord, read_records
 
+WAYS_OUT = (
+    "Use that build (`dfml-zoo import <archive>` of a `dfml-zoo export` made where it was built, with "
+    "--replace if this cache holds another), run the experiment into another results dir "
+    "(paths.results=... or DFML_RESULTS) or under another experiment.name, or pass "
+    "allow_mixed_zoo_builds=true to add this record anyway (the leaderboard footer then names both builds)"
+)
+
 
 def record_reads_zoo(record: RunRecord) -> bool:
     """Whether ``record``'s method (with its config) read the zoo; unknown methods count as reading."""
@@ -26,11 +35,12 @@ def record_reads_zoo(record: RunRecord) -> bool:
     return METHODS.get(record.method).reads_zoo(method_cfg)
 
 
-def other_builds(runs_dir: Path, zoo_name: str, zoo_key: str, weights: str) -> Counter[str]:
-    """Builds (weights sha256 -> records) of ``zoo_name``/``zoo_key`` under ``runs_dir``, ``weights`` aside.
+def recorded_builds(runs_dir: Path, zoo_name: str, zoo_key: str, run_key: str) -> Counter[str]:
+    """Builds (weights sha256 -> records) of ``zoo_name``/``zoo_key`` named by the records under ``runs_dir``.
 
-    Not counted: records that do not name their build (older schema) and records of methods that
-    never read the zoo (random_init, the oracles).
+    Not counted: the record of ``run_key`` itself (``force=true`` replaces it), records that do not
+    name their build (older schema), failed ones, and those of methods that never read the zoo
+    (random_init, protonet_oracle, maml_oracle with its default random init).
     """
     found: Counter[str] = Counter()
     if not runs_dir.is_dir():
@@ -38,23 +48,44 @@ def other_builds(runs_dir: Path, zoo_name: str, zoo_key: str, weights: str) -> C
     for record in read_records(runs_dir):
         named = str(record.hashes.get("zoo_weights") or "")
         same_zoo = record.setting.get("zoo") == zoo_name and record.hashes.get("zoo") == zoo_key
-        if record.status == "ok" and same_zoo and named and named != weights and record_reads_zoo(record):
-            found[named] += 1
+        if record.status == "ok" and same_zoo and named and record.run_key != run_key:
+            if record_reads_zoo(record):
+                found[named] += 1
     return found
 
 
-def check_one_zoo_build(runs_dir: Path, experiment: str, zoo_name: str, zoo_key: str, weights: str) -> None:
-    """BenchError when ``runs_dir`` (one experiment's runs) holds records of another build of the zoo."""
-    found = other_builds(runs_dir, zoo_name, zoo_key, weights)
+def _listed(builds: Counter[str]) -> str:
+    return ", ".join(f"{build[:12]} × {n}" for build, n in builds.most_common())
+
+
+def check_before_building(
+    runs_dir: Path, experiment: str, run_key: str, zoo_name: str, zoo_key: str, missing: list[int]
+) -> None:
+    """BenchError when members are ``missing`` from the cache and the records already name a build."""
+    found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key)
+    if not missing or not found:
+        return
+    raise BenchError(
+        f"experiment {experiment!r} holds records made on build {_listed(found)} record(s) of zoo "
+        f"{zoo_name!r}, and this cache lacks {len(missing)} of its members (indices "
+        f"{', '.join(map(str, missing[:10]))}{', ...' if len(missing) > 10 else ''}); dfml-run does not "
+        "train them here, since on another CPU or thread count they come out as another build. Build "
+        f"them with `dfml-zoo build {zoo_name}` where that build was made (results/README.md, 'Zoo "
+        "builds', has the thread counts; dfml-run then checks the weights). " + WAYS_OUT
+    )
+
+
+def check_one_zoo_build(
+    runs_dir: Path, experiment: str, run_key: str, zoo_name: str, zoo_key: str, weights: str
+) -> None:
+    """BenchError when the records under ``runs_dir`` name another build of the zoo than ``weights``."""
+    found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key)
+    found.pop(weights, None)
     if not found:
         return
-    listed = ", ".join(f"{build[:12]} × {n}" for build, n in found.most_common())
     raise BenchError(
         f"experiment {experiment!r} already holds records made on another build of zoo {zoo_name!r} "
-        f"(member weights {listed} record(s)); this cache's build is {weights[:12]} (the same "
+        f"(member weights {_listed(found)} record(s)); this cache's build is {weights[:12]} (the same "
         "configuration trained on another CPU or thread count gives other weights, and other numbers). "
-        "Use that build (`dfml-zoo import <archive>` of a `dfml-zoo export` from where it was made), "
-        "run the experiment into another results dir (paths.results=... or DFML_RESULTS) or under "
-        "another experiment.name, or pass allow_mixed_zoo_builds=true to add this record anyway "
-        "(the leaderboard footer then names both builds)"
+        + WAYS_OUT
     )

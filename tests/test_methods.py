@@ -114,8 +114,13 @@ def _another_build(zoo: Zoo) -> Zoo:
 def test_reads_zoo_says_whether_another_build_changes_the_learner(name, extra, tiny_zoo, small_glyphs):
     """``reads_zoo`` lets a record sit beside records of another zoo build (bench/zoo_builds.py):
     it must be False only where another build gives the very same learner."""
+    from importlib import resources
+
+    import yaml
+
     episode = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 1, seed=0).episode(0)
-    raw = dict(extra or {})
+    raw = yaml.safe_load((resources.files("bench.conf") / "method" / f"{name}.yaml").read_text())
+    raw.update(extra or {})  # the method config dfml-run passes to reads_zoo
     outputs = [
         _train(name, zoo, real_data=small_glyphs, extra=extra).adapt(episode.support_x, episode.support_y)(
             episode.query_x

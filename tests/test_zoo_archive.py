@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import zoos.archive as archive_module
 from bench.errors import BenchError, IntegrityError
 from bench.hashing import sha256_file
 from tests.test_zoo_cli import TINY, _run
-from zoos.archive import export_zoo, import_zoo
+from zoos.archive import build_hash, export_zoo, import_zoo
 from zoos.cli import find_manifest
 
 
@@ -130,6 +131,90 @@ def test_a_malformed_archive_is_refused_by_name(tmp_path, exported, other_cache,
     assert not (tmp_path / "escape.json").exists() and _files(other_cache) == {}
 
 
+def _edit_json(name: str, data: bytes, suffix: str, edit) -> tuple[str, bytes]:  # noqa: ANN001
+    """``edit`` the JSON entry ending in ``suffix`` (in place); other entries unchanged."""
+    if not name.endswith(suffix):
+        return name, data
+    obj = json.loads(data)
+    edit(obj)
+    return name, json.dumps(obj).encode()
+
+
+def _escape_key(manifest: dict) -> None:
+    manifest["members"][0]["key"] = "../../4aefaa4119352953"
+
+
+def test_member_keys_are_checked_before_any_path_is_made_of_them(tmp_path, exported, other_cache):
+    bad = _rewrite(
+        exported, tmp_path / "bad.tar", lambda n, d: _edit_json(n, d, "manifest.json", _escape_key)
+    )
+    with pytest.raises(IntegrityError, match="member 0 lacks a valid index, key"):
+        import_zoo(bad)
+    assert _files(other_cache) == {} and not (tmp_path / "4aefaa4119352953").exists()
+
+
+def test_members_swapped_with_consistent_hashes_are_refused(tmp_path, exported, other_cache, tiny_zoo):
+    """Weights + member.json of members 0 and 1 exchanged, manifest and header re-hashed to match:
+    every weights hash agrees, yet member 0's directory holds member 1. The spec/key check sees it."""
+    k0, k1 = tiny_zoo.members[0].key, tiny_zoo.members[1].key
+    swap = {f"zoo_members/{k0}/": f"zoo_members/{k1}/", f"zoo_members/{k1}/": f"zoo_members/{k0}/"}
+    shas = [m.weights_sha256 for m in tiny_zoo.members]
+    shas[0], shas[1] = shas[1], shas[0]
+
+    def manifest(obj: dict) -> None:
+        for member, sha in zip(obj["members"], shas, strict=True):
+            member["weights_sha256"] = sha
+
+    def header(obj: dict) -> None:
+        obj["build"] = build_hash(shas)
+
+    def change(name: str, data: bytes) -> tuple[str, bytes]:
+        for old, new in swap.items():
+            if name.startswith(old) and not name.endswith("spec.json"):
+                return name.replace(old, new), data
+        name, data = _edit_json(name, data, "manifest.json", manifest)
+        return _edit_json(name, data, "dfml-zoo-archive.json", header)
+
+    with pytest.raises(IntegrityError, match=rf"member 0 \({k0}\): its member.json names another member"):
+        import_zoo(_rewrite(exported, tmp_path / "swapped.tar", change))
+    assert _files(other_cache) == {}
+
+
+def test_size_bounds_and_unlisted_entries(tmp_path, exported, other_cache, tiny_zoo, monkeypatch):
+    def one_parameter(manifest: dict) -> None:
+        manifest["members"][0]["param_count"] = 1
+
+    small = _rewrite(
+        exported, tmp_path / "small.tar", lambda n, d: _edit_json(n, d, "manifest.json", one_parameter)
+    )
+    monkeypatch.setattr(archive_module, "WEIGHTS_SLACK", 1024)
+    with pytest.raises(
+        IntegrityError, match=rf"{tiny_zoo.members[0].key}/weights.pt is [\d,]+ bytes, more than"
+    ):
+        import_zoo(small)
+    monkeypatch.setattr(archive_module, "MAX_JSON", 100)
+    with pytest.raises(
+        IntegrityError, match=r"dfml-zoo-archive.json is [\d,]+ bytes \(a JSON entry may hold 100\)"
+    ):
+        import_zoo(exported)
+    monkeypatch.undo()
+    stray = "zoo_members/ffffffffffffffff/weights.pt"
+    with tarfile.open(exported) as source, tarfile.open(tmp_path / "stray.tar", "w") as target:
+        for entry in source:
+            target.addfile(entry, source.extractfile(entry))
+        info = tarfile.TarInfo(stray)
+        info.size = 4
+        target.addfile(info, io.BytesIO(b"1234"))
+    with pytest.raises(IntegrityError, match=f"it holds '{stray}', which its manifest does not list"):
+        import_zoo(tmp_path / "stray.tar")
+    garbled = _rewrite(
+        exported, tmp_path / "garbled.tar", lambda n, d: (n, b"{no" if n.endswith("archive.json") else d)
+    )
+    with pytest.raises(IntegrityError, match="dfml-zoo-archive.json is not JSON"):
+        import_zoo(garbled)
+    assert _files(other_cache) == {}
+
+
 def test_another_build_in_the_cache_is_kept_unless_replace(exported, other_cache, tiny_zoo):
     import_zoo(exported)
     victim = tiny_zoo.members[1]
@@ -161,4 +246,4 @@ def test_export_refuses_a_corrupt_cache_and_a_bad_archive_name(tmp_path, tiny_zo
     tampered["members"][0]["weights_sha256"] = "0" * 64
     with pytest.raises(IntegrityError, match="does not match the manifest"):
         export_zoo(tampered, tmp_path / "zoo.tar")
-    assert not (tmp_path / "zoo.tar").exists() and not list(tmp_path.glob(".zoo.tar.*"))
+    assert not (tmp_path / "zoo.tar").exists()

@@ -77,3 +77,40 @@ def test_records_of_methods_that_never_read_the_zoo_do_not_pin_a_build(tmp_path,
     _rebuild_one_member(zoo_cache)
     run_one(_cfg(results, "method=weight_average", "task=5w1s"))
     assert len(set(_builds(results).values())) == 2
+
+
+def test_force_rerun_of_a_cell_is_not_refused_for_its_own_record(tmp_path, zoo_cache, monkeypatch):
+    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
+    results = tmp_path / "results"
+    run_one(_cfg(results, "method=weight_average", "task=5w1s"))
+    (first,) = _builds(results).values()
+    _rebuild_one_member(zoo_cache)
+    run_one(_cfg(results, "method=weight_average", "task=5w1s", "force=true"))  # replaces the only record
+    (second,) = _builds(results).values()
+    assert second != first
+
+
+def test_missing_members_of_a_recorded_build_are_not_trained_by_dfml_run(tmp_path, zoo_cache, monkeypatch):
+    """A fresh cache would build the zoo anew (another build on another CPU): refused before training."""
+    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
+    results = tmp_path / "results"
+    run_one(_cfg(results, "method=weight_average", "task=5w1s"))
+    fresh = tmp_path / "fresh-cache"
+    fresh.mkdir()
+    (fresh / "datasets").symlink_to(zoo_cache / "datasets", target_is_directory=True)
+    monkeypatch.setenv("DFML_CACHE", str(fresh))
+    with pytest.raises(
+        BenchError, match=r"this cache lacks 3 of its members \(indices 0, 1, 2\).*dfml-zoo build"
+    ):
+        run_one(_cfg(results, "method=weight_average", "task=5w5s"))
+    assert not (fresh / "zoo_members").exists() or not any((fresh / "zoo_members").iterdir())
+    run_one(_cfg(results, "method=random_init", "task=5w5s"))  # reads no zoo: builds it and runs
+    run_one(_cfg(results, "method=weight_average", "task=5w5s"))  # same CPU and threads: the same build
+    assert len(set(_builds(results).values())) == 1
+
+
+def test_a_mistyped_experiment_reference_is_refused_before_any_run(tmp_path, zoo_cache, monkeypatch):
+    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
+    with pytest.raises(BenchError, match="unknown reference method 'random_int'; did you mean 'random_init'"):
+        run_one(_cfg(tmp_path, "method=weight_average", "experiment.reference=random_int"))
+    assert not (tmp_path / "runs").exists()

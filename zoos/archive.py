@@ -22,10 +22,16 @@ of a member is left alone unless ``replace`` is asked for. Members are moved in 
 each and the manifest is written last, so an interrupted import leaves whole members only.
 Imported members are used by runs whose member specs hash to the same keys, i.e. the same zoo
 configuration on a dataset with the same content hash (the manifest's ``datasets``).
+
+Not guarded: a ``--replace`` interrupted between its two renames leaves that member missing (the
+next build retrains it, or import again), a killed import leaves a ``zoo_members/.import.*.tmp``
+directory (safe to delete), and a build writing the same members at the same time may be
+overwritten without ``--replace``.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -33,6 +39,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,13 +49,18 @@ import torch
 
 from bench.atomic import _as_if_created, atomic_save, atomic_write_json, is_done
 from bench.errors import BenchError, IntegrityError
-from bench.hashing import sha256_bytes, sha256_file
+from bench.hashing import sha256_bytes, sha256_file, spec_hash
 from bench.paths import cache_dir
+from zoos.zoo import zoo_key_of
 
 FORMAT = "dfml-zoo-archive/1"
 HEADER = "dfml-zoo-archive.json"
 MEMBER_FILES = ("spec.json", "member.json", "weights.pt")
 SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
+MAX_JSON = 16 << 20  # bytes: a manifest of a few thousand members stays far below
+WEIGHTS_SLACK = 16 << 20  # bytes a weights file may hold beyond 8 per parameter (buffers, pickle)
+_KEY = re.compile(r"^[0-9a-f]{16}$")
+_SHA = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(
     r"^(dfml-zoo-archive\.json"
     r"|zoos/[0-9a-f]{16}/(manifest|builds)\.json"
@@ -143,68 +155,154 @@ class ImportReport:
     replaced: list[str] = field(default_factory=list)
 
 
+def _fail(archive: Path, what: str) -> IntegrityError:
+    return IntegrityError(
+        f"{str(archive)!r}: {what}; not a sound `dfml-zoo export` archive, nothing imported"
+    )
+
+
+def _load_json(tar: tarfile.TarFile, entry: tarfile.TarInfo, archive: Path) -> Any:
+    """A JSON entry (at most MAX_JSON bytes), parsed; a clear error otherwise."""
+    if entry.size > MAX_JSON:
+        raise _fail(archive, f"{entry.name} is {entry.size:,} bytes (a JSON entry may hold {MAX_JSON:,})")
+    source = tar.extractfile(entry)
+    assert source is not None
+    try:
+        return json.loads(source.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _fail(archive, f"{entry.name} is not JSON ({error})") from None
+
+
+def _check_manifest(archive: Path, header: Any, manifest: Any) -> list[dict[str, Any]]:
+    """The manifest's members, after checking the shape of header and manifest and the zoo key."""
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise BenchError(f"{str(archive)!r}: format {found!r}; this version reads {FORMAT!r}")
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("members"), list)
+        or not manifest["members"]
+    ):
+        raise _fail(archive, "its manifest lists no members")
+    members = manifest["members"]
+    for i, member in enumerate(members):
+        ok = isinstance(member, dict) and isinstance(member.get("spec"), dict)
+        ok = (
+            ok
+            and bool(_KEY.match(str(member.get("key"))))
+            and bool(_SHA.match(str(member.get("weights_sha256"))))
+        )
+        if not ok or member.get("index") != i:
+            raise _fail(archive, f"manifest member {i} lacks a valid index, key, weights_sha256 or spec")
+    keys = [m["key"] for m in members]
+    if len(set(keys)) != len(keys):
+        raise _fail(archive, "its manifest lists a member twice")
+    if zoo_key_of(str(manifest.get("name")), keys) != manifest.get("key"):
+        raise _fail(archive, f"zoo key {manifest.get('key')!r} is not the hash of its name and members")
+    if (manifest.get("name"), manifest.get("key"), len(members)) != (
+        header.get("zoo"),
+        header.get("zoo_key"),
+        header.get("members"),
+    ):
+        raise _fail(archive, "its header and manifest name different zoos or member counts")
+    return members
+
+
 def _read_archive(archive: Path, staging: Path) -> tuple[dict[str, Any], dict[str, Any], bytes | None]:
-    """Stream the archive's files into ``staging`` (checked names only); (header, manifest, builds)."""
+    """Check the archive and copy its members' files into ``staging``; (header, manifest, builds).
+
+    Headers and names are checked first (only the export layout, each name once), then the header
+    and the manifest, and only then are the listed members' files copied, each within a size
+    bound (weights: 8 bytes per parameter of the manifest + 16 MiB).
+    """
     if not archive.is_file():
         raise BenchError(f"zoo archive {str(archive)!r} not found")
     try:
         tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as error:
-        raise BenchError(f"{str(archive)!r} is not a zoo archive (tar or tar.gz): {error}") from error
-    seen: set[str] = set()
-    with tar:
-        for entry in tar:
-            if not entry.isfile() or not _NAME.match(entry.name) or entry.name in seen:
-                kind = "a duplicate" if entry.name in seen else "an unexpected entry"
-                raise BenchError(
-                    f"{str(archive)!r}: {kind} {entry.name!r}; a zoo archive holds only {HEADER}, "
-                    "zoos/<key>/{manifest,builds}.json and "
-                    "zoo_members/<key>/{spec.json,member.json,weights.pt}"
-                )
-            seen.add(entry.name)
-            target = staging / entry.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(entry)
-            assert source is not None
-            with source, open(target, "wb") as handle:
-                shutil.copyfileobj(source, handle, 1 << 20)
-    if HEADER not in seen:
+        with tar:
+            entries = tar.getmembers()
+            return _read_entries(archive, tar, entries, staging)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise BenchError(f"{str(archive)!r} is not a readable zoo archive (tar or tar.gz): {error}") from None
+
+
+def _read_entries(
+    archive: Path, tar: tarfile.TarFile, entries: list[tarfile.TarInfo], staging: Path
+) -> tuple[dict[str, Any], dict[str, Any], bytes | None]:
+    by_name: dict[str, tarfile.TarInfo] = {}
+    for entry in entries:
+        if not entry.isfile() or not _NAME.match(entry.name) or entry.name in by_name:
+            kind = "a duplicate" if entry.name in by_name else "an unexpected entry"
+            raise BenchError(
+                f"{str(archive)!r}: {kind} {entry.name!r}; a zoo archive holds only {HEADER}, "
+                "zoos/<key>/{manifest,builds}.json and "
+                "zoo_members/<key>/{spec.json,member.json,weights.pt}"
+            )
+        by_name[entry.name] = entry
+    if HEADER not in by_name:
         raise BenchError(f"{str(archive)!r} has no {HEADER}: not written by `dfml-zoo export`")
-    header = json.loads((staging / HEADER).read_text())
-    if header.get("format") != FORMAT:
-        raise BenchError(f"{str(archive)!r}: format {header.get('format')!r}; this version reads {FORMAT!r}")
-    manifest_file = staging / "zoos" / str(header["zoo_key"]) / "manifest.json"
-    if not manifest_file.is_file():
-        raise BenchError(f"{str(archive)!r} has no manifest for zoo key {header['zoo_key']!r}")
-    builds = staging / "zoos" / str(header["zoo_key"]) / "builds.json"
-    return header, json.loads(manifest_file.read_text()), builds.read_bytes() if builds.is_file() else None
+    header = _load_json(tar, by_name[HEADER], archive)
+    zoo_dir = f"zoos/{header.get('zoo_key') if isinstance(header, dict) else ''}"
+    if f"{zoo_dir}/manifest.json" not in by_name:
+        raise _fail(archive, f"no manifest for the header's zoo key ({zoo_dir})")
+    manifest = _load_json(tar, by_name[f"{zoo_dir}/manifest.json"], archive)
+    members = _check_manifest(archive, header, manifest)
+    wanted = {f"zoo_members/{m['key']}/{name}": m for m in members for name in MEMBER_FILES}
+    extra = sorted(
+        set(by_name) - set(wanted) - {HEADER, f"{zoo_dir}/manifest.json", f"{zoo_dir}/builds.json"}
+    )
+    if extra:
+        raise _fail(archive, f"it holds {extra[0]!r}, which its manifest does not list")
+    for name, member in wanted.items():
+        entry = by_name.get(name)
+        if entry is None:
+            raise _fail(archive, f"member {member['index']} ({member['key']}) lacks {name.rsplit('/', 1)[1]}")
+        limit = 8 * int(member.get("param_count") or 0) + WEIGHTS_SLACK if name.endswith(".pt") else MAX_JSON
+        if entry.size > limit:
+            raise _fail(archive, f"{name} is {entry.size:,} bytes, more than its {limit:,}-byte bound")
+        target = staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(entry)
+        assert source is not None
+        with source, open(target, "wb") as handle:
+            shutil.copyfileobj(source, handle, 1 << 20)
+    builds_entry = by_name.get(f"{zoo_dir}/builds.json")
+    builds = None
+    if builds_entry is not None:
+        builds = json.dumps(_load_json(tar, builds_entry, archive)).encode()
+    return header, manifest, builds
 
 
 def _check(archive: Path, staging: Path, header: dict[str, Any], manifest: dict[str, Any]) -> None:
-    """Every member complete, its weights matching member.json and the manifest; the build hash."""
-    if (manifest.get("name"), manifest.get("key")) != (header["zoo"], header["zoo_key"]):
-        raise IntegrityError(f"{str(archive)!r}: the manifest names another zoo than the header")
+    """Check each member's spec, member.json and weights against its key and the manifest; the build.
+
+    spec.json must hash to the member key and equal the manifest's spec, member.json must name
+    that key, and the weights must match member.json and the manifest.
+    """
     for member in manifest["members"]:
         directory = staging / "zoo_members" / member["key"]
-        missing = [name for name in MEMBER_FILES if not (directory / name).is_file()]
-        if missing:
-            raise IntegrityError(
-                f"{str(archive)!r}: member {member['index']} ({member['key']}) lacks {', '.join(missing)}"
-            )
-        info = json.loads((directory / "member.json").read_text())
+        label = f"member {member['index']} ({member['key']})"
+        try:
+            spec = json.loads((directory / "spec.json").read_text())
+            info = json.loads((directory / "member.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise _fail(archive, f"{label}: spec.json or member.json is not JSON ({error})") from None
+        if spec_hash(spec) != member["key"] or spec != member["spec"]:
+            raise _fail(archive, f"{label}: spec.json does not hash to its key or differs from the manifest")
+        if not isinstance(info, dict) or info.get("key") != member["key"]:
+            raise _fail(archive, f"{label}: its member.json names another member")
         actual = sha256_file(directory / "weights.pt")
         if not actual == info.get("weights_sha256") == member["weights_sha256"]:
             raise IntegrityError(
-                f"{str(archive)!r}: member {member['index']} ({member['key']}) weights sha256 "
-                f"{actual[:12]}... does not match its member.json / manifest "
-                f"({str(info.get('weights_sha256'))[:12]}... / {member['weights_sha256'][:12]}...); "
-                "the archive is damaged: export it again"
+                f"{str(archive)!r}: {label} weights sha256 {actual[:12]}... does not match its "
+                f"member.json / manifest ({str(info.get('weights_sha256'))[:12]}... / "
+                f"{member['weights_sha256'][:12]}...); the archive is damaged: export it again"
             )
     build = build_hash([m["weights_sha256"] for m in manifest["members"]])
-    if build != header["build"] or len(manifest["members"]) != header["members"]:
+    if build != header.get("build"):
         raise IntegrityError(
             f"{str(archive)!r}: its members make build {build[:12]}..., the header says "
-            f"{str(header['build'])[:12]}... ({header['members']} members); the archive is damaged"
+            f"{str(header.get('build'))[:12]}...; the archive is damaged"
         )
 
 

@@ -205,7 +205,7 @@ def import_archive(archive: Path, replace: bool) -> None:
         f"imported zoo {report.zoo} ({report.zoo_key}), build {report.build[:12]}: "
         f"{len(report.added)} members added, {len(report.present)} already present, "
         f"{len(report.replaced)} replaced; runs use it when their zoo config and dataset hash to "
-        f"the same member keys (check: dfml-zoo build {report.zoo} reports 0 trained)"
+        f"the same member keys (the zoo key {report.zoo_key}; dfml-zoo ls lists it)"
     )
 
 
@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     p_card.add_argument("zoo", help="a built zoo's name or key")
     p_card.add_argument("--out", type=Path, help="write the card here instead of beside the manifest")
     p_export = sub.add_parser("export", help="write a built zoo's exact weights to a verified archive")
-    p_export.add_argument("zoo", help="a built zoo's name or key (its newest build)")
+    p_export.add_argument(
+        "zoo", help="a built zoo's key, or its name (then the most recently written manifest of that name)"
+    )
     p_export.add_argument(
         "--out", type=Path, required=True, help="archive path ending in .tar, .tar.gz or .tgz"
     )

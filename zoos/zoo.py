@@ -357,6 +357,19 @@ def ensure_members(
     return members, trained
 
 
+def zoo_key_of(name: str, member_keys: list[str]) -> str:
+    """A zoo's key: its name and its members' spec hashes (its configuration, not its weights)."""
+    return spec_hash({"name": name, "members": list(member_keys)})
+
+
+def missing_members(cfg: Mapping[str, Any], dataset: ImageClassDataset) -> tuple[str, list[int]]:
+    """(zoo key, indices of the members not in the cache) of zoo ``cfg``, without training any."""
+    specs, _ = zoo_specs(cfg, dataset)
+    return zoo_key_of(str(cfg["name"]), [s.key for s in specs]), [
+        s.index for s in specs if not is_done(_member_dir(s.key))
+    ]
+
+
 def make_manifest(
     cfg: Mapping[str, Any], members: list[ZooMember], datasets: Mapping[str, ImageClassDataset]
 ) -> dict[str, Any]:
@@ -365,7 +378,7 @@ def make_manifest(
     for name in datasets:  # source order (MH: cifar_fs 0, mini_imagenet 64, cub 128)
         offsets[name] = total
         total += len(datasets[name].split_classes("train"))
-    zoo_key = spec_hash({"name": cfg["name"], "members": [m.key for m in members]})
+    zoo_key = zoo_key_of(str(cfg["name"]), [m.key for m in members])
     rows = []
     for m in members:
         train_names = [
