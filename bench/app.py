@@ -235,8 +235,10 @@ def run_one(cfg: DictConfig) -> Path:
     provenance.reset()  # code histories of resumed files are per run
     cfg = with_method_overrides(cfg)
     check_profile(cfg)
-    if cfg.experiment.get("reference"):  # a typo would leave its table without paired differences
-        check_reference_method(str(cfg.experiment.reference))
+    # a typo would leave the table without these paired differences
+    for method in [cfg.experiment.get("reference"), *(cfg.experiment.get("compare_to") or [])]:
+        if method:
+            check_reference_method(str(method))
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))
     set_threads(cfg.get("threads"))
@@ -263,15 +265,13 @@ def run_one(cfg: DictConfig) -> Path:
     suite_seed, primary = int(cfg.task.suite_seed), int(cfg.task.primary_steps)
     suite = TaskSuite(dataset, str(cfg.task.split), shape, int(cfg.task.n_episodes), suite_seed)
     zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
-    one_build = METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml) and not cfg.get(
-        "allow_mixed_zoo_builds"
-    )
     runs_dir = results / "runs" / experiment
-    if one_build:
+    mixing_allowed = bool(cfg.get("allow_mixed_zoo_builds"))
+    if not mixing_allowed:  # every method builds the zoo it runs with, random_init too
         zoo_key, missing = missing_members(zoo_cfg, dataset)
         check_before_building(runs_dir, experiment, key, str(cfg.zoo.name), zoo_key, missing)
     zoo = load_or_build_zoo(zoo_cfg, dataset, device)
-    if one_build:
+    if not mixing_allowed and METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml):
         check_one_zoo_build(runs_dir, experiment, key, zoo.name, zoo.key, zoo.weights_sha256)
     seed = int(cfg.seed)
     work_dir = run_dir / "work"

@@ -39,13 +39,14 @@ def collect_experiment(
     spec = experiment_yaml(experiment)
     if reference is None:
         reference = str((spec.get("experiment") or {}).get("reference") or REFERENCE)
-    check_reference_method(reference)
+    for method in (reference, *compare_to_of(spec)):
+        check_reference_method(method)
     if strict_reference:
         carried = results / "leaderboards" / f"{experiment}.csv" if carry else None
         check_reference(reference, records, carried)
     params = ((spec.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
     expected = [m.strip() for m in str(params.get("method") or "").split(",") if m.strip()]
-    compare_to = [str(m) for m in ((spec.get("experiment") or {}).get("compare_to") or [])]
+    compare_to = compare_to_of(spec)
     return write_leaderboard(
         records,
         results / "leaderboards",
@@ -57,6 +58,11 @@ def collect_experiment(
         carry,
         sweep_cells(params),
     )
+
+
+def compare_to_of(spec: dict) -> list[str]:
+    """The experiment YAML's ``experiment.compare_to``: more methods for paired differences."""
+    return [str(m) for m in ((spec.get("experiment") or {}).get("compare_to") or [])]
 
 
 def check_reference(reference: str, records: list, carried_csv: Path | None) -> None:

@@ -69,9 +69,10 @@ def check_before_building(
         f"experiment {experiment!r} holds records made on build {_listed(found)} record(s) of zoo "
         f"{zoo_name!r}, and this cache lacks {len(missing)} of its members (indices "
         f"{', '.join(map(str, missing[:10]))}{', ...' if len(missing) > 10 else ''}); dfml-run does not "
-        "train them here, since on another CPU or thread count they come out as another build. Build "
-        f"them with `dfml-zoo build {zoo_name}` where that build was made (results/README.md, 'Zoo "
-        "builds', has the thread counts; dfml-run then checks the weights). " + WAYS_OUT
+        "train them (not even for a method that reads no zoo), since on another CPU or thread count "
+        f"they come out as another build. On the machine where that build was made, `dfml-zoo build "
+        f"{zoo_name}` at its thread counts (results/README.md, 'Zoo builds') remakes it, and "
+        "`dfml-zoo export` carries it elsewhere; dfml-run then checks the weights. " + WAYS_OUT
     )
 
 

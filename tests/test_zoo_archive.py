@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -181,20 +182,22 @@ def test_members_swapped_with_consistent_hashes_are_refused(tmp_path, exported, 
 
 
 def test_size_bounds_and_unlisted_entries(tmp_path, exported, other_cache, tiny_zoo, monkeypatch):
-    def one_parameter(manifest: dict) -> None:
-        manifest["members"][0]["param_count"] = 1
+    key = tiny_zoo.members[0].key
+    numel = sum(t.numel() for t in tiny_zoo.members[0].model.state_dict().values())
+    oversized = 8 * numel + archive_module.WEIGHTS_SLACK + 1  # one byte over the bound
 
-    small = _rewrite(
-        exported, tmp_path / "small.tar", lambda n, d: _edit_json(n, d, "manifest.json", one_parameter)
-    )
-    monkeypatch.setattr(archive_module, "WEIGHTS_SLACK", 1024)
-    with pytest.raises(
-        IntegrityError, match=rf"{tiny_zoo.members[0].key}/weights.pt is [\d,]+ bytes, more than"
-    ):
-        import_zoo(small)
+    def pad(name: str, data: bytes) -> tuple[str, bytes]:
+        return (
+            (name, data + bytes(oversized - len(data)))
+            if name == f"zoo_members/{key}/weights.pt"
+            else (name, data)
+        )
+
+    with pytest.raises(IntegrityError, match=rf"{key}/weights.pt is {oversized:,} bytes, more than"):
+        import_zoo(_rewrite(exported, tmp_path / "big.tar", pad))
     monkeypatch.setattr(archive_module, "MAX_JSON", 100)
     with pytest.raises(
-        IntegrityError, match=r"dfml-zoo-archive.json is [\d,]+ bytes \(a JSON entry may hold 100\)"
+        IntegrityError, match=r"dfml-zoo-archive.json is [\d,]+ bytes \(a JSON entry here may hold 100\)"
     ):
         import_zoo(exported)
     monkeypatch.undo()
@@ -210,7 +213,7 @@ def test_size_bounds_and_unlisted_entries(tmp_path, exported, other_cache, tiny_
     garbled = _rewrite(
         exported, tmp_path / "garbled.tar", lambda n, d: (n, b"{no" if n.endswith("archive.json") else d)
     )
-    with pytest.raises(IntegrityError, match="dfml-zoo-archive.json is not JSON"):
+    with pytest.raises(IntegrityError, match="dfml-zoo-archive.json is not usable JSON"):
         import_zoo(garbled)
     assert _files(other_cache) == {}
 
@@ -247,3 +250,49 @@ def test_export_refuses_a_corrupt_cache_and_a_bad_archive_name(tmp_path, tiny_zo
     with pytest.raises(IntegrityError, match="does not match the manifest"):
         export_zoo(tampered, tmp_path / "zoo.tar")
     assert not (tmp_path / "zoo.tar").exists()
+
+
+def test_weights_of_another_shape_are_refused_even_with_matching_hashes(
+    tmp_path, exported, other_cache, tiny_zoo
+):
+    """Member 0's weights replaced by a tensor dict of other shapes, every hash rewritten to match."""
+    key = tiny_zoo.members[0].key
+    state = {
+        k: v[..., :1].clone() if v.dim() > 1 else v for k, v in tiny_zoo.members[0].model.state_dict().items()
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    weights = buffer.getvalue()
+    digest = hashlib.sha256(weights).hexdigest()
+    shas = [digest] + [m.weights_sha256 for m in tiny_zoo.members[1:]]
+
+    def change(name: str, data: bytes) -> tuple[str, bytes]:
+        if name == f"zoo_members/{key}/weights.pt":
+            return name, weights
+        if name == f"zoo_members/{key}/member.json":
+            return _edit_json(name, data, "member.json", lambda info: info.update(weights_sha256=digest))
+        if name.endswith("manifest.json"):
+            return _edit_json(
+                name, data, "manifest.json", lambda m: m["members"][0].update(weights_sha256=digest)
+            )
+        return _edit_json(name, data, "dfml-zoo-archive.json", lambda h: h.update(build=build_hash(shas)))
+
+    with pytest.raises(
+        IntegrityError, match=rf"member 0 \({key}\): weights.pt does not fit its spec's model"
+    ):
+        import_zoo(_rewrite(exported, tmp_path / "reshaped.tar", change))
+    assert _files(other_cache) == {}
+
+
+def test_an_archive_of_another_format_says_so(tmp_path, exported, other_cache):
+    future = _rewrite(
+        exported,
+        tmp_path / "future.tar",
+        lambda n, d: _edit_json(
+            n, d, "dfml-zoo-archive.json", lambda h: h.update(format="dfml-zoo-archive/2")
+        ),
+    )
+    with pytest.raises(
+        BenchError, match="format 'dfml-zoo-archive/2'; this version reads 'dfml-zoo-archive/1'"
+    ):
+        import_zoo(future)

@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from bench.app import run_one
+from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.hashing import sha256_file
 from bench.records import read_records
+from zoos.zoo import load_or_build_zoo
 
 
 def _cfg(results: Path, *overrides: str):  # noqa: ANN202
@@ -103,9 +106,13 @@ def test_missing_members_of_a_recorded_build_are_not_trained_by_dfml_run(tmp_pat
         BenchError, match=r"this cache lacks 3 of its members \(indices 0, 1, 2\).*dfml-zoo build"
     ):
         run_one(_cfg(results, "method=weight_average", "task=5w5s"))
+    with pytest.raises(BenchError, match="not even for a method that reads no zoo"):
+        run_one(_cfg(results, "method=random_init", "task=5w5s"))  # it would build the zoo too
     assert not (fresh / "zoo_members").exists() or not any((fresh / "zoo_members").iterdir())
-    run_one(_cfg(results, "method=random_init", "task=5w5s"))  # reads no zoo: builds it and runs
-    run_one(_cfg(results, "method=weight_average", "task=5w5s"))  # same CPU and threads: the same build
+    # `dfml-zoo build` on the machine of the recorded build remakes it; dfml-run then runs
+    cfg = _cfg(results, "method=weight_average", "task=5w5s")
+    load_or_build_zoo(OmegaConf.to_container(cfg.zoo, resolve=True), load_dataset(dict(cfg.dataset)), "cpu")
+    run_one(cfg)
     assert len(set(_builds(results).values())) == 1
 
 
@@ -114,3 +121,5 @@ def test_a_mistyped_experiment_reference_is_refused_before_any_run(tmp_path, zoo
     with pytest.raises(BenchError, match="unknown reference method 'random_int'; did you mean 'random_init'"):
         run_one(_cfg(tmp_path, "method=weight_average", "experiment.reference=random_int"))
     assert not (tmp_path / "runs").exists()
+    with pytest.raises(BenchError, match="unknown reference method 'weight_avg'"):
+        run_one(_cfg(tmp_path, "method=weight_average", "+experiment.compare_to=[weight_avg]"))

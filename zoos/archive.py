@@ -16,9 +16,15 @@ Archive layout (a plain or gzip tar, read member by member; nothing is extracted
     zoos/<zoo_key>/builds.json                  the build log, when the source cache had one
     zoo_members/<member_key>/{spec.json, member.json, weights.pt}
 
-Import checks every weights file against its ``member.json`` and the manifest and the build hash
-against the header before anything reaches the cache; a cache that already holds *another* build
-of a member is left alone unless ``replace`` is asked for. Members are moved in one atomic rename
+Import checks, before anything reaches the cache: the entry names (the layout above, each once),
+the header's format, every member key and the zoo key (hashes of the specs and of name +
+members), each spec.json and member.json against its key and the manifest, size bounds (JSON;
+weights at most 8 bytes per state element of the spec's model + 1 MiB), every weights sha256
+against member.json and the manifest, every weights file against the shapes of its spec's model
+(loaded with ``weights_only=True``), and the build hash against the header. These catch damage
+and mix-ups; they cannot tell a deliberately re-hashed archive from a real build, so import
+archives from sources you trust. A cache that already holds *another* build of a member is left
+alone unless ``replace`` is asked for. Members are moved in one atomic rename
 each and the manifest is written last, so an interrupted import leaves whole members only.
 Imported members are used by runs whose member specs hash to the same keys, i.e. the same zoo
 configuration on a dataset with the same content hash (the manifest's ``datasets``).
@@ -51,6 +57,8 @@ from bench.atomic import _as_if_created, atomic_save, atomic_write_json, is_done
 from bench.errors import BenchError, IntegrityError
 from bench.hashing import sha256_bytes, sha256_file, spec_hash
 from bench.paths import cache_dir
+from zoos.architectures import build_model
+from zoos.spec import MemberSpec
 from zoos.zoo import zoo_key_of
 
 FORMAT = "dfml-zoo-archive/1"
@@ -58,13 +66,14 @@ HEADER = "dfml-zoo-archive.json"
 MEMBER_FILES = ("spec.json", "member.json", "weights.pt")
 SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
 MAX_JSON = 16 << 20  # bytes: a manifest of a few thousand members stays far below
-WEIGHTS_SLACK = 16 << 20  # bytes a weights file may hold beyond 8 per parameter (buffers, pickle)
-_KEY = re.compile(r"^[0-9a-f]{16}$")
-_SHA = re.compile(r"^[0-9a-f]{64}$")
+MAX_MEMBER_JSON = 64 << 10  # bytes of one member's spec.json / member.json
+WEIGHTS_SLACK = 1 << 20  # bytes a weights file may hold beyond 8 per state tensor element (pickle)
+_KEY = re.compile(r"[0-9a-f]{16}")
+_SHA = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(
-    r"^(dfml-zoo-archive\.json"
+    r"(dfml-zoo-archive\.json"
     r"|zoos/[0-9a-f]{16}/(manifest|builds)\.json"
-    r"|zoo_members/[0-9a-f]{16}/(spec\.json|member\.json|weights\.pt))$"
+    r"|zoo_members/[0-9a-f]{16}/(spec\.json|member\.json|weights\.pt))"
 )
 
 
@@ -161,23 +170,20 @@ def _fail(archive: Path, what: str) -> IntegrityError:
     )
 
 
-def _load_json(tar: tarfile.TarFile, entry: tarfile.TarInfo, archive: Path) -> Any:
-    """A JSON entry (at most MAX_JSON bytes), parsed; a clear error otherwise."""
-    if entry.size > MAX_JSON:
-        raise _fail(archive, f"{entry.name} is {entry.size:,} bytes (a JSON entry may hold {MAX_JSON:,})")
+def _load_json(tar: tarfile.TarFile, entry: tarfile.TarInfo, archive: Path, limit: int) -> Any:
+    """A JSON entry of at most ``limit`` bytes, parsed; a clear error otherwise."""
+    if entry.size > limit:
+        raise _fail(archive, f"{entry.name} is {entry.size:,} bytes (a JSON entry here may hold {limit:,})")
     source = tar.extractfile(entry)
     assert source is not None
     try:
         return json.loads(source.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _fail(archive, f"{entry.name} is not JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, int limits
+        raise _fail(archive, f"{entry.name} is not usable JSON ({type(error).__name__}: {error})") from None
 
 
 def _check_manifest(archive: Path, header: Any, manifest: Any) -> list[dict[str, Any]]:
     """The manifest's members, after checking the shape of header and manifest and the zoo key."""
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        found = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise BenchError(f"{str(archive)!r}: format {found!r}; this version reads {FORMAT!r}")
     if (
         not isinstance(manifest, dict)
         or not isinstance(manifest.get("members"), list)
@@ -189,8 +195,8 @@ def _check_manifest(archive: Path, header: Any, manifest: Any) -> list[dict[str,
         ok = isinstance(member, dict) and isinstance(member.get("spec"), dict)
         ok = (
             ok
-            and bool(_KEY.match(str(member.get("key"))))
-            and bool(_SHA.match(str(member.get("weights_sha256"))))
+            and bool(_KEY.fullmatch(str(member.get("key"))))
+            and bool(_SHA.fullmatch(str(member.get("weights_sha256"))))
         )
         if not ok or member.get("index") != i:
             raise _fail(archive, f"manifest member {i} lacks a valid index, key, weights_sha256 or spec")
@@ -222,7 +228,7 @@ def _read_archive(archive: Path, staging: Path) -> tuple[dict[str, Any], dict[st
         with tar:
             entries = tar.getmembers()
             return _read_entries(archive, tar, entries, staging)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
         raise BenchError(f"{str(archive)!r} is not a readable zoo archive (tar or tar.gz): {error}") from None
 
 
@@ -231,7 +237,7 @@ def _read_entries(
 ) -> tuple[dict[str, Any], dict[str, Any], bytes | None]:
     by_name: dict[str, tarfile.TarInfo] = {}
     for entry in entries:
-        if not entry.isfile() or not _NAME.match(entry.name) or entry.name in by_name:
+        if not entry.isfile() or not _NAME.fullmatch(entry.name) or entry.name in by_name:
             kind = "a duplicate" if entry.name in by_name else "an unexpected entry"
             raise BenchError(
                 f"{str(archive)!r}: {kind} {entry.name!r}; a zoo archive holds only {HEADER}, "
@@ -241,56 +247,94 @@ def _read_entries(
         by_name[entry.name] = entry
     if HEADER not in by_name:
         raise BenchError(f"{str(archive)!r} has no {HEADER}: not written by `dfml-zoo export`")
-    header = _load_json(tar, by_name[HEADER], archive)
-    zoo_dir = f"zoos/{header.get('zoo_key') if isinstance(header, dict) else ''}"
+    header = _load_json(tar, by_name[HEADER], archive, MAX_JSON)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise BenchError(f"{str(archive)!r}: format {found!r}; this version reads {FORMAT!r}")
+    zoo_dir = f"zoos/{header.get('zoo_key')}"
     if f"{zoo_dir}/manifest.json" not in by_name:
         raise _fail(archive, f"no manifest for the header's zoo key ({zoo_dir})")
-    manifest = _load_json(tar, by_name[f"{zoo_dir}/manifest.json"], archive)
+    manifest = _load_json(tar, by_name[f"{zoo_dir}/manifest.json"], archive, MAX_JSON)
     members = _check_manifest(archive, header, manifest)
-    wanted = {f"zoo_members/{m['key']}/{name}": m for m in members for name in MEMBER_FILES}
-    extra = sorted(
-        set(by_name) - set(wanted) - {HEADER, f"{zoo_dir}/manifest.json", f"{zoo_dir}/builds.json"}
-    )
+    wanted = {f"zoo_members/{m['key']}/{name}" for m in members for name in MEMBER_FILES}
+    extra = sorted(set(by_name) - wanted - {HEADER, f"{zoo_dir}/manifest.json", f"{zoo_dir}/builds.json"})
     if extra:
         raise _fail(archive, f"it holds {extra[0]!r}, which its manifest does not list")
-    for name, member in wanted.items():
-        entry = by_name.get(name)
-        if entry is None:
-            raise _fail(archive, f"member {member['index']} ({member['key']}) lacks {name.rsplit('/', 1)[1]}")
-        limit = 8 * int(member.get("param_count") or 0) + WEIGHTS_SLACK if name.endswith(".pt") else MAX_JSON
-        if entry.size > limit:
-            raise _fail(archive, f"{name} is {entry.size:,} bytes, more than its {limit:,}-byte bound")
-        target = staging / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = tar.extractfile(entry)
-        assert source is not None
-        with source, open(target, "wb") as handle:
-            shutil.copyfileobj(source, handle, 1 << 20)
+    for member in members:
+        _read_member(archive, tar, by_name, member, staging)
     builds_entry = by_name.get(f"{zoo_dir}/builds.json")
     builds = None
     if builds_entry is not None:
-        builds = json.dumps(_load_json(tar, builds_entry, archive)).encode()
+        builds = json.dumps(_load_json(tar, builds_entry, archive, MAX_JSON)).encode()
     return header, manifest, builds
 
 
-def _check(archive: Path, staging: Path, header: dict[str, Any], manifest: dict[str, Any]) -> None:
-    """Check each member's spec, member.json and weights against its key and the manifest; the build.
+def _copy(tar: tarfile.TarFile, entry: tarfile.TarInfo, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = tar.extractfile(entry)
+    assert source is not None
+    with source, open(target, "wb") as handle:
+        shutil.copyfileobj(source, handle, 1 << 20)
 
-    spec.json must hash to the member key and equal the manifest's spec, member.json must name
-    that key, and the weights must match member.json and the manifest.
+
+def _read_member(
+    archive: Path,
+    tar: tarfile.TarFile,
+    by_name: dict[str, tarfile.TarInfo],
+    member: dict[str, Any],
+    staging: Path,
+) -> None:
+    """Check one member's spec.json and member.json, then copy its files into ``staging``.
+
+    spec.json must hash to the member key and equal the manifest's spec, member.json must name the
+    key; the weights may hold at most 8 bytes per state element of the spec's model + 1 MiB.
+    """
+    label = f"member {member['index']} ({member['key']})"
+    prefix = f"zoo_members/{member['key']}/"
+    missing = [name for name in MEMBER_FILES if prefix + name not in by_name]
+    if missing:
+        raise _fail(archive, f"{label} lacks {', '.join(missing)}")
+    spec = _load_json(tar, by_name[prefix + "spec.json"], archive, MAX_MEMBER_JSON)
+    info = _load_json(tar, by_name[prefix + "member.json"], archive, MAX_MEMBER_JSON)
+    if spec_hash(spec) != member["key"] or spec != member["spec"]:
+        raise _fail(archive, f"{label}: spec.json does not hash to its key or differs from the manifest")
+    if not isinstance(info, dict) or info.get("key") != member["key"]:
+        raise _fail(archive, f"{label}: its member.json names another member")
+    numel = sum(t.numel() for t in _model_of(archive, label, spec).state_dict().values())
+    limit = 8 * numel + WEIGHTS_SLACK
+    weights = by_name[prefix + "weights.pt"]
+    if weights.size > limit:
+        raise _fail(archive, f"{weights.name} is {weights.size:,} bytes, more than its {limit:,}-byte bound")
+    for name in MEMBER_FILES:
+        _copy(tar, by_name[prefix + name], staging / (prefix + name))
+
+
+def _model_of(archive: Path, label: str, spec: dict[str, Any]) -> torch.nn.Module:
+    """The untrained model a member spec describes (the shapes its weights must have)."""
+    try:
+        parsed = MemberSpec.from_json(spec)
+        return build_model(
+            parsed.arch,
+            parsed.head_width,
+            parsed.image_size,
+            parsed.channels,
+            torch.Generator(),
+            **parsed.arch_options,
+        )
+    except (BenchError, TypeError, ValueError, KeyError) as error:
+        raise _fail(archive, f"{label}: its spec describes no buildable model ({error})") from None
+
+
+def _check(archive: Path, staging: Path, header: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Each member's weights against member.json, the manifest and its spec's model; the build hash.
+
+    These checks catch damage and mix-ups, not a deliberately re-hashed archive: import archives
+    from sources you trust (weights load with ``weights_only=True``, so no code runs).
     """
     for member in manifest["members"]:
         directory = staging / "zoo_members" / member["key"]
         label = f"member {member['index']} ({member['key']})"
-        try:
-            spec = json.loads((directory / "spec.json").read_text())
-            info = json.loads((directory / "member.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise _fail(archive, f"{label}: spec.json or member.json is not JSON ({error})") from None
-        if spec_hash(spec) != member["key"] or spec != member["spec"]:
-            raise _fail(archive, f"{label}: spec.json does not hash to its key or differs from the manifest")
-        if not isinstance(info, dict) or info.get("key") != member["key"]:
-            raise _fail(archive, f"{label}: its member.json names another member")
+        info = json.loads((directory / "member.json").read_text())
         actual = sha256_file(directory / "weights.pt")
         if not actual == info.get("weights_sha256") == member["weights_sha256"]:
             raise IntegrityError(
@@ -298,6 +342,11 @@ def _check(archive: Path, staging: Path, header: dict[str, Any], manifest: dict[
                 f"member.json / manifest ({str(info.get('weights_sha256'))[:12]}... / "
                 f"{member['weights_sha256'][:12]}...); the archive is damaged: export it again"
             )
+        model = _model_of(archive, label, json.loads((directory / "spec.json").read_text()))
+        try:
+            model.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+        except Exception as error:  # noqa: BLE001 - an unpickling or shape error: not this spec's weights
+            raise _fail(archive, f"{label}: weights.pt does not fit its spec's model ({error})") from None
     build = build_hash([m["weights_sha256"] for m in manifest["members"]])
     if build != header.get("build"):
         raise IntegrityError(
