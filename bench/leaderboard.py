@@ -600,13 +600,24 @@ def provenance_lines(records: Sequence[RunRecord]) -> list[str]:
             setting = " · ".join(str(r.setting.get(k, "-")) for k in ("dataset", "zoo", "task"))
             lines.append(f"- `{r.method}` {setting} (run `{r.run_key}`): {r.error}")
         lines.append("")
+    # One group per zoo configuration (name + config key): a zoo override (n_members) is another
+    # configuration, not another build; its name gets the config key when the name has several.
+    configs: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        if r.status == "ok":
+            configs[str(r.setting.get("zoo"))].add(str(r.hashes.get("zoo") or ""))
+
+    def group(r: RunRecord) -> str:
+        name, key = str(r.setting.get("zoo")), str(r.hashes.get("zoo") or "")
+        return f"{name} (config {key[:8] or 'not named'})" if len(configs[name]) > 1 else name
+
     builds: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     unnamed: dict[str, int] = defaultdict(int)  # records from before the field
     for r in records:
         if r.status == "ok" and r.hashes.get("zoo_weights"):
-            builds[str(r.setting.get("zoo"))][str(r.hashes["zoo_weights"])[:12]] += 1
+            builds[group(r)][str(r.hashes["zoo_weights"])[:12]] += 1
         elif r.status == "ok":
-            unnamed[str(r.setting.get("zoo"))] += 1
+            unnamed[group(r)] += 1
     if builds:
         listed = "; ".join(
             f"`{zoo}` "

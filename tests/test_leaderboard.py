@@ -455,6 +455,15 @@ def test_the_markdown_names_the_zoo_builds_and_flags_two_builds_of_one_zoo(tmp_p
     _, markdown = write_leaderboard(records, tmp_path, "golden")
     line = next(x for x in markdown.splitlines() if x.startswith("Zoo builds"))
     assert f"{'a' * 12} × {len(records) - 2}, {'b' * 12} × 1, not named × 1." in line
+    # another configuration of the zoo (an override such as n_members) is not another build
+    records[1].hashes["zoo_weights"] = "a" * 64
+    for r in records:
+        r.hashes["zoo"] = "1" * 16
+    records[0].hashes["zoo"] = "2" * 16
+    _, markdown = write_leaderboard(records, tmp_path, "golden")
+    line = next(x for x in markdown.splitlines() if x.startswith("Zoo builds"))
+    assert f"`{zoo} (config 11111111)` {'a' * 12} × {len(records) - 1}" in line
+    assert f"`{zoo} (config 22222222)` {'b' * 12} × 1" in line and "More than one build" not in line
 
 
 def test_a_repeated_seed_on_the_same_suite_does_not_narrow_the_paired_ci():
