@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -76,6 +77,29 @@ def test_ls_card_and_verify_catch_a_corrupt_member(tmp_path, cache, small_glyphs
     repaired = _run("dfml-zoo", "build", "glyphs_ss_conv4", "--repair", *TINY, cwd=tmp_path, cache=cache)
     assert repaired.returncode == 0 and "1 trained" in repaired.stdout
     assert _run("dfml-zoo", "verify", cwd=tmp_path, cache=cache).returncode == 0
+
+
+def test_build_names_its_build_and_checks_an_expected_one(tmp_path, cache, small_glyphs):
+    malformed = _run(
+        "dfml-zoo", "build", "glyphs_ss_conv4", "--expect-build", "f97a4", *TINY, cwd=tmp_path, cache=cache
+    )
+    assert malformed.returncode == 2 and "give 6 to 64 lowercase hex digits" in malformed.stderr
+    assert not (cache / "zoo_members").exists(), "refused before any training"
+    done = _run("dfml-zoo", "build", "glyphs_ss_conv4", *TINY, cwd=tmp_path, cache=cache)
+    (manifest,) = (cache / "zoos").glob("*/manifest.json")
+    weights = [m["weights_sha256"] for m in json.loads(manifest.read_text())["members"]]
+    build = hashlib.sha256("\n".join(weights).encode()).hexdigest()
+    assert done.returncode == 0 and f"build {build[:12]}" in done.stdout
+    assert f"build {build[:12]}" in _run("dfml-zoo", "ls", cwd=tmp_path, cache=cache).stdout
+    same = _run(
+        "dfml-zoo", "build", "glyphs_ss_conv4", "--expect-build", build[:8], *TINY, cwd=tmp_path, cache=cache
+    )
+    assert same.returncode == 0, same.stderr
+    other = "0" * 8 if not build.startswith("0" * 8) else "1" * 8
+    wrong = _run(
+        "dfml-zoo", "build", "glyphs_ss_conv4", "--expect-build", other, *TINY, cwd=tmp_path, cache=cache
+    )
+    assert wrong.returncode == 2 and f"is build {build[:12]}, not the expected {other}" in wrong.stderr
 
 
 def test_unknown_zoo_is_a_did_you_mean(tmp_path, cache):

@@ -102,8 +102,9 @@ def build(
     repair: bool,
     overrides: list[str],
     threads_by_arch: dict[str, int] | None = None,
+    expect_build: str | None = None,
 ) -> Path:
-    """Build (resume) the zoo; returns the path of its card."""
+    """Build (resume) the zoo; returns the path of its card (BenchError if not ``expect_build``)."""
     from bench.data import load_dataset
     from zoos.zoo import load_or_build_zoo, manifest_path
 
@@ -126,12 +127,42 @@ def build(
     log_path = builds_path(built.key)
     history = json.loads(log_path.read_text()) if log_path.is_file() else []
     atomic_write_json(log_path, [*history, entry])
-    card = write_card(json.loads(manifest_path(built.key).read_text()))
+    manifest = json.loads(manifest_path(built.key).read_text())
+    card = write_card(manifest)
     print(
         f"zoo {built.name} ({built.key}): {len(built.members)} members, {missing} trained, "
-        f"{entry['wall_s']:.1f} s; manifest {manifest_path(built.key)}; card {card}"
+        f"{entry['wall_s']:.1f} s, build {manifest_build(manifest)[:12]}; manifest "
+        f"{manifest_path(built.key)}; card {card}"
     )
+    check_expected_build(manifest, expect_build)
     return card
+
+
+def manifest_build(manifest: dict[str, Any]) -> str:
+    """The build hash of a manifest's members (records' ``hashes.zoo_weights``)."""
+    from zoos.archive import build_hash
+
+    return build_hash([m["weights_sha256"] for m in manifest["members"]])
+
+
+def check_build_prefix(expected: str) -> None:
+    """BenchError unless ``expected`` is 6-64 lowercase hex digits."""
+    if not 6 <= len(expected) <= 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise BenchError(f"--expect-build {expected!r}: give 6 to 64 lowercase hex digits of a build hash")
+
+
+def check_expected_build(manifest: dict[str, Any], expected: str | None) -> None:
+    """BenchError unless the build starts with ``expected`` (a hash prefix of >= 6 hex digits)."""
+    if expected is None:
+        return
+    check_build_prefix(expected)
+    build = manifest_build(manifest)
+    if not build.startswith(expected):
+        raise BenchError(
+            f"zoo {manifest['name']} ({manifest['key']}) is build {build[:12]}, not the expected "
+            f"{expected}: this machine or thread count trains other weights (results/README.md, 'Zoo "
+            "builds'); `dfml-zoo import` an export of the expected build instead"
+        )
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -222,7 +253,7 @@ def listing() -> None:
             accs = [r["heldout_acc"] for r in m["members"]]
             state = (
                 f"built {m['key']}: {scenario(m)}, {len(m['members'])} members, "
-                f"held-out {sum(accs) / len(accs):.1f}% mean"
+                f"held-out {sum(accs) / len(accs):.1f}% mean, build {manifest_build(m)[:12]}"
             )
             print(f"  {name if i == 0 else '':<22} {state}")
 
@@ -241,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         "--threads-by-arch",
         help="train these architectures' members at other thread counts, e.g. resnet10=2,resnet18=2 "
         "(a member's weights depend on its thread count; results/README.md, 'Zoo builds')",
+    )
+    p_build.add_argument(
+        "--expect-build",
+        help="fail (exit 2) unless the members' build hash starts with this (the records' zoo_weights)",
     )
     p_build.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. zoo.recipe.epochs=5")
     sub.add_parser("ls", help="zoo configs and what is built")
@@ -271,8 +306,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             set_threads(args.threads, "--threads")
             threads_by_arch = parse_threads_by_arch(args.threads_by_arch)
+            if args.expect_build is not None:  # a malformed value is refused before any training
+                check_build_prefix(args.expect_build)
             build(
-                args.zoo, args.dataset, args.device, args.repair, [*args.overrides, *extra], threads_by_arch
+                args.zoo,
+                args.dataset,
+                args.device,
+                args.repair,
+                [*args.overrides, *extra],
+                threads_by_arch,
+                args.expect_build,
             )
         elif args.command == "ls":
             listing()
