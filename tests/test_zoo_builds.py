@@ -51,12 +51,18 @@ def _builds(results: Path) -> dict[str, str]:
     }
 
 
-def test_a_zoo_reading_cell_on_another_build_is_refused_unless_allowed(tmp_path, zoo_cache, monkeypatch):
+def _recorded_then_rebuilt(tmp_path: Path, zoo_cache: Path, monkeypatch) -> tuple[Path, str]:  # noqa: ANN001
+    """weight_average 5w1s recorded on the cached build, then the zoo rebuilt: (results, first build)."""
     monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
     results = tmp_path / "results"
     run_one(_cfg(results, "method=weight_average", "task=5w1s"))
     (first,) = _builds(results).values()
     _rebuild_one_member(zoo_cache)
+    return results, first
+
+
+def test_a_zoo_reading_cell_on_another_build_is_refused_unless_allowed(tmp_path, zoo_cache, monkeypatch):
+    results, first = _recorded_then_rebuilt(tmp_path, zoo_cache, monkeypatch)
     with pytest.raises(
         BenchError,
         match=rf"another build of zoo 'glyphs_ss_conv4' \(member weights {first} × 1.*allow_mixed_zoo_builds",
@@ -83,11 +89,7 @@ def test_records_of_methods_that_never_read_the_zoo_do_not_pin_a_build(tmp_path,
 
 
 def test_force_rerun_of_a_cell_is_not_refused_for_its_own_record(tmp_path, zoo_cache, monkeypatch):
-    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
-    results = tmp_path / "results"
-    run_one(_cfg(results, "method=weight_average", "task=5w1s"))
-    (first,) = _builds(results).values()
-    _rebuild_one_member(zoo_cache)
+    results, first = _recorded_then_rebuilt(tmp_path, zoo_cache, monkeypatch)
     run_one(_cfg(results, "method=weight_average", "task=5w1s", "force=true"))  # replaces the only record
     (second,) = _builds(results).values()
     assert second != first
