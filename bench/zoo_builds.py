@@ -62,8 +62,10 @@ def check_before_building(
     runs_dir: Path, experiment: str, run_key: str, zoo_name: str, zoo_key: str, missing: list[int]
 ) -> None:
     """BenchError when members are ``missing`` from the cache and the records already name a build."""
+    if not missing:  # a complete zoo is checked after loading (check_one_zoo_build)
+        return
     found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key)
-    if not missing or not found:
+    if not found:
         return
     raise BenchError(
         f"experiment {experiment!r} holds records made on build {_listed(found)} record(s) of zoo "
