@@ -33,7 +33,7 @@ from bench.method import (
     Budget,
     MetaLearner,
     MethodContext,
-    check_reference_method,
+    check_reference_methods,
     validate_method_config,
 )
 from bench.paths import resolve_results_dir
@@ -46,7 +46,7 @@ from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, sync
 from bench.tracking import make_sink
 from bench.zoo_builds import check_before_building, check_one_zoo_build
 from zoos.averaging import refuse_mixed_architecture_config
-from zoos.zoo import load_or_build_zoo, missing_members
+from zoos.zoo import load_or_build_zoo
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +235,7 @@ def run_one(cfg: DictConfig) -> Path:
     provenance.reset()  # code histories of resumed files are per run
     cfg = with_method_overrides(cfg)
     check_profile(cfg)
-    # a typo would leave the table without these paired differences
-    for method in [cfg.experiment.get("reference"), *(cfg.experiment.get("compare_to") or [])]:
-        if method:
-            check_reference_method(str(method))
+    check_reference_methods([cfg.experiment.get("reference"), *(cfg.experiment.get("compare_to") or [])])
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))
     set_threads(cfg.get("threads"))
@@ -267,10 +264,13 @@ def run_one(cfg: DictConfig) -> Path:
     zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
     runs_dir = results / "runs" / experiment
     mixing_allowed = bool(cfg.get("allow_mixed_zoo_builds"))
-    if not mixing_allowed:  # every method builds the zoo it runs with, random_init too
-        zoo_key, missing = missing_members(zoo_cfg, dataset)
+
+    def before_training(zoo_key: str, missing: list[int]) -> None:  # any method builds its zoo
         check_before_building(runs_dir, experiment, key, str(cfg.zoo.name), zoo_key, missing)
-    zoo = load_or_build_zoo(zoo_cfg, dataset, device)
+
+    zoo = load_or_build_zoo(
+        zoo_cfg, dataset, device, before_training=None if mixing_allowed else before_training
+    )
     if not mixing_allowed and METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml):
         check_one_zoo_build(runs_dir, experiment, key, zoo.name, zoo.key, zoo.weights_sha256)
     seed = int(cfg.seed)

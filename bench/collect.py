@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.leaderboard import REFERENCE, latex_table, write_leaderboard
-from bench.method import check_reference_method
+from bench.method import check_reference_methods
 from bench.records import read_records
 from bench.sweep_cells import sweep_cells
 
@@ -39,8 +39,7 @@ def collect_experiment(
     spec = experiment_yaml(experiment)
     if reference is None:
         reference = str((spec.get("experiment") or {}).get("reference") or REFERENCE)
-    for method in (reference, *compare_to_of(spec)):
-        check_reference_method(method)
+    check_reference_methods([reference, *compare_to_of(spec)])
     if strict_reference:
         carried = results / "leaderboards" / f"{experiment}.csv" if carry else None
         check_reference(reference, records, carried)

@@ -177,9 +177,13 @@ def validate_method_config(cls: type[MetaLearner], raw: Mapping[str, Any]) -> Me
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def check_reference_method(reference: str) -> None:
-    """Raise unless ``reference`` (the method of a table's paired differences) is registered."""
-    if reference not in METHODS:
-        from bench.registry import unknown_key_message
+def check_reference_methods(names: Sequence[object]) -> None:
+    """Raise unless every name given (a table's reference and compare_to methods) is registered.
 
-        raise BenchError(unknown_key_message("reference method", reference, METHODS.names()))
+    A typo would leave the table without those paired differences. Empty entries are skipped.
+    """
+    for name in names:
+        if name and str(name) not in METHODS:
+            from bench.registry import unknown_key_message
+
+            raise BenchError(unknown_key_message("reference method", str(name), METHODS.names()))

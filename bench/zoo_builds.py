@@ -61,9 +61,11 @@ def _listed(builds: Counter[str]) -> str:
 def check_before_building(
     runs_dir: Path, experiment: str, run_key: str, zoo_name: str, zoo_key: str, missing: list[int]
 ) -> None:
-    """BenchError when members are ``missing`` from the cache and the records already name a build."""
-    if not missing:  # a complete zoo is checked after loading (check_one_zoo_build)
-        return
+    """BenchError when members are ``missing`` from the cache and the records already name a build.
+
+    Called by ``load_or_build_zoo`` before it trains the missing members; a complete zoo is checked
+    after loading (:func:`check_one_zoo_build`).
+    """
     found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key)
     if not found:
         return

@@ -14,9 +14,11 @@ import torch
 import zoos.archive as archive_module
 from bench.errors import BenchError, IntegrityError
 from bench.hashing import sha256_file
+from tests.fixtures.zoo_builds import rebuild_member
 from tests.test_zoo_cli import TINY, _run
-from zoos.archive import build_hash, export_zoo, import_zoo
+from zoos.archive import export_zoo, import_zoo
 from zoos.cli import find_manifest
+from zoos.zoo import build_hash
 
 
 @pytest.fixture
@@ -52,19 +54,6 @@ def _rewrite(archive: Path, out: Path, change) -> Path:  # noqa: ANN001
                 info.size = len(changed[1])
                 target.addfile(info, io.BytesIO(changed[1]))
     return out
-
-
-def _another_build(cache: Path, member_key: str) -> str:
-    """Make the cache's copy of one member another (valid) build: other weights, matching sha256."""
-    directory = cache / "zoo_members" / member_key
-    state = torch.load(directory / "weights.pt", weights_only=True)
-    first = next(iter(k for k, v in state.items() if v.is_floating_point()))
-    state[first] = state[first] + 1e-3
-    torch.save(state, directory / "weights.pt")
-    info = json.loads((directory / "member.json").read_text())
-    info["weights_sha256"] = sha256_file(directory / "weights.pt")
-    (directory / "member.json").write_text(json.dumps(info))
-    return info["weights_sha256"]
 
 
 def test_import_puts_the_exact_build_in_an_empty_cache(exported, other_cache, tiny_zoo):
@@ -221,7 +210,7 @@ def test_size_bounds_and_unlisted_entries(tmp_path, exported, other_cache, tiny_
 def test_another_build_in_the_cache_is_kept_unless_replace(exported, other_cache, tiny_zoo):
     import_zoo(exported)
     victim = tiny_zoo.members[1]
-    theirs = _another_build(other_cache, victim.key)
+    theirs = rebuild_member(other_cache, victim.key)
     before = _files(other_cache)
     with pytest.raises(BenchError, match=rf"another build of 1 member.*member 1 \({victim.key}\).*--replace"):
         import_zoo(exported)
@@ -296,3 +285,16 @@ def test_an_archive_of_another_format_says_so(tmp_path, exported, other_cache):
         BenchError, match="format 'dfml-zoo-archive/2'; this version reads 'dfml-zoo-archive/1'"
     ):
         import_zoo(future)
+
+
+def test_a_header_naming_another_build_is_refused(tmp_path, exported, other_cache, tiny_zoo):
+    wrong = _rewrite(
+        exported,
+        tmp_path / "wrong.tar",
+        lambda n, d: _edit_json(n, d, "dfml-zoo-archive.json", lambda h: h.update(build="0" * 64)),
+    )
+    with pytest.raises(
+        IntegrityError, match=rf"make build {tiny_zoo.weights_sha256[:12]}\.\.\., the header says 0{{12}}"
+    ):
+        import_zoo(wrong)
+    assert _files(other_cache) == {}

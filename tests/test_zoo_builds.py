@@ -6,15 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from bench.app import run_one
 from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.hashing import sha256_file
 from bench.records import read_records
+from tests.fixtures.zoo_builds import rebuild_member
 from zoos.zoo import load_or_build_zoo
 
 
@@ -33,15 +32,9 @@ def _cfg(results: Path, *overrides: str):  # noqa: ANN202
 
 
 def _rebuild_one_member(cache: Path) -> None:
-    """Turn the cached zoo into another build of the same configuration: one member, other weights."""
+    """Turn the cached zoo into another build of the same configuration: member 0, other weights."""
     (manifest,) = (cache / "zoos").glob("*/manifest.json")
-    directory = cache / "zoo_members" / json.loads(manifest.read_text())["members"][0]["key"]
-    state = torch.load(directory / "weights.pt", weights_only=True)
-    state["features.0.weight"] = state["features.0.weight"] + 1e-3
-    torch.save(state, directory / "weights.pt")
-    info = json.loads((directory / "member.json").read_text())
-    info["weights_sha256"] = sha256_file(directory / "weights.pt")
-    (directory / "member.json").write_text(json.dumps(info))
+    rebuild_member(cache, json.loads(manifest.read_text())["members"][0]["key"])
 
 
 def _builds(results: Path) -> dict[str, str]:

@@ -55,11 +55,11 @@ import torch
 
 from bench.atomic import _as_if_created, atomic_save, atomic_write_json, is_done
 from bench.errors import BenchError, IntegrityError
-from bench.hashing import sha256_bytes, sha256_file, spec_hash
+from bench.hashing import sha256_file, spec_hash
 from bench.paths import cache_dir
 from zoos.architectures import build_model
 from zoos.spec import MemberSpec
-from zoos.zoo import zoo_key_of
+from zoos.zoo import build_hash, member_dir, zoo_key_of
 
 FORMAT = "dfml-zoo-archive/1"
 HEADER = "dfml-zoo-archive.json"
@@ -77,21 +77,12 @@ _NAME = re.compile(
 )
 
 
-def build_hash(weights_sha256: list[str]) -> str:
-    """A build's identity: sha256 over its members' weight-file hashes in order (Zoo.weights_sha256)."""
-    return sha256_bytes("\n".join(weights_sha256).encode())
-
-
 def write_mode(out: Path) -> str:
     """The tarfile mode for ``out``'s suffix; BenchError naming the valid ones otherwise."""
     for suffix, mode in SUFFIXES.items():
         if out.name.endswith(suffix):
             return mode
     raise BenchError(f"archive name {out.name!r} must end in one of {', '.join(SUFFIXES)}")
-
-
-def _member_dir(key: str) -> Path:
-    return cache_dir() / "zoo_members" / key
 
 
 def export_zoo(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -102,7 +93,7 @@ def export_zoo(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
     mode = write_mode(out)
     weights = []
     for member in manifest["members"]:
-        directory = _member_dir(member["key"])
+        directory = member_dir(member["key"])
         missing = [name for name in MEMBER_FILES if not (directory / name).is_file()]
         if missing or not is_done(directory):
             raise IntegrityError(
@@ -138,7 +129,7 @@ def export_zoo(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
                 _add_bytes(tar, f"zoos/{manifest['key']}/builds.json", builds.read_bytes())
             for member in manifest["members"]:
                 for name in MEMBER_FILES:
-                    path = _member_dir(member["key"]) / name
+                    path = member_dir(member["key"]) / name
                     tar.add(path, arcname=f"zoo_members/{member['key']}/{name}", recursive=False)
 
     atomic_save(out, write)
@@ -218,8 +209,7 @@ def _read_archive(archive: Path, staging: Path) -> tuple[dict[str, Any], dict[st
     """Check the archive and copy its members' files into ``staging``; (header, manifest, builds).
 
     Headers and names are checked first (only the export layout, each name once), then the header
-    and the manifest, and only then are the listed members' files copied, each within a size
-    bound (weights: 8 bytes per parameter of the manifest + 16 MiB).
+    and the manifest, then each listed member (:func:`_read_member`) as its files are copied.
     """
     if not archive.is_file():
         raise BenchError(f"zoo archive {str(archive)!r} not found")
@@ -284,10 +274,13 @@ def _read_member(
     member: dict[str, Any],
     staging: Path,
 ) -> None:
-    """Check one member's spec.json and member.json, then copy its files into ``staging``.
+    """Check one member while copying its files into ``staging``.
 
     spec.json must hash to the member key and equal the manifest's spec, member.json must name the
-    key; the weights may hold at most 8 bytes per state element of the spec's model + 1 MiB.
+    key; the weights may hold at most 8 bytes per state element of the spec's model + 1 MiB, must
+    match member.json's and the manifest's sha256 and must load into the spec's model (strict,
+    ``weights_only=True``, so no code runs). These catch damage and mix-ups, not a deliberately
+    re-hashed archive: import archives from sources you trust.
     """
     label = f"member {member['index']} ({member['key']})"
     prefix = f"zoo_members/{member['key']}/"
@@ -300,13 +293,25 @@ def _read_member(
         raise _fail(archive, f"{label}: spec.json does not hash to its key or differs from the manifest")
     if not isinstance(info, dict) or info.get("key") != member["key"]:
         raise _fail(archive, f"{label}: its member.json names another member")
-    numel = sum(t.numel() for t in _model_of(archive, label, spec).state_dict().values())
-    limit = 8 * numel + WEIGHTS_SLACK
+    model = _model_of(archive, label, spec)
+    limit = 8 * sum(t.numel() for t in model.state_dict().values()) + WEIGHTS_SLACK
     weights = by_name[prefix + "weights.pt"]
     if weights.size > limit:
         raise _fail(archive, f"{weights.name} is {weights.size:,} bytes, more than its {limit:,}-byte bound")
     for name in MEMBER_FILES:
         _copy(tar, by_name[prefix + name], staging / (prefix + name))
+    staged = staging / prefix / "weights.pt"
+    actual = sha256_file(staged)
+    if not actual == info.get("weights_sha256") == member["weights_sha256"]:
+        raise IntegrityError(
+            f"{str(archive)!r}: {label} weights sha256 {actual[:12]}... does not match its "
+            f"member.json / manifest ({str(info.get('weights_sha256'))[:12]}... / "
+            f"{member['weights_sha256'][:12]}...); the archive is damaged: export it again"
+        )
+    try:
+        model.load_state_dict(torch.load(staged, map_location="cpu", weights_only=True))
+    except Exception as error:  # noqa: BLE001 - an unpickling or shape error: not this spec's weights
+        raise _fail(archive, f"{label}: weights.pt does not fit its spec's model ({error})") from None
 
 
 def _model_of(archive: Path, label: str, spec: dict[str, Any]) -> torch.nn.Module:
@@ -325,36 +330,6 @@ def _model_of(archive: Path, label: str, spec: dict[str, Any]) -> torch.nn.Modul
         raise _fail(archive, f"{label}: its spec describes no buildable model ({error})") from None
 
 
-def _check(archive: Path, staging: Path, header: dict[str, Any], manifest: dict[str, Any]) -> None:
-    """Each member's weights against member.json, the manifest and its spec's model; the build hash.
-
-    These checks catch damage and mix-ups, not a deliberately re-hashed archive: import archives
-    from sources you trust (weights load with ``weights_only=True``, so no code runs).
-    """
-    for member in manifest["members"]:
-        directory = staging / "zoo_members" / member["key"]
-        label = f"member {member['index']} ({member['key']})"
-        info = json.loads((directory / "member.json").read_text())
-        actual = sha256_file(directory / "weights.pt")
-        if not actual == info.get("weights_sha256") == member["weights_sha256"]:
-            raise IntegrityError(
-                f"{str(archive)!r}: {label} weights sha256 {actual[:12]}... does not match its "
-                f"member.json / manifest ({str(info.get('weights_sha256'))[:12]}... / "
-                f"{member['weights_sha256'][:12]}...); the archive is damaged: export it again"
-            )
-        model = _model_of(archive, label, json.loads((directory / "spec.json").read_text()))
-        try:
-            model.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
-        except Exception as error:  # noqa: BLE001 - an unpickling or shape error: not this spec's weights
-            raise _fail(archive, f"{label}: weights.pt does not fit its spec's model ({error})") from None
-    build = build_hash([m["weights_sha256"] for m in manifest["members"]])
-    if build != header.get("build"):
-        raise IntegrityError(
-            f"{str(archive)!r}: its members make build {build[:12]}..., the header says "
-            f"{str(header.get('build'))[:12]}...; the archive is damaged"
-        )
-
-
 def import_zoo(archive: Path, replace: bool = False) -> ImportReport:
     """Verify ``archive`` and put its build into the cache; see the module docstring.
 
@@ -366,7 +341,12 @@ def import_zoo(archive: Path, replace: bool = False) -> ImportReport:
     staging = Path(tempfile.mkdtemp(prefix=".import.", suffix=".tmp", dir=members_root))
     try:
         header, manifest, builds = _read_archive(archive, staging)
-        _check(archive, staging, header, manifest)
+        build = build_hash([m["weights_sha256"] for m in manifest["members"]])
+        if build != header.get("build"):
+            raise _fail(
+                archive,
+                f"its members make build {build[:12]}..., the header says {str(header.get('build'))[:12]}...",
+            )
         report = ImportReport(manifest["name"], manifest["key"], header["build"])
         conflicts = []
         for member in manifest["members"]:

@@ -140,7 +140,7 @@ def build(
 
 def manifest_build(manifest: dict[str, Any]) -> str:
     """The build hash of a manifest's members (records' ``hashes.zoo_weights``)."""
-    from zoos.archive import build_hash
+    from zoos.zoo import build_hash
 
     return build_hash([m["weights_sha256"] for m in manifest["members"]])
 

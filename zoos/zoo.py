@@ -19,7 +19,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +164,7 @@ class Zoo:
         from the same configuration get other weights, and every zoo-reading method other numbers.
         This hash tells two builds of one zoo apart in records.
         """
-        return sha256_bytes("\n".join(m.weights_sha256 for m in self.members).encode())
+        return build_hash([m.weights_sha256 for m in self.members])
 
     def summary(self) -> dict[str, Any]:
         """Short description for records and logs."""
@@ -180,13 +180,19 @@ class Zoo:
         }
 
 
-def _member_dir(key: str) -> Path:
+def member_dir(key: str) -> Path:
+    """Where the member with spec hash ``key`` is cached."""
     return cache_dir() / "zoo_members" / key
+
+
+def build_hash(weights_sha256: list[str]) -> str:
+    """A build's identity: sha256 over its members' weight-file hashes in member order."""
+    return sha256_bytes("\n".join(weights_sha256).encode())
 
 
 def _load_member(spec: MemberSpec, device: torch.device, zoo_name: str = "") -> ZooMember | None:
     """The cached member, None if not built yet; IntegrityError if its weights are missing/corrupt."""
-    directory = _member_dir(spec.key)
+    directory = member_dir(spec.key)
     if not is_done(directory):
         return None
     info = json.loads((directory / "member.json").read_text())
@@ -211,7 +217,7 @@ def _load_member(spec: MemberSpec, device: torch.device, zoo_name: str = "") -> 
 
 def remove_member(spec: MemberSpec) -> None:
     """Delete a member's cache entry (``--repair`` of a corrupt member)."""
-    shutil.rmtree(_member_dir(spec.key), ignore_errors=True)
+    shutil.rmtree(member_dir(spec.key), ignore_errors=True)
 
 
 def build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.device) -> None:
@@ -231,7 +237,7 @@ def build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
             100.0 / len(spec.classes),
             trained.train_acc,
         )
-    with atomic_directory(_member_dir(spec.key)) as tmp:
+    with atomic_directory(member_dir(spec.key)) as tmp:
         (tmp / "spec.json").write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True))
         state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
         torch.save(state, tmp / "weights.pt")
@@ -362,14 +368,6 @@ def zoo_key_of(name: str, member_keys: list[str]) -> str:
     return spec_hash({"name": name, "members": list(member_keys)})
 
 
-def missing_members(cfg: Mapping[str, Any], dataset: ImageClassDataset) -> tuple[str, list[int]]:
-    """(zoo key, indices of the members not in the cache) of zoo ``cfg``, without training any."""
-    specs, _ = zoo_specs(cfg, dataset)
-    return zoo_key_of(str(cfg["name"]), [s.key for s in specs]), [
-        s.index for s in specs if not is_done(_member_dir(s.key))
-    ]
-
-
 def make_manifest(
     cfg: Mapping[str, Any], members: list[ZooMember], datasets: Mapping[str, ImageClassDataset]
 ) -> dict[str, Any]:
@@ -385,7 +383,7 @@ def make_manifest(
             datasets[m.spec.dataset].class_names[i] for i in datasets[m.spec.dataset].split_classes("train")
         ]
         position = {c: i for i, c in enumerate(sorted(train_names))}
-        info = json.loads((_member_dir(m.key) / "member.json").read_text())
+        info = json.loads((member_dir(m.key) / "member.json").read_text())
         rows.append(
             {
                 "index": m.spec.index,
@@ -430,13 +428,19 @@ def load_or_build_zoo(
     device: torch.device | str = "cpu",
     repair: bool = False,
     threads_by_arch: Mapping[str, int] | None = None,
+    before_training: Callable[[str, list[int]], None] | None = None,
 ) -> Zoo:
     """Load every member of the zoo ``cfg`` from the cache, training the missing ones (resumable).
 
-    ``threads_by_arch``: see :func:`ensure_members`.
+    ``threads_by_arch``: see :func:`ensure_members`. ``before_training(zoo_key, missing indices)``
+    is called when members are missing, before any is trained (it may raise to prevent it).
     """
     device = torch.device(device)
     specs, datasets = zoo_specs(cfg, dataset)
+    if before_training is not None:
+        missing = [s.index for s in specs if not is_done(member_dir(s.key))]
+        if missing:
+            before_training(zoo_key_of(str(cfg["name"]), [s.key for s in specs]), missing)
     members, trained = ensure_members(cfg, specs, datasets, device, repair, threads_by_arch)
     weak = [
         f"{m.spec.index} ({m.spec.arch}, {m.heldout_acc:.1f} %)"
