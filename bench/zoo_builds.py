@@ -74,9 +74,10 @@ def check_before_building(
         f"{zoo_name!r}, and this cache lacks {len(missing)} of its members (indices "
         f"{', '.join(map(str, missing[:10]))}{', ...' if len(missing) > 10 else ''}); dfml-run does not "
         "train them (not even for a method that reads no zoo), since on another CPU or thread count "
-        f"they come out as another build. On the machine where that build was made, `dfml-zoo build "
-        f"{zoo_name}` at its thread counts (results/README.md, 'Zoo builds') remakes it, and "
-        "`dfml-zoo export` carries it elsewhere; dfml-run then checks the weights. " + WAYS_OUT
+        f"they come out as another build. `dfml-zoo build {zoo_name}` with the build's thread counts and "
+        "numerics (results/README.md, 'Zoo builds') remakes it: a `--numerics portable` build on any "
+        "x86-64 CPU, a native one only on the machine where it was made (`dfml-zoo export` carries it "
+        "elsewhere); dfml-run then checks the weights. " + WAYS_OUT
     )
 
 

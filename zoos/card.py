@@ -82,6 +82,7 @@ def render_card(manifest: dict[str, Any], builds: list[dict[str, Any]]) -> str:
                 if build.get("threads_by_arch")
                 else ""
             )
+            + (f", {build['numerics']} numerics" if build.get("numerics") else "")
             + ")"
         )
     lines.append(_threads_line(members))
@@ -140,8 +141,11 @@ def _threads_line(members: list[dict[str, Any]]) -> str:
         {f"{m.get('train_device_name')}, torch {m.get('torch')}" for m in members if m.get("torch")}
     )
     where = f" on {'; '.join(hosts)}" if hosts else ""
+    numerics = Counter(m.get("train_numerics") or "native" for m in members)
     return (
-        f"- members trained{where}: {'; '.join(parts)}. A retrain reproduces a member's weights bit for "
-        "bit only at its thread count on the same CPU and torch (`dfml-zoo build --threads N "
-        "--threads-by-arch arch=N`)."
+        f"- members trained{where}: {'; '.join(parts)}; numerics: "
+        + ", ".join(f"{mode} {n}" for mode, n in sorted(numerics.items()))
+        + ". A retrain reproduces a member's weights bit for bit at its thread count and torch: "
+        "a native member only on the same CPU, a portable one on any x86-64 CPU (`dfml-zoo build "
+        "--threads N --threads-by-arch arch=N --numerics portable`)."
     )

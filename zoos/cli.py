@@ -1,7 +1,8 @@
 """``dfml-zoo``: build, list, verify, describe, export and import zoos.
 
     dfml-zoo build <zoo> [--dataset D] [--device auto] [--repair] [--threads N]
-                   [--threads-by-arch arch=N[,arch=N]] [key=value ...]
+                   [--threads-by-arch arch=N[,arch=N]] [--numerics native|portable]
+                   [--replace-native] [--expect-build HASH] [key=value ...]
     dfml-zoo ls
     dfml-zoo verify [<zoo>]
     dfml-zoo card <zoo> [--out card.md]
@@ -15,7 +16,8 @@ arguments are Hydra overrides of the composed config (``zoo.recipe.epochs=5``,
 
 ``export`` / ``import`` carry one *build* of a zoo (its members' exact weights, verified by sha256)
 to another cache: a zoo retrained on another CPU or thread count gets other weights, and with them
-other numbers for every zoo-reading method (``zoos.archive``).
+other numbers for every zoo-reading method (``zoos.archive``). ``build --numerics portable`` trains
+weights that do not depend on which x86-64 CPU trains them (``zoos.numerics``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from bench.registry import unknown_key_message
 from bench.threads import set_threads
 from bench.timing import resolve_device
 from zoos.card import render_card, scenario
+from zoos.numerics import NUMERICS, enable_portable_numerics
 
 
 def default_dataset(zoo_cfg: DictConfig) -> str:
@@ -103,8 +106,13 @@ def build(
     overrides: list[str],
     threads_by_arch: dict[str, int] | None = None,
     expect_build: str | None = None,
+    numerics: str = "native",
+    replace_native: bool = False,
 ) -> Path:
-    """Build (resume) the zoo; returns the path of its card (BenchError if not ``expect_build``)."""
+    """Build (resume) the zoo; returns the path of its card (BenchError if not ``expect_build``).
+
+    ``numerics="portable"`` needs :func:`zoos.numerics.enable_portable_numerics` to have run first.
+    """
     from bench.data import load_dataset
     from zoos.zoo import load_or_build_zoo, manifest_path
 
@@ -113,7 +121,15 @@ def build(
     data = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
     resolved = resolve_device(device)
     started = time.perf_counter()
-    built = load_or_build_zoo(zoo_cfg, data, resolved, repair=repair, threads_by_arch=threads_by_arch)
+    built = load_or_build_zoo(
+        zoo_cfg,
+        data,
+        resolved,
+        repair=repair,
+        threads_by_arch=threads_by_arch,
+        numerics=numerics,
+        replace_native=replace_native,
+    )
     missing = len(built.trained_now)
     entry = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -123,6 +139,7 @@ def build(
         "device": str(resolved),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "threads_by_arch": dict(threads_by_arch or {}),
+        "numerics": numerics,
     }
     log_path = builds_path(built.key)
     history = json.loads(log_path.read_text()) if log_path.is_file() else []
@@ -240,6 +257,12 @@ def import_archive(archive: Path, replace: bool) -> None:
     )
 
 
+def build_numerics(manifest: dict[str, Any]) -> str:
+    """``portable``, ``native`` or ``mixed``: how a built zoo's members were trained."""
+    modes = {row.get("train_numerics") or "native" for row in manifest["members"]}
+    return modes.pop() if len(modes) == 1 else "mixed"
+
+
 def listing() -> None:
     """Each zoo config, and its built manifests in the cache."""
     built: dict[str, list[dict[str, Any]]] = {}
@@ -253,7 +276,8 @@ def listing() -> None:
             accs = [r["heldout_acc"] for r in m["members"]]
             state = (
                 f"built {m['key']}: {scenario(m)}, {len(m['members'])} members, "
-                f"held-out {sum(accs) / len(accs):.1f}% mean, build {manifest_build(m)[:12]}"
+                f"held-out {sum(accs) / len(accs):.1f}% mean, build {manifest_build(m)[:12]} "
+                f"({build_numerics(m)})"
             )
             print(f"  {name if i == 0 else '':<22} {state}")
 
@@ -272,6 +296,19 @@ def main(argv: list[str] | None = None) -> int:
         "--threads-by-arch",
         help="train these architectures' members at other thread counts, e.g. resnet10=2,resnet18=2 "
         "(a member's weights depend on its thread count; results/README.md, 'Zoo builds')",
+    )
+    p_build.add_argument(
+        "--numerics",
+        choices=NUMERICS,
+        default="native",
+        help="portable: train with oneDNN off and MKL's COMPATIBLE branch, so that any x86-64 CPU "
+        "trains the same weights at the same thread count (slower; zoos/numerics.py); "
+        "native (default): this CPU's fastest kernels",
+    )
+    p_build.add_argument(
+        "--replace-native",
+        action="store_true",
+        help="with --numerics portable: retrain members cached from a native build (refused otherwise)",
     )
     p_build.add_argument(
         "--expect-build",
@@ -304,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(flags)}")
     try:
         if args.command == "build":
+            if args.replace_native and args.numerics != "portable":
+                raise BenchError("--replace-native applies to --numerics portable builds only")
+            if args.numerics == "portable":  # before anything multiplies a matrix in this process
+                enable_portable_numerics()
             set_threads(args.threads, "--threads")
             threads_by_arch = parse_threads_by_arch(args.threads_by_arch)
             if args.expect_build is not None:  # a malformed value is refused before any training
@@ -316,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                 [*args.overrides, *extra],
                 threads_by_arch,
                 args.expect_build,
+                args.numerics,
+                args.replace_native,
             )
         elif args.command == "ls":
             listing()

@@ -39,6 +39,7 @@ from bench.threads import check_threads, intra_op_threads
 from bench.timing import device_name
 from zoos.architectures import build_model, count_parameters
 from zoos.members import is_multi_dataset, member_specs, untrusted_mix
+from zoos.numerics import check_numerics, member_numerics
 from zoos.spec import MemberSpec
 from zoos.train import near_chance, train_member
 
@@ -215,15 +216,27 @@ def _load_member(spec: MemberSpec, device: torch.device, zoo_name: str = "") -> 
     return ZooMember(spec, model, info["heldout_acc"], info["train_acc"], actual, count_parameters(model))
 
 
+def member_numerics_of(spec: MemberSpec) -> str:
+    """The numerics a cached member was trained with (``native`` when member.json predates them)."""
+    info = json.loads((member_dir(spec.key) / "member.json").read_text())
+    return str(info.get("train_numerics") or "native")
+
+
 def remove_member(spec: MemberSpec) -> None:
     """Delete a member's cache entry (``--repair`` of a corrupt member)."""
     shutil.rmtree(member_dir(spec.key), ignore_errors=True)
 
 
-def build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.device) -> None:
-    """Train one member and store it atomically (weights, spec, sha256, held-out accuracy, time)."""
+def build_member(
+    spec: MemberSpec, dataset: ImageClassDataset, device: torch.device, numerics: str = "native"
+) -> None:
+    """Train one member and store it atomically (weights, spec, sha256, held-out accuracy, time).
+
+    ``numerics``: ``native`` or ``portable`` (:mod:`zoos.numerics`: weights independent of the CPU).
+    """
     started = time.perf_counter()
-    trained = train_member(spec, dataset, device)
+    with member_numerics(numerics, device):
+        trained = train_member(spec, dataset, device)
     if near_chance(trained.heldout_acc, len(spec.classes), spec.extra):
         log.warning(
             "zoo member %d (%s, %s) holds out at %.1f %% (chance %.1f %%, train %.1f %% in eval mode): "
@@ -254,6 +267,7 @@ def build_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
             # resnet members of the glyphs zoos, torch 2.14.1 on the AMD EPYC host).
             "train_threads": torch.get_num_threads(),
             "train_device_name": device_name(device),
+            "train_numerics": numerics,
             "torch": torch.__version__,
         }
         (tmp / "member.json").write_text(json.dumps(info, indent=2, sort_keys=True))
@@ -332,12 +346,18 @@ def ensure_members(
     device: torch.device,
     repair: bool = False,
     threads_by_arch: Mapping[str, int] | None = None,
+    numerics: str = "native",
+    replace_native: bool = False,
 ) -> tuple[list[ZooMember], list[int]]:
     """(members, indices trained now): train the missing ones (resumable); ``repair`` corrupt ones.
 
     ``threads_by_arch`` trains the members of the named architectures at that many torch threads
     (the weights depend on it; see ``dfml-zoo build --threads-by-arch``); others at the current count.
+    ``numerics``: see :func:`build_member`. A portable build refuses members cached from a native
+    one (same key, CPU-specific weights) unless ``replace_native``, which retrains them; a native
+    build uses whatever is cached.
     """
+    check_numerics(numerics)
     threads_by_arch = dict(threads_by_arch or {})
     check_threads_by_arch(threads_by_arch, specs)
     members: list[ZooMember] = []
@@ -352,9 +372,22 @@ def ensure_members(
             log.warning("zoo %s: member %d is corrupt; retraining it (--repair)", cfg["name"], spec.index)
             remove_member(spec)
             member = None
+        if member is not None and numerics == "portable" and member_numerics_of(spec) != "portable":
+            if not replace_native:
+                raise BenchError(
+                    f"zoo {cfg['name']} member {spec.index} ({spec.key}) is cached from a "
+                    f"{member_numerics_of(spec)} build, whose weights depend on the CPU that trained it; "
+                    "a portable build does not reuse it: pass --replace-native to retrain such members "
+                    f"portably, or build into another cache (DFML_CACHE; this one: {cache_dir()})"
+                )
+            log.warning(
+                "zoo %s: member %d is a native build; retraining it portably", cfg["name"], spec.index
+            )
+            remove_member(spec)
+            member = None
         if member is None:
             with intra_op_threads(threads_by_arch.get(spec.arch)):
-                build_member(spec, datasets[spec.training_dataset], device)
+                build_member(spec, datasets[spec.training_dataset], device, numerics)
             trained.append(spec.index)
             member = _load_member(spec, device, str(cfg["name"]))
             assert member is not None
@@ -401,6 +434,7 @@ def make_manifest(
                 # None: built before member.json recorded them
                 "train_threads": info.get("train_threads"),
                 "train_device_name": info.get("train_device_name"),
+                "train_numerics": info.get("train_numerics"),
                 "torch": info.get("torch"),
                 "spec": m.spec.to_json(),
             }
@@ -429,11 +463,14 @@ def load_or_build_zoo(
     repair: bool = False,
     threads_by_arch: Mapping[str, int] | None = None,
     before_training: Callable[[str, list[int]], None] | None = None,
+    numerics: str = "native",
+    replace_native: bool = False,
 ) -> Zoo:
     """Load every member of the zoo ``cfg`` from the cache, training the missing ones (resumable).
 
     ``threads_by_arch``: see :func:`ensure_members`. ``before_training(zoo_key, missing indices)``
     is called when members are missing, before any is trained (it may raise to prevent it).
+    ``numerics``, ``replace_native``: how missing members are trained (see :func:`ensure_members`).
     """
     device = torch.device(device)
     specs, datasets = zoo_specs(cfg, dataset)
@@ -441,7 +478,9 @@ def load_or_build_zoo(
         missing = [s.index for s in specs if not is_done(member_dir(s.key))]
         if missing:
             before_training(zoo_key_of(str(cfg["name"]), [s.key for s in specs]), missing)
-    members, trained = ensure_members(cfg, specs, datasets, device, repair, threads_by_arch)
+    members, trained = ensure_members(
+        cfg, specs, datasets, device, repair, threads_by_arch, numerics, replace_native
+    )
     weak = [
         f"{m.spec.index} ({m.spec.arch}, {m.heldout_acc:.1f} %)"
         for m in members

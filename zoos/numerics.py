@@ -1,0 +1,135 @@
+"""Portable CPU numerics for zoo builds: member weights that do not depend on which x86-64 CPU trains them.
+
+A member retrain is bit-identical on one CPU at one thread count, but its weights change with the
+CPU: oneDNN (convolutions) and MKL (matrix products) choose kernels, and so summation orders, by
+instruction set and cache sizes. Measured with torch 2.14.1 on the Intel Xeon host (glyphs_ss_conv4,
+1 thread): capping oneDNN at AVX2, or MKL at AVX2, AVX or its compatible path, gave six different
+builds, none equal to the build of the AMD EPYC host.
+
+``portable`` numerics train with oneDNN off (ATen's im2col + GEMM convolutions) and MKL's
+conditional numerical reproducibility (CNR) at its ``COMPATIBLE`` branch, in strict mode: the same
+SSE2 code path on every x86-64 CPU, independent of memory alignment. Measured on that host, the
+portable build stayed identical with ATen's kernels at AVX2 or AVX-512 and oneDNN/MKL capped at AVX2
+or not (``tests/test_zoo_numerics.py`` checks this on a small zoo), where native builds changed.
+That emulates other CPUs on one; no second CPU has built a portable zoo yet.
+ATen's non-vectorised fallback (``ATEN_CPU_CAPABILITY=default``, CPUs without AVX2) gave another
+build, so portable builds refuse to run there. The weights still depend on the thread count and the
+torch version (both recorded in member.json).
+
+MKL fixes its CNR branch at its first call in a process, so :func:`enable_portable_numerics` must run
+before any matrix product (``dfml-zoo build --numerics portable`` calls it first thing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import torch
+
+from bench.errors import BenchError
+
+#: The numerics a member can be trained with (``dfml-zoo build --numerics``).
+NUMERICS = ("native", "portable")
+
+#: ATen kernel sets under which portable builds agree (measured; its DEFAULT fallback gives others).
+PORTABLE_CAPABILITIES = ("AVX2", "AVX512")
+
+_CBWR_ALL = -1  # mkl_cbwr_get(MKL_CBWR_ALL): the branch in effect with the strict bit
+_CBWR_COMPATIBLE = 3  # MKL_CBWR_COMPATIBLE: SSE2 without rcpps/rsqrtps, on any x86-64 CPU
+_CBWR_STRICT = 0x10000  # MKL_CBWR_STRICT: also independent of memory alignment
+_CBWR_SUCCESS = 0
+_CBWR_ERRORS = {
+    -1: "invalid input",
+    -2: "unsupported branch",
+    -8: "MKL was already used in this process with another branch",
+}
+
+
+@lru_cache(maxsize=1)
+def _mkl_cbwr() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]:
+    """(get, set): MKL's CNR functions as exported by torch's CPU library (BenchError without MKL)."""
+    library = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        lib = ctypes.CDLL(library)
+        get, set_ = lib.mkl_serv_cbwr_get, lib.mkl_serv_cbwr_set
+    except (OSError, AttributeError) as error:
+        raise BenchError(
+            f"portable numerics need a torch built with Intel MKL (the x86-64 wheels); this torch "
+            f"{torch.__version__} has no MKL CNR functions in {library} ({error}); use --numerics native"
+        ) from None
+    for function in (get, set_):
+        function.restype = ctypes.c_int
+        function.argtypes = [ctypes.c_int]
+    return get, set_
+
+
+def mkl_branch() -> int:
+    """MKL's CNR setting in effect: its branch (1 = off, 3 = COMPATIBLE) | 0x10000 in strict mode."""
+    get, _ = _mkl_cbwr()
+    return int(get(_CBWR_ALL))
+
+
+def portable_numerics_active() -> bool:
+    """Whether MKL runs its strict COMPATIBLE branch in this process."""
+    return mkl_branch() == _CBWR_COMPATIBLE | _CBWR_STRICT
+
+
+def enable_portable_numerics() -> None:
+    """Put this process's MKL on its strict COMPATIBLE branch (BenchError if MKL already ran)."""
+    if portable_numerics_active():
+        return
+    _, set_ = _mkl_cbwr()
+    status = int(set_(_CBWR_COMPATIBLE | _CBWR_STRICT))
+    if status != _CBWR_SUCCESS or not portable_numerics_active():
+        reason = _CBWR_ERRORS.get(status, f"status {status}")
+        raise BenchError(
+            f"cannot switch MKL to its COMPATIBLE branch ({reason}; setting in effect: {mkl_branch():#x}): "
+            "portable numerics must be chosen before the process's first matrix product; build the "
+            "zoo in a fresh process with `dfml-zoo build <zoo> --numerics portable`"
+        )
+
+
+@contextmanager
+def member_numerics(numerics: str, device: torch.device) -> Iterator[None]:
+    """Train a member under ``numerics`` (one of :data:`NUMERICS`).
+
+    Portable needs the CPU, ATen's AVX2/AVX-512 kernels and MKL's strict COMPATIBLE branch already in
+    effect (:func:`enable_portable_numerics`); it turns oneDNN off inside the block.
+    """
+    check_numerics(numerics)
+    if numerics == "native":
+        yield
+        return
+    if device.type != "cpu":
+        raise BenchError(
+            f"portable numerics are for CPU builds; this build runs on {device} (use --device cpu, "
+            "or --numerics native: GPU builds differ between GPUs)"
+        )
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in PORTABLE_CAPABILITIES:
+        raise BenchError(
+            f"portable numerics need ATen's vectorised kernels ({' or '.join(PORTABLE_CAPABILITIES)}); "
+            f"this process runs {capability!r} (a CPU without AVX2, or ATEN_CPU_CAPABILITY set): "
+            "its weights would differ; use --numerics native"
+        )
+    if not portable_numerics_active():
+        raise BenchError(
+            "portable numerics: MKL is not on its strict COMPATIBLE branch in this process; call "
+            "enable_portable_numerics() before any matrix product (dfml-zoo build --numerics portable does)"
+        )
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
+def check_numerics(numerics: str) -> None:
+    """BenchError naming the valid choices unless ``numerics`` is one of :data:`NUMERICS`."""
+    if numerics not in NUMERICS:
+        raise BenchError(f"unknown numerics {numerics!r}; valid: {', '.join(NUMERICS)}")
