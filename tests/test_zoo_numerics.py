@@ -188,3 +188,38 @@ def test_portable_build_refuses_native_members_unless_told_to_retrain_them(tmp_p
     assert (
         "2 members" in listing.stdout and "(portable)" in listing.stdout and "(native)" not in listing.stdout
     )
+
+
+@needs_mkl_avx2
+def test_parallel_portable_member_jobs_train_the_portable_build(tmp_path, zoo_cache, small_glyphs):
+    tiny = ["dataset.max_classes=260", "zoo.n_members=2", "zoo.recipe.epochs=1", "zoo.recipe.milestones=[2]"]
+    single = _fresh_cache(tmp_path, "single", zoo_cache)
+
+    def run(cache: Path, *command: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "TQDM_DISABLE": "1", "DFML_CACHE": str(cache)}
+        return subprocess.run(
+            [str(BIN / command[0]), *command[1:], *tiny],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    built = run(single, "dfml-zoo", "build", "glyphs_ss_conv4", "--threads", "1", "--numerics", "portable")
+    assert built.returncode == 0, built.stderr[-2000:]
+    jobs = run(
+        zoo_cache,
+        "dfml-zoo-job",
+        "--multirun",
+        "zoo=glyphs_ss_conv4",
+        "numerics=portable",
+        "member=range(0,2)",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    )
+    assert jobs.returncode == 0, jobs.stderr[-2000:]
+    assert _members(zoo_cache) == {
+        key: {**info, "train_seconds": _members(zoo_cache)[key]["train_seconds"]}
+        for key, info in _members(single).items()
+    }

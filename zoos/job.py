@@ -3,6 +3,7 @@
 Members are independent: a multirun over ``member`` with the joblib launcher builds them in
 parallel on one machine, with the submitit launcher as SLURM jobs. Each job trains its member only
 if the cache lacks it (atomic per-member directories, so concurrent jobs never see partial files).
+``numerics=portable`` trains as ``dfml-zoo build --numerics portable`` does (``zoos.numerics``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from bench.errors import BenchError
 from bench.paths import cache_dir
 from bench.threads import set_threads
 from bench.timing import resolve_device
-from zoos.zoo import build_member, zoo_specs
+from zoos.numerics import check_numerics, enable_portable_numerics
+from zoos.zoo import build_member, member_numerics_of, zoo_specs
 
 log = logging.getLogger(__name__)
 
 
 def run_job(cfg: DictConfig) -> list[int]:
     """Build member ``cfg.member`` (or every missing member); returns the indices trained."""
+    numerics = str(cfg.get("numerics", "native"))
+    check_numerics(numerics)
+    if numerics == "portable":  # before this process's first matrix product
+        enable_portable_numerics()
     set_threads(cfg.threads)
     zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
     dataset = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
@@ -38,9 +44,16 @@ def run_job(cfg: DictConfig) -> list[int]:
     trained = []
     for spec in chosen:
         if is_done(cache_dir() / "zoo_members" / spec.key):
+            cached = member_numerics_of(spec)
+            if numerics == "portable" and cached != "portable":
+                raise BenchError(
+                    f"zoo {cfg.zoo.name} member {spec.index} ({spec.key}) is cached from a {cached} "
+                    "build; a portable job does not reuse it (`dfml-zoo build --numerics portable "
+                    "--replace-native` retrains such members, or use another DFML_CACHE)"
+                )
             log.info("zoo %s member %d: cached", cfg.zoo.name, spec.index)
             continue
-        build_member(spec, datasets[spec.training_dataset], device)
+        build_member(spec, datasets[spec.training_dataset], device, numerics)
         trained.append(spec.index)
         log.info("zoo %s member %d (%s): trained", cfg.zoo.name, spec.index, spec.arch)
     return trained
