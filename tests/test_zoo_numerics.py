@@ -110,6 +110,12 @@ try:
 except BenchError as error:
     print("refused:", error)
 print("active:", portable_numerics_active())
+if sys.argv[1] == "before":
+    from zoos.numerics import member_numerics
+    outside = (torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled())
+    with member_numerics("portable", torch.device("cpu")):
+        print("inside:", torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled())
+    print("restored:", (torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()) == outside)
 """
 
 
@@ -121,7 +127,7 @@ def test_portable_numerics_are_set_before_the_first_matrix_product_or_refused(wh
         [sys.executable, "-c", PROBE, when], capture_output=True, text=True, timeout=120, env=env
     ).stdout
     if when == "before":
-        assert out.strip() == "active: True"
+        assert out.split() == ["active:", "True", "inside:", "False", "False", "restored:", "True"]
     else:
         assert "refused: cannot switch MKL to its COMPATIBLE branch" in out
         assert "first matrix product" in out and "active: False" in out

@@ -6,9 +6,10 @@ instruction set and cache sizes. Measured with torch 2.14.1 on the Intel Xeon ho
 1 thread): capping oneDNN at AVX2, or MKL at AVX2, AVX or its compatible path, gave six different
 builds, none equal to the build of the AMD EPYC host.
 
-``portable`` numerics train with oneDNN off (ATen's im2col + GEMM convolutions) and MKL's
-conditional numerical reproducibility (CNR) at its ``COMPATIBLE`` branch, in strict mode: the same
-SSE2 code path on every x86-64 CPU, independent of memory alignment. Measured on that host, the
+``portable`` numerics train with oneDNN and NNPACK off (ATen's im2col + GEMM convolutions; with
+oneDNN off alone, NNPACK takes over convolutions with batches of 16 or more, and its tiling follows
+the CPU's cache sizes) and MKL's conditional numerical reproducibility (CNR) at its ``COMPATIBLE``
+branch, in strict mode: the same SSE2 code path on every x86-64 CPU, independent of memory alignment. Measured on that host, the
 portable build stayed identical with ATen's kernels at AVX2 or AVX-512 and oneDNN/MKL capped at AVX2
 or not (``tests/test_zoo_numerics.py`` checks this on a small zoo), where native builds changed.
 That emulates other CPUs on one; no second CPU has built a portable zoo yet.
@@ -98,7 +99,8 @@ def member_numerics(numerics: str, device: torch.device) -> Iterator[None]:
     """Train a member under ``numerics`` (one of :data:`NUMERICS`).
 
     Portable needs the CPU, ATen's AVX2/AVX-512 kernels and MKL's strict COMPATIBLE branch already in
-    effect (:func:`enable_portable_numerics`); it turns oneDNN off inside the block.
+    effect (:func:`enable_portable_numerics`); it turns oneDNN and NNPACK off inside the block, so
+    every convolution is ATen's im2col + MKL GEMM.
     """
     check_numerics(numerics)
     if numerics == "native":
@@ -121,12 +123,14 @@ def member_numerics(numerics: str, device: torch.device) -> Iterator[None]:
             "portable numerics: MKL is not on its strict COMPATIBLE branch in this process; call "
             "enable_portable_numerics() before any matrix product (dfml-zoo build --numerics portable does)"
         )
-    enabled = torch.backends.mkldnn.enabled
+    mkldnn, nnpack = torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()
     torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.set_flags(False)
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = enabled
+        torch.backends.mkldnn.enabled = mkldnn
+        torch.backends.nnpack.set_flags(nnpack)
 
 
 def check_numerics(numerics: str) -> None:
