@@ -3,15 +3,16 @@
 A member retrain is bit-identical on one CPU at one thread count, but its weights change with the
 CPU: oneDNN (convolutions) and MKL (matrix products) choose kernels, and so summation orders, by
 instruction set and cache sizes. Measured with torch 2.14.1 on the Intel Xeon host (glyphs_ss_conv4,
-1 thread): capping oneDNN at AVX2, or MKL at AVX2, AVX or its compatible path, gave six different
-builds, none equal to the build of the AMD EPYC host.
+1 thread): uncapped, oneDNN capped at AVX2, or MKL capped at AVX2, AVX or its compatible path gave
+five different builds, none equal to the build of the AMD EPYC host.
 
 ``portable`` numerics train with oneDNN and NNPACK off (ATen's im2col + GEMM convolutions; with
 oneDNN off alone, NNPACK takes over convolutions with batches of 16 or more, and its tiling follows
 the CPU's cache sizes) and MKL's conditional numerical reproducibility (CNR) at its ``COMPATIBLE``
-branch, in strict mode: the same SSE2 code path on every x86-64 CPU, independent of memory alignment. Measured on that host, the
-portable build stayed identical with ATen's kernels at AVX2 or AVX-512 and oneDNN/MKL capped at AVX2
-or not (``tests/test_zoo_numerics.py`` checks this on a small zoo), where native builds changed.
+branch, in strict mode: the same SSE2 code path on every x86-64 CPU, independent of memory
+alignment. Measured on that host, the portable build stayed identical with ATen's kernels at AVX2 or
+AVX-512 and oneDNN/MKL capped at AVX2 or not (``tests/test_zoo_numerics.py`` checks this on a small
+zoo), where native builds changed.
 That emulates other CPUs on one; no second CPU has built a portable zoo yet.
 ATen's non-vectorised fallback (``ATEN_CPU_CAPABILITY=default``, CPUs without AVX2) gave another
 build, so portable builds refuse to run there. The weights still depend on the thread count and the
