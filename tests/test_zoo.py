@@ -149,7 +149,8 @@ def test_members_record_the_thread_count_their_weights_depend_on(small_glyphs, c
         f"- members trained on {manifest['members'][0]['train_device_name']}, torch {torch.__version__}: "
         in card
     )
-    assert "conv4: 2 at 2 threads. A retrain" in card and "(x86_64, 1 threads, by arch: conv4 2)" in card
+    assert "conv4: 2 at 2 threads; numerics: native 2. A retrain" in card
+    assert "(x86_64, 1 threads, by arch: conv4 2)" in card
     manifest["members"][0]["train_threads"] = None  # a member built before the field existed
     manifest["members"][1]["train_threads"] = 1
     assert "conv4: 1 at 1 thread, 1 not recorded" in render_card(manifest, [])

@@ -146,6 +146,6 @@ def _threads_line(members: list[dict[str, Any]]) -> str:
         f"- members trained{where}: {'; '.join(parts)}; numerics: "
         + ", ".join(f"{mode} {n}" for mode, n in sorted(numerics.items()))
         + ". A retrain reproduces a member's weights bit for bit at its thread count and torch: "
-        "a native member only on the same CPU, a portable one on any x86-64 CPU (`dfml-zoo build "
-        "--threads N --threads-by-arch arch=N --numerics portable`)."
+        "a native member only on the same CPU, a portable one on any x86-64 CPU with AVX2 (emulated "
+        "on one host so far; `dfml-zoo build --threads N --threads-by-arch arch=N --numerics portable`)."
     )

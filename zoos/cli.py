@@ -301,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         "--numerics",
         choices=NUMERICS,
         default="native",
-        help="portable: train with oneDNN off and MKL's COMPATIBLE branch, so that any x86-64 CPU "
-        "trains the same weights at the same thread count (slower; zoos/numerics.py); "
+        help="portable: train with oneDNN and NNPACK off and MKL's COMPATIBLE branch, so that any x86-64 "
+        "CPU with AVX2 trains the same weights at the same thread count (slower; zoos/numerics.py); "
         "native (default): this CPU's fastest kernels",
     )
     p_build.add_argument(
