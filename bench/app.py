@@ -46,6 +46,7 @@ from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, sync
 from bench.tracking import make_sink
 from bench.zoo_builds import check_before_building, check_one_zoo_build
 from zoos.averaging import refuse_mixed_architecture_config
+from zoos.numerics import check_numerics, enable_portable_numerics, member_numerics, portable_numerics_active
 from zoos.zoo import load_or_build_zoo
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     # whole config is already in the identity; dropping it keeps keys stable across that addition.
     identity["zoo"].pop("dataset", None)
     identity["device_type"] = device.type
+    numerics = str(cfg.get("numerics") or "native")
+    if numerics != "native":  # portable CPU numerics change the numbers (native keys stay as they were)
+        identity["numerics"] = numerics
     if device.type == "cuda" and cfg.device.get("tf32", False):  # TF32 changes the numbers
         identity["cuda_tf32"] = True
     version = METHODS.get(str(cfg.method.name)).code_version
@@ -239,6 +243,8 @@ def run_one(cfg: DictConfig) -> Path:
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))
     set_threads(cfg.get("threads"))
+    numerics = str(cfg.get("numerics") or "native")
+    check_run_numerics(numerics, device)
     identity = run_identity(cfg, device)
     key = spec_hash(identity)
     experiment = str(cfg.experiment.name)
@@ -248,6 +254,38 @@ def run_one(cfg: DictConfig) -> Path:
             "skip %s/%s (%s, %s): finished record exists", experiment, key, cfg.method.name, cfg.task.name
         )
         return run_dir
+    with member_numerics(numerics, device):  # the zoo, meta-training and evaluation alike
+        return run_cell(cfg, results, device, identity, key, numerics)
+
+
+def check_run_numerics(numerics: str, device: torch.device) -> None:
+    """Validate ``numerics`` for this process and, for ``portable``, put MKL on its portable branch.
+
+    ``portable`` must be chosen before the process's first matrix product (a BenchError says so
+    otherwise); a ``native`` cell after a portable one in the same process (a multirun) is refused,
+    since MKL cannot leave the portable branch.
+    """
+    check_numerics(numerics)
+    if numerics == "portable":
+        if device.type != "cpu":
+            raise BenchError(
+                f"numerics=portable is for CPU runs; this run's device is {device} (use device=cpu, or "
+                "numerics=native: GPU numbers differ between GPUs anyway)"
+            )
+        enable_portable_numerics()
+    elif portable_numerics_active(missing_mkl=False):
+        raise BenchError(
+            "numerics=native after a numerics=portable cell in this process: MKL stays on its portable "
+            "branch until the process ends; run native and portable cells in separate dfml-run commands"
+        )
+
+
+def run_cell(
+    cfg: DictConfig, results: Path, device: torch.device, identity: dict[str, Any], key: str, numerics: str
+) -> Path:
+    """The part of :func:`run_one` that computes: zoo, meta-training, evaluation, record."""
+    experiment = str(cfg.experiment.name)
+    run_dir = results / "runs" / experiment / key
     budget = Budget(cfg.budget.meta_iterations, cfg.budget.max_seconds)
     check_task_integers(cfg)
     probe_episodes = selection_probe_episodes(cfg)
@@ -269,7 +307,11 @@ def run_one(cfg: DictConfig) -> Path:
         check_before_building(runs_dir, experiment, key, str(cfg.zoo.name), zoo_key, missing)
 
     zoo = load_or_build_zoo(
-        zoo_cfg, dataset, device, before_training=None if mixing_allowed else before_training
+        zoo_cfg,
+        dataset,
+        device,
+        before_training=None if mixing_allowed else before_training,
+        numerics=numerics,
     )
     if not mixing_allowed and METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml):
         check_one_zoo_build(runs_dir, experiment, key, zoo.name, zoo.key, zoo.weights_sha256)

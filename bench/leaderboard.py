@@ -37,11 +37,14 @@ log = logging.getLogger(__name__)
 #: Config keys that can tell two runs' numbers apart: the run-key sections and the device (an
 #: allowlist: a presentation key added to the experiment later, e.g. ``experiment.compare_to``,
 #: must not split one method's rows between records made before and after it).
-RESULT_KEYS = tuple(f"{k}." for k in IDENTITY_KEYS) + ("seed", "profile", "device.")
+RESULT_KEYS = tuple(f"{k}." for k in IDENTITY_KEYS) + ("seed", "profile", "device.", "numerics")
 #: How a row name shows a key that a record's config does not have (the method's default applied).
 UNSET = "default"
 #: Config keys added after records were made, with the value the older records ran with.
-ADDED_KEY_DEFAULTS = {"device.tf32": False}  # before 2026-11-27 no run used TF32 (CPU records)
+ADDED_KEY_DEFAULTS = {
+    "device.tf32": False,  # before 2026-11-27 no run used TF32 (CPU records)
+    "numerics": "native",  # before 2026-12-07 every run used the CPU's native kernels
+}
 
 
 def _setting(record: RunRecord) -> tuple:

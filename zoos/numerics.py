@@ -75,9 +75,17 @@ def mkl_branch() -> int:
     return int(get(_CBWR_ALL))
 
 
-def portable_numerics_active() -> bool:
-    """Whether MKL runs its strict COMPATIBLE branch in this process."""
-    return mkl_branch() == _CBWR_COMPATIBLE | _CBWR_STRICT
+def portable_numerics_active(missing_mkl: bool = True) -> bool:
+    """Whether MKL runs its strict COMPATIBLE branch in this process.
+
+    Without MKL: a BenchError, or False when ``missing_mkl`` is False (a native run's check).
+    """
+    try:
+        return mkl_branch() == _CBWR_COMPATIBLE | _CBWR_STRICT
+    except BenchError:
+        if missing_mkl:
+            raise
+        return False
 
 
 def enable_portable_numerics() -> None:
@@ -97,7 +105,7 @@ def enable_portable_numerics() -> None:
 
 @contextmanager
 def member_numerics(numerics: str, device: torch.device) -> Iterator[None]:
-    """Train a member under ``numerics`` (one of :data:`NUMERICS`).
+    """Train a member, or run a whole ``dfml-run`` cell, under ``numerics`` (one of :data:`NUMERICS`).
 
     Portable needs the CPU, ATen's AVX2/AVX-512 kernels and MKL's strict COMPATIBLE branch already in
     effect (:func:`enable_portable_numerics`); it turns oneDNN and NNPACK off inside the block, so

@@ -377,8 +377,10 @@ def ensure_members(
                 raise BenchError(
                     f"zoo {cfg['name']} member {spec.index} ({spec.key}) is cached from a "
                     f"{member_numerics_of(spec)} build, whose weights depend on the CPU that trained it; "
-                    "a portable build does not reuse it: pass --replace-native to retrain such members "
-                    f"portably, or build into another cache (DFML_CACHE; this one: {cache_dir()})"
+                    "a portable build does not reuse it: retrain such members portably with `dfml-zoo "
+                    f"build {cfg['name']} --numerics portable --replace-native` (at the thread count and "
+                    "with the zoo overrides in use), or build into another cache (DFML_CACHE; this one: "
+                    f"{cache_dir()})"
                 )
             log.warning(
                 "zoo %s: member %d is a native build; retraining it portably", cfg["name"], spec.index
