@@ -242,9 +242,8 @@ def run_one(cfg: DictConfig) -> Path:
     check_reference_methods([cfg.experiment.get("reference"), *(cfg.experiment.get("compare_to") or [])])
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))
-    set_threads(cfg.get("threads"))
     numerics = str(cfg.get("numerics") or "native")
-    check_run_numerics(numerics, device)
+    check_numerics(numerics)
     identity = run_identity(cfg, device)
     key = spec_hash(identity)
     experiment = str(cfg.experiment.name)
@@ -254,6 +253,8 @@ def run_one(cfg: DictConfig) -> Path:
             "skip %s/%s (%s, %s): finished record exists", experiment, key, cfg.method.name, cfg.task.name
         )
         return run_dir
+    check_run_numerics(numerics, device)  # before set_threads: MKL's branch is set before any MKL call
+    set_threads(cfg.get("threads"))
     with member_numerics(numerics, device):  # the zoo, meta-training and evaluation alike
         return run_cell(cfg, results, device, identity, key, numerics)
 
@@ -272,11 +273,18 @@ def check_run_numerics(numerics: str, device: torch.device) -> None:
                 f"numerics=portable is for CPU runs; this run's device is {device} (use device=cpu, or "
                 "numerics=native: GPU numbers differ between GPUs anyway)"
             )
-        enable_portable_numerics()
+        try:
+            enable_portable_numerics()
+        except BenchError as error:
+            raise BenchError(
+                f"numerics=portable: {error}. In dfml-run this happens after a numerics=native cell in the "
+                "same process (a multirun): run portable cells in a dfml-run command of their own"
+            ) from None
     elif portable_numerics_active(missing_mkl=False):
         raise BenchError(
-            "numerics=native after a numerics=portable cell in this process: MKL stays on its portable "
-            "branch until the process ends; run native and portable cells in separate dfml-run commands"
+            "numerics=native, but MKL runs its portable branch in this process (after a numerics=portable "
+            "cell of the same multirun, or MKL_CBWR set in the environment); MKL cannot leave it: run "
+            "native cells in a dfml-run command of their own, without MKL_CBWR"
         )
 
 
@@ -304,7 +312,7 @@ def run_cell(
     mixing_allowed = bool(cfg.get("allow_mixed_zoo_builds"))
 
     def before_training(zoo_key: str, missing: list[int]) -> None:  # any method builds its zoo
-        check_before_building(runs_dir, experiment, key, str(cfg.zoo.name), zoo_key, missing)
+        check_before_building(runs_dir, experiment, key, str(cfg.zoo.name), zoo_key, missing, numerics)
 
     zoo = load_or_build_zoo(
         zoo_cfg,
@@ -314,7 +322,7 @@ def run_cell(
         numerics=numerics,
     )
     if not mixing_allowed and METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml):
-        check_one_zoo_build(runs_dir, experiment, key, zoo.name, zoo.key, zoo.weights_sha256)
+        check_one_zoo_build(runs_dir, experiment, key, zoo.name, zoo.key, zoo.weights_sha256, numerics)
     seed = int(cfg.seed)
     work_dir = run_dir / "work"
     train_dir = meta_train_dir(results, identity, METHODS.get(str(cfg.method.name)), zoo.weights_sha256)

@@ -35,12 +35,16 @@ def record_reads_zoo(record: RunRecord) -> bool:
     return METHODS.get(record.method).reads_zoo(method_cfg)
 
 
-def recorded_builds(runs_dir: Path, zoo_name: str, zoo_key: str, run_key: str) -> Counter[str]:
+def recorded_builds(
+    runs_dir: Path, zoo_name: str, zoo_key: str, run_key: str, numerics: str = "native"
+) -> Counter[str]:
     """Builds (weights sha256 -> records) of ``zoo_name``/``zoo_key`` named by the records under ``runs_dir``.
 
-    Not counted: the record of ``run_key`` itself (``force=true`` replaces it), records that do not
-    name their build (older schema), failed ones, and those of methods that never read the zoo
-    (random_init, protonet_oracle, maml_oracle with its default random init).
+    Only records of runs with the same ``numerics`` count: portable cells are rows of their own
+    (``[numerics=portable]``) on a portable build. Not counted either: the record of ``run_key``
+    itself (``force=true`` replaces it), records that do not name their build (older schema),
+    failed ones, and those of methods that never read the zoo (random_init, protonet_oracle,
+    maml_oracle with its default random init).
     """
     found: Counter[str] = Counter()
     if not runs_dir.is_dir():
@@ -48,7 +52,8 @@ def recorded_builds(runs_dir: Path, zoo_name: str, zoo_key: str, run_key: str) -
     for record in read_records(runs_dir):
         named = str(record.hashes.get("zoo_weights") or "")
         same_zoo = record.setting.get("zoo") == zoo_name and record.hashes.get("zoo") == zoo_key
-        if record.status == "ok" and same_zoo and named and record.run_key != run_key:
+        same_numerics = ((record.config or {}).get("numerics") or "native") == numerics
+        if record.status == "ok" and same_zoo and same_numerics and named and record.run_key != run_key:
             if record_reads_zoo(record):
                 found[named] += 1
     return found
@@ -59,14 +64,20 @@ def _listed(builds: Counter[str]) -> str:
 
 
 def check_before_building(
-    runs_dir: Path, experiment: str, run_key: str, zoo_name: str, zoo_key: str, missing: list[int]
+    runs_dir: Path,
+    experiment: str,
+    run_key: str,
+    zoo_name: str,
+    zoo_key: str,
+    missing: list[int],
+    numerics: str = "native",
 ) -> None:
     """BenchError when members are ``missing`` from the cache and the records already name a build.
 
     Called by ``load_or_build_zoo`` before it trains the missing members; a complete zoo is checked
     after loading (:func:`check_one_zoo_build`).
     """
-    found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key)
+    found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key, numerics)
     if not found:
         return
     raise BenchError(
@@ -82,10 +93,16 @@ def check_before_building(
 
 
 def check_one_zoo_build(
-    runs_dir: Path, experiment: str, run_key: str, zoo_name: str, zoo_key: str, weights: str
+    runs_dir: Path,
+    experiment: str,
+    run_key: str,
+    zoo_name: str,
+    zoo_key: str,
+    weights: str,
+    numerics: str = "native",
 ) -> None:
     """BenchError when the records under ``runs_dir`` name another build of the zoo than ``weights``."""
-    found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key)
+    found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key, numerics)
     found.pop(weights, None)
     if not found:
         return

@@ -118,3 +118,23 @@ def test_a_mistyped_experiment_reference_is_refused_before_any_run(tmp_path, zoo
     assert not (tmp_path / "runs").exists()
     with pytest.raises(BenchError, match="unknown reference method 'weight_avg'"):
         run_one(_cfg(tmp_path, "method=weight_average", "+experiment.compare_to=[weight_avg]"))
+
+
+def test_portable_and_native_records_pin_builds_of_their_own(tmp_path, zoo_cache, monkeypatch):
+    """A numerics=portable cell is a row of its own on a portable build: only its kind's records count."""
+    from bench.zoo_builds import recorded_builds
+
+    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
+    results = tmp_path / "results"
+    run_one(_cfg(results, "method=weight_average", "task=5w1s"))
+    (record,) = read_records(results / "runs" / "smoke")
+    zoo = (record.setting["zoo"], record.hashes["zoo"])
+    runs = results / "runs" / "smoke"
+    assert recorded_builds(runs, *zoo, "another-cell") == {record.hashes["zoo_weights"]: 1}
+    assert recorded_builds(runs, *zoo, "another-cell", "portable") == {}
+    (path,) = runs.glob("*/record.json")
+    data = json.loads(path.read_text())
+    data["config"]["numerics"] = "portable"
+    path.write_text(json.dumps(data))
+    assert recorded_builds(runs, *zoo, "another-cell", "portable") == {record.hashes["zoo_weights"]: 1}
+    assert recorded_builds(runs, *zoo, "another-cell") == {}

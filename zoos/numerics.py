@@ -61,7 +61,8 @@ def _mkl_cbwr() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]:
     except (OSError, AttributeError) as error:
         raise BenchError(
             f"portable numerics need a torch built with Intel MKL (the x86-64 wheels); this torch "
-            f"{torch.__version__} has no MKL CNR functions in {library} ({error}); use --numerics native"
+            f"{torch.__version__} has no MKL CNR functions in {library} ({error}); use native numerics "
+            "(--numerics native, numerics=native in dfml-run)"
         ) from None
     for function in (get, set_):
         function.restype = ctypes.c_int
@@ -125,7 +126,8 @@ def member_numerics(numerics: str, device: torch.device) -> Iterator[None]:
         raise BenchError(
             f"portable numerics need ATen's vectorised kernels ({' or '.join(PORTABLE_CAPABILITIES)}); "
             f"this process runs {capability!r} (a CPU without AVX2, or ATEN_CPU_CAPABILITY set): "
-            "its weights would differ; use --numerics native"
+            "its weights would differ; use native numerics (--numerics native, numerics=native in "
+            "dfml-run)"
         )
     if not portable_numerics_active():
         raise BenchError(
