@@ -46,7 +46,13 @@ from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, sync
 from bench.tracking import make_sink
 from bench.zoo_builds import check_before_building, check_one_zoo_build
 from zoos.averaging import refuse_mixed_architecture_config
-from zoos.numerics import check_numerics, enable_portable_numerics, member_numerics, portable_numerics_active
+from zoos.numerics import (
+    check_numerics,
+    configured_numerics,
+    enable_portable_numerics,
+    member_numerics,
+    portable_numerics_active,
+)
 from zoos.zoo import load_or_build_zoo
 
 log = logging.getLogger(__name__)
@@ -62,7 +68,7 @@ def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     # whole config is already in the identity; dropping it keeps keys stable across that addition.
     identity["zoo"].pop("dataset", None)
     identity["device_type"] = device.type
-    numerics = str(cfg.get("numerics") or "native")
+    numerics = configured_numerics(cfg)
     if numerics != "native":  # portable CPU numerics change the numbers (native keys stay as they were)
         identity["numerics"] = numerics
     if device.type == "cuda" and cfg.device.get("tf32", False):  # TF32 changes the numbers
@@ -242,7 +248,7 @@ def run_one(cfg: DictConfig) -> Path:
     check_reference_methods([cfg.experiment.get("reference"), *(cfg.experiment.get("compare_to") or [])])
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))
-    numerics = str(cfg.get("numerics") or "native")
+    numerics = configured_numerics(cfg)
     check_numerics(numerics)
     identity = run_identity(cfg, device)
     key = spec_hash(identity)

@@ -18,6 +18,7 @@ from typing import Any
 from bench.errors import BenchError
 from bench.method import METHODS
 from bench.records import RunRecord, read_records
+from zoos.numerics import configured_numerics
 
 WAYS_OUT = (
     "Use that build (`dfml-zoo import <archive>` of a `dfml-zoo export` made where it was built, with "
@@ -52,7 +53,7 @@ def recorded_builds(
     for record in read_records(runs_dir):
         named = str(record.hashes.get("zoo_weights") or "")
         same_zoo = record.setting.get("zoo") == zoo_name and record.hashes.get("zoo") == zoo_key
-        same_numerics = ((record.config or {}).get("numerics") or "native") == numerics
+        same_numerics = configured_numerics(record.config) == numerics
         if record.status == "ok" and same_zoo and same_numerics and named and record.run_key != run_key:
             if record_reads_zoo(record):
                 found[named] += 1

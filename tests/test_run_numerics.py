@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 import bench.app as app
 from bench.errors import BenchError
 from bench.records import read_records
-from tests.test_zoo_numerics import OTHER_CPU, needs_mkl_avx2
+from tests.test_zoo_numerics import OTHER_CPU, _fresh_cache, needs_mkl_avx2
 
 BIN = Path(sys.executable).parent
 #: A meta-trained method that reads the zoo, on a 2-member zoo: every part of a cell, small.
@@ -40,9 +40,7 @@ def _run(
     root: Path, name: str, numerics: str, extra_env: dict[str, str], zoo_cache: Path
 ) -> subprocess.Popen:
     """dfml-run of CELL into ``root/name`` with its own empty zoo cache (the dataset cache shared)."""
-    cache = root / f"{name}-cache"
-    cache.mkdir()
-    (cache / "datasets").symlink_to((zoo_cache / "datasets").resolve(), target_is_directory=True)
+    cache = _fresh_cache(root, f"{name}-cache", zoo_cache)
     env = {**os.environ, "TQDM_DISABLE": "1", "DFML_CACHE": str(cache), "DFML_RESULTS": str(root / name)}
     env.pop("MLFLOW_TRACKING_URI", None)
     for key in (*OTHER_CPU, "MKL_CBWR"):

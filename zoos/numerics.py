@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -142,6 +143,11 @@ def member_numerics(numerics: str, device: torch.device) -> Iterator[None]:
     finally:
         torch.backends.mkldnn.enabled = mkldnn
         torch.backends.nnpack.set_flags(nnpack)
+
+
+def configured_numerics(config: Mapping[str, Any] | None) -> str:
+    """The numerics a dfml-run config (or a record's config) names; configs older than the key: native."""
+    return str((config or {}).get("numerics") or "native")
 
 
 def check_numerics(numerics: str) -> None:
