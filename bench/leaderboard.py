@@ -29,6 +29,7 @@ from bench.evaluate import paired_difference
 from bench.records import IDENTITY_KEYS, RunRecord
 from bench.sweep_cells import cell_status_line
 from bench.tracking import flatten
+from zoos.numerics import configured_numerics
 
 GROUP = ["table", "method", "dataset", "zoo", "task", "test_steps", "profile"]
 REFERENCE = "random_init"
@@ -169,14 +170,16 @@ def _paired(
 ) -> dict[tuple, dict[str, float]]:
     """Group key -> paired difference to ``reference`` pooled over matching (seed, suite) runs.
 
-    The reference must have exactly one finished configuration in a cell (else, ambiguous, no
+    A record is paired only with reference runs of its own numerics (native and portable runs
+    differ by float order in every episode, which is not the method's effect), and that reference
+    must have exactly one finished configuration in the cell (else, ambiguous, no
     difference is computed for that cell); runs whose episode counts differ are not paired.
     ``names``: :func:`row_names` of ``records``.
     """
     references: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in records:
         if r.status == "ok" and r.method == reference:
-            references[(r.experiment, *_setting(r))].append(r)
+            references[(r.experiment, *_setting(r), configured_numerics(r.config))].append(r)
     # group -> suite -> per-seed (method, reference) episode lists
     pooled: dict[tuple, dict[str, list[tuple[list[float], list[float]]]]] = defaultdict(
         lambda: defaultdict(list)
@@ -184,7 +187,9 @@ def _paired(
     for record in records:
         if record.status != "ok" or record.method == reference:
             continue
-        candidates = references.get((record.experiment, *_setting(record)), [])
+        candidates = references.get(
+            (record.experiment, *_setting(record), configured_numerics(record.config)), []
+        )
         if len(candidates) != 1:
             if len(candidates) > 1:
                 log.warning(
@@ -526,7 +531,11 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
 
 
 def _method_rank(method: str, table: pd.DataFrame, reference: str) -> int:
-    if method == reference:
+    """Sort rank of a row: the reference's rows first, data-free methods next, the rest last.
+
+    Labelled reference rows (``random_init [numerics=portable]``) count as the reference.
+    """
+    if base_method(method) == reference:
         return 0
     data_free = bool(table.loc[table["method"] == method, "data_free"].all())
     return 1 if data_free else 2
@@ -713,17 +722,20 @@ def markdown_table(
             "",
         ]
         reference = part["reference"].iloc[0]
-        others = part[part["method"] != reference]
+        is_reference = part["method"].map(base_method) == reference
+        others = part[~is_reference]
         if not others.empty and others["delta_vs_reference"].notna().any():
+            variants = part.loc[is_reference, "method"].str.contains("numerics=", regex=False).any()
+            pairing = f"; each row against the `{reference}` row of its numerics" if variants else ""
             lines += [
-                f"Paired difference to `{reference}` (same episodes), mean ± 95% CI:",
+                f"Paired difference to `{reference}` (same episodes{pairing}), mean ± 95% CI:",
                 "",
                 _pivot(others, "delta_vs_reference", "delta_ci95", signed=True).to_markdown(),
                 "",
             ]
         for method in compare_to:
             column = f"delta_vs_{method}"
-            others = part[part["method"] != method]
+            others = part[part["method"].map(base_method) != method]
             if column in part and not others.empty and others[column].notna().any():
                 lines += [
                     f"Paired difference to `{method}` (same episodes; negative = below {method}), "

@@ -377,6 +377,35 @@ def test_a_short_smoke_run_beside_a_full_one_is_its_own_row_and_is_not_paired():
     assert set(full.n_episodes) == {40} and full.delta_vs_reference.notna().all()
 
 
+def test_native_and_portable_runs_pair_within_their_numerics_and_the_reference_rows_come_first(tmp_path):
+    """Portable re-runs beside native records: every row pairs with the random_init of its numerics."""
+    from bench.evaluate import summarize
+
+    records = fixture_records()
+    portable = []
+    for record in records:
+        twin = _variant(record, record.run_key + "-portable", numerics="portable")
+        shift = 7.0 if record.method == "random_init" else 2.0  # the reference moves more than the method
+        twin.per_episode = {k: [v + shift for v in vs] for k, vs in twin.per_episode.items()}
+        twin.metrics = {k: summarize(v) for k, v in twin.per_episode.items()}
+        portable.append(twin)
+    table = tidy_table(records + portable, compare_to=["weight_average"])
+    pick = (table.task == "5w1s") & (table.test_steps == 10)
+    row = {name: table[pick & (table.method == name)].iloc[0] for name in set(table[pick].method)}
+    native, moved = row["weight_average [numerics=native]"], row["weight_average [numerics=portable]"]
+    # paired with its own numerics' random_init: 2 - 7 points lower than the native pair
+    assert moved.delta_vs_reference - native.delta_vs_reference == pytest.approx(-5.0, abs=1e-6)
+    ri = row["random_init [numerics=portable]"]
+    assert ri.delta_vs_weight_average == pytest.approx(-moved.delta_vs_reference)
+    assert list(table.method)[:2] == ["random_init [numerics=native]"] * 2
+    n_reference = int(table.method.str.startswith("random_init [").sum())
+    assert {m.split(" [")[0] for m in table.method[:n_reference]} == {"random_init"}
+    _, markdown = write_leaderboard(records + portable, tmp_path, "golden")
+    heading = "Paired difference to `random_init` (same episodes; each row against the `random_init` row"
+    section = markdown.split(heading)[1].split("\n\n")[1]
+    assert "random_init" not in section and "weight_average [numerics=portable]" in section
+
+
 def test_profiles_pair_within_their_own_profile_and_the_paper_comparison_uses_paper_runs():
     import copy
 
