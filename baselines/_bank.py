@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 
 import torch
+from tqdm.auto import tqdm
 
 from bench.errors import BenchError
+from bench.progress import progress_options
 from bench.tasks import Episode
 from purer.agreement import check_images, zero_counts
 from purer.inversion import InversionWeights, inversion_loss, running_targets
@@ -55,15 +57,19 @@ def invert_batch(
     weights: InversionWeights,
     generator: torch.Generator,
     device: torch.device,
+    description: str = "inversion",
 ) -> torch.Tensor:
-    """(n_classes * per_class, C, H, W) images inverted from ``member`` (class-blocked, local order)."""
+    """(n_classes * per_class, C, H, W) images inverted from ``member`` (class-blocked, local order).
+
+    ``description`` names the Adam-step progress bar (a resnet member takes minutes on a CPU).
+    """
     n_classes = len(member.spec.classes)
     shape = (n_classes * per_class, member.spec.channels, member.spec.image_size, member.spec.image_size)
     images = torch.randn(shape, generator=generator).to(device).requires_grad_(True)
     labels = torch.arange(n_classes, device=device).repeat_interleave(per_class)
     forward, targets = teacher_forward(member.run_model), running_targets(member.model)
     optimizer = torch.optim.Adam([images], lr=lr)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc=description, unit="step", leave=False, **progress_options()):
         loss, _ = inversion_loss(forward, targets, images, labels, weights, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,7 +115,7 @@ class ClassBank:
         device: torch.device,
     ) -> None:
         """Invert ``member``'s classes (a support batch and a separate query batch) into the bank."""
-        log.info(  # minutes for a resnet member on CPU, with no progress bar of its own
+        log.info(
             "inverting zoo member %d (%s, %d classes): 2 batches x %d Adam steps, %d + %d images per class",
             member.spec.index,
             member.spec.arch,
@@ -118,8 +124,9 @@ class ClassBank:
             n_support,
             n_query,
         )
-        support = invert_batch(member, n_support, steps, lr, weights, generator, device)
-        query = invert_batch(member, n_query, steps, lr, weights, generator, device)
+        name = f"member {member.spec.index}"
+        support = invert_batch(member, n_support, steps, lr, weights, generator, device, f"{name} support")
+        query = invert_batch(member, n_query, steps, lr, weights, generator, device, f"{name} query")
         labels = torch.arange(len(member.spec.classes), device=device)
         check_images(self.agreement, member.run_model, support, labels.repeat_interleave(n_support))
         check_images(self.agreement, member.run_model, query, labels.repeat_interleave(n_query))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from baselines._bank import ClassBank
 from baselines._generator import Generator, fresh_generator
@@ -42,6 +43,7 @@ from baselines._replay import (
 from bench.learners.episodic import Resumable
 from bench.learners.maml import FineTuneLearner, forward, maml_task_loss, module_params
 from bench.method import METHODS, Budget, Learner, MetaLearner
+from bench.progress import progress_options
 from bench.seeding import derive_seed, make_generator
 from purer.agreement import agreement_stats, count_agreement, zero_counts
 from zoos.meta_model import fresh_meta_model
@@ -135,7 +137,8 @@ class Free(MetaLearner):
 
         def before(it: int) -> None:
             if it == 1:
-                for _ in range(cfg.warmup_epochs):
+                warmup = range(cfg.warmup_epochs)  # generator-only epochs: minutes before iteration 1
+                for _ in tqdm(warmup, desc="free warm-up", unit="epoch", leave=False, **progress_options()):
                     epoch(train_student=False)
             if stall.step() or it == 1 or bank.n_classes < ctx.n_way:
                 epoch(train_student=True)
