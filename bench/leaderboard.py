@@ -76,8 +76,15 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
     the method is labelled by those keys, each with its *own* config's values. Otherwise a re-run
     (or a new seed) would come out as a bare ``maml_oracle`` beside its carried
     ``maml_oracle [method.init=default]``. Once no labelled sibling is carried, the bare name returns.
+
+    Where an experiment's records mix native and portable numerics (a table being re-made with
+    ``numerics=portable``), every row names its numerics, so that a method run one way only is not
+    read as the other.
     """
     ok = [r for r in records if r.status == "ok"]
+    numerics: dict[str, set[str]] = defaultdict(set)
+    for r in ok:
+        numerics[r.experiment].add(configured_numerics(r.config))
     by_method: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     # a run with reference bugs switched on is a different row from the start
     names = {r.run_key: r.method + _legacy_label(r.legacy_use) for r in ok}
@@ -97,6 +104,8 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
         keys = {k for k in keys if k.startswith(RESULT_KEYS) and not k.endswith(".description")}
         if not keys:
             keys = _label_keys(method, carried)
+        if len(numerics[group[0].experiment]) > 1:
+            keys.add("numerics")
         for r in group:
             if keys:
                 names[r.run_key] = (
