@@ -229,3 +229,25 @@ def test_parallel_portable_member_jobs_train_the_portable_build(tmp_path, zoo_ca
         key: {**info, "train_seconds": _members(zoo_cache)[key]["train_seconds"]}
         for key, info in _members(single).items()
     }
+
+
+def test_the_inversion_cost_tool_times_each_numerics_in_a_process_of_its_own():
+    """tools/inversion_step_cost.py (the portable-cost table of results/README), on a tiny batch."""
+    tool = Path(__file__).parents[1] / "tools" / "inversion_step_cost.py"
+    out = subprocess.run(
+        [sys.executable, str(tool), "--archs", "conv4", "--batch", "2", "--steps", "1", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    (row,) = [line for line in out.splitlines() if line.startswith("| conv4 |")]
+    _, _, native, portable, ratio, _ = (cell.strip() for cell in row.split("|"))
+    assert float(native) > 0 and float(portable) > 0 and ratio.endswith("x")
+    child = subprocess.run(
+        [sys.executable, str(tool), "--child", "portable", "resnet99", "--steps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode != 0 and "resnet99" in child.stderr
