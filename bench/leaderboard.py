@@ -44,7 +44,7 @@ UNSET = "default"
 #: Config keys added after records were made, with the value the older records ran with.
 ADDED_KEY_DEFAULTS = {
     "device.tf32": False,  # before 2026-11-27 no run used TF32 (CPU records)
-    "numerics": "native",  # before 2026-12-07 every run used the CPU's native kernels
+    "numerics": configured_numerics(None),  # before 2026-12-07 every run used the CPU's native kernels
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 import torch
@@ -28,6 +29,19 @@ def test_inverted_images_are_classified_as_their_labels_by_the_member(tiny_zoo):
         before = (member.model(torch.randn(20, 3, 32, 32, generator=gen)).argmax(1) == labels).float().mean()
         after = (member.model(images).argmax(1) == labels).float().mean()
     assert after >= 0.9 > before
+
+
+def test_a_member_inversion_shows_progress_per_adam_step(tiny_zoo, monkeypatch, caplog):
+    """A resnet member's inversion runs minutes on a CPU: support and query batches have their bars."""
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # no terminal: a log line per update
+    with caplog.at_level(logging.INFO, logger="bench.progress"):
+        ClassBank().add_member(
+            tiny_zoo.members[1], 2, 3, 2, 0.25, WEIGHTS, torch.Generator(), torch.device("cpu")
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "bench.progress"]
+    for batch in ("support", "query"):
+        assert any(line.startswith(f"member 1 {batch}: 100%") and "2/2" in line for line in lines)
 
 
 def test_bank_tasks_mix_members_with_disjoint_support_and_query(tiny_zoo):

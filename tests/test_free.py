@@ -36,20 +36,14 @@ def test_free_records_recovery_time_per_member_and_runs_epochs(tiny_zoo):
     )
 
 
-def test_free_warm_up_and_bank_inversions_show_progress(tiny_zoo, monkeypatch, caplog):
-    """Both run minutes before (or between) meta-iterations: each has a progress bar of its own."""
+def test_free_warm_up_shows_progress(tiny_zoo, monkeypatch, caplog):
+    """The generator-only warm-up runs minutes before the first meta-iteration: it has its own bar."""
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     monkeypatch.setenv("TQDM_MININTERVAL", "0")  # no terminal: a log line per update
     with caplog.at_level(logging.INFO, logger="bench.progress"):
         _free(warmup_epochs=2).meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
-        from baselines._bank import ClassBank
-        from tests.test_baselines import WEIGHTS
-
-        ClassBank().add_member(tiny_zoo.members[1], 2, 3, 2, 0.25, WEIGHTS, torch.Generator(), CPU)
     lines = [r.getMessage() for r in caplog.records if r.name == "bench.progress"]
     assert any(line.startswith("free warm-up: 100%") and "2/2" in line for line in lines)
-    for batch in ("support", "query"):
-        assert any(line.startswith(f"member 1 {batch}: 100%") and "2/2" in line for line in lines)
 
 
 def test_legacy_switches_reproduce_the_reference_quirks(tiny_zoo):
