@@ -396,7 +396,9 @@ def _blank_stale_carried_differences(
     partner's earlier and current mean goes into the affected rows' ``REMADE_COLUMN`` (the footer
     reads it there). Decision and note are written into the CSV (a blanked difference stays blank),
     so only the first collect after the re-run can make them, and it needs the earlier partner row
-    in ``previous``. Edits ``merged`` in place.
+    in ``previous``. Where the table mixes numerics, a carried row's partner is the row of its own
+    numerics (``random_init [numerics=native]`` for ``free [numerics=native]``). Edits ``merged`` in
+    place.
     """
 
     def setting_keys(frame: pd.DataFrame) -> pd.Series:
@@ -409,6 +411,9 @@ def _blank_stale_carried_differences(
         )
 
     keys, old_keys = setting_keys(merged), setting_keys(previous)
+    # a row is paired with the partner row of its own numerics (``random_init [numerics=native]``)
+    bases, numerics = _split_numerics_labels(merged["method"])
+    old_bases, old_numerics = _split_numerics_labels(previous["method"])
     carried = merged["carried"]
     columns = [(reference, "delta_vs_reference", "delta_ci95")]
     columns += [(m, f"delta_vs_{m}", f"delta_vs_{m}_ci95") for m in extra]
@@ -416,18 +421,18 @@ def _blank_stale_carried_differences(
     for partner, value, ci in columns:
         if value not in merged:
             continue
-        partner_rows = merged["method"] == partner
-        for key in sorted(set(keys[carried & merged[value].notna()])):
-            here = partner_rows & (keys == key)
+        with_value = carried & merged[value].notna()
+        for key, kind in sorted(set(zip(keys[with_value], numerics[with_value], strict=True))):
+            here = (bases == partner) & (keys == key) & (numerics == kind)
             if (here & carried).any():
                 continue  # paired with the same, carried partner row
-            before = previous[(previous["method"] == partner) & (old_keys == key)]
+            before = previous[(old_bases == partner) & (old_keys == key) & (old_numerics == kind)]
             now = merged.loc[here & ~carried, "acc_mean"]
             shift = None
             if len(now) and len(before):
                 shift = abs(float(now.iloc[0]) - float(before["acc_mean"].iloc[0]))
             tolerated = shift is not None and shift <= 0.5 * float(before["acc_ci95"].iloc[0])
-            affected = carried & (keys == key) & merged[value].notna()
+            affected = with_value & (keys == key) & (numerics == kind)
             if not tolerated:
                 merged.loc[affected, [c for c in (value, ci) if c in merged]] = float("nan")
             if shift is not None and shift > 1e-3:  # a later collect compares a record with itself
@@ -436,14 +441,41 @@ def _blank_stale_carried_differences(
                 if several_settings:
                     label = f"{key[0]} · {key[1]} · {label}"
                 verdict = "kept (within half its CI)" if tolerated else "blanked"
+                name = str(merged.loc[here & ~carried, "method"].iloc[0])
                 note = (
-                    f"`{partner}` {label} was re-made ({float(before['acc_mean'].iloc[0]):.1f} → "
+                    f"`{name}` {label} was re-made ({float(before['acc_mean'].iloc[0]):.1f} → "
                     f"{float(now.iloc[0]):.1f}); carried rows' differences to it {verdict}."
                 )
                 # kept on the rows themselves, so later collects still say why a difference is blank
                 earlier = merged.loc[affected, REMADE_COLUMN]
                 joined = [NOTE_SEPARATOR.join([*_row_notes(o), note]) for o in earlier]
                 merged.loc[affected, REMADE_COLUMN] = joined
+
+
+def _split_numerics_labels(names: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(row names without their ``numerics=...`` label entry, that entry's value or ``""``).
+
+    ``random_init [numerics=native]`` -> (``random_init``, ``native``); ``purer [method.init=average,
+    numerics=portable]`` -> (``purer [method.init=average]``, ``portable``); ``purer`` -> (``purer``,
+    ``""``). Rows of a table that mixes numerics name them (:func:`row_names`).
+    """
+
+    def split(name: str) -> tuple[str, str]:
+        label = re.search(r" \[([^\]]*)\]", name)
+        if not label:
+            return name, ""
+        entries = label.group(1).split(", ")
+        kinds = [e.split("=", 1)[1] for e in entries if e.startswith("numerics=")]
+        if not kinds:
+            return name, ""
+        rest = ", ".join(e for e in entries if not e.startswith("numerics="))
+        return name[: label.start()] + (f" [{rest}]" if rest else "") + name[label.end() :], kinds[0]
+
+    pairs = [split(str(n)) for n in names]
+    return (
+        pd.Series([b for b, _ in pairs], index=names.index, dtype=object),
+        pd.Series([k for _, k in pairs], index=names.index, dtype=object),
+    )
 
 
 #: CSV column of carried rows: the notes of :func:`_blank_stale_carried_differences` that concern them.

@@ -377,11 +377,10 @@ def test_a_short_smoke_run_beside_a_full_one_is_its_own_row_and_is_not_paired():
     assert set(full.n_episodes) == {40} and full.delta_vs_reference.notna().all()
 
 
-def test_native_and_portable_runs_pair_within_their_numerics_and_every_row_names_its_numerics(tmp_path):
-    """Portable re-runs beside native records: every row pairs with the random_init of its numerics."""
+def _portable_twins(records):
+    """Portable re-runs of ``records`` (maml_oracle aside): random_init 7 points up, the others 2."""
     from bench.evaluate import summarize
 
-    records = fixture_records()
     portable = []
     for record in records:
         if record.method == "maml_oracle":
@@ -391,6 +390,13 @@ def test_native_and_portable_runs_pair_within_their_numerics_and_every_row_names
         twin.per_episode = {k: [v + shift for v in vs] for k, vs in twin.per_episode.items()}
         twin.metrics = {k: summarize(v) for k, v in twin.per_episode.items()}
         portable.append(twin)
+    return portable
+
+
+def test_native_and_portable_runs_pair_within_their_numerics_and_every_row_names_its_numerics(tmp_path):
+    """Portable re-runs beside native records: every row pairs with the random_init of its numerics."""
+    records = fixture_records()
+    portable = _portable_twins(records)
     table = tidy_table(records + portable, compare_to=["weight_average"])
     pick = (table.task == "5w1s") & (table.test_steps == 10)
     row = {name: table[pick & (table.method == name)].iloc[0] for name in set(table[pick].method)}
@@ -614,6 +620,32 @@ def test_carried_differences_follow_whether_their_partner_row_was_re_made_and_mo
         assert again.equals(table)
         # and so does its note, for as long as a carried row it concerns is in the table
         assert again_markdown.count("was re-made") == markdown.count("was re-made")
+
+
+def test_carried_rows_of_a_table_that_mixes_numerics_keep_the_difference_to_their_own_reference(tmp_path):
+    """A native record moved aside (a table being re-made): its carried row keeps its paired difference
+    to ``random_init [numerics=native]``, and loses it once that partner is re-made and moves."""
+    records = fixture_records()
+    everything = records + _portable_twins(records)
+    pick = "weight_average [numerics=native]"
+    for moved, kept in ((0.0, True), (5.0, False)):
+        directory = tmp_path / f"moved{moved}"
+        full, _ = write_leaderboard(everything, directory, "golden")
+        csv = pd.read_csv(directory / "golden.csv")
+        csv.loc[csv.method == "random_init [numerics=native]", "acc_mean"] += moved
+        csv.to_csv(directory / "golden.csv", index=False)
+        aside = [r for r in everything if not (r.method == "weight_average" and "portable" not in r.run_key)]
+        table, markdown = write_leaderboard(aside, directory, "golden")
+        carried = table[table.method == pick]
+        assert len(carried) and f"`{pick}` 5w1s" in markdown.split("Carried over from the previous table")[1]
+        assert carried["delta_vs_reference"].notna().all() == kept
+        if kept:
+            before = full[full.method == pick].set_index(["task", "test_steps"])["delta_vs_reference"]
+            after = carried.set_index(["task", "test_steps"])["delta_vs_reference"]
+            assert after.to_dict() == pytest.approx(before.to_dict(), abs=1e-4)  # the CSV keeps 4 decimals
+        assert ("`random_init [numerics=native]` 5w1s · 1 step was re-made" in markdown) == (not kept)
+        portable_row = table[table.method == "weight_average [numerics=portable]"]
+        assert portable_row["delta_vs_reference"].notna().all()
 
 
 def test_an_older_csv_without_the_newer_columns_is_carried_with_their_defaults(tmp_path):
