@@ -168,6 +168,7 @@ def _rows(records: Sequence[RunRecord], names: dict[str, str]) -> list[dict[str,
                     "n_episodes": int(summary["n"]),
                     "episodes_per_s": record.throughput.get("eval_episodes_per_s", float("nan")),
                     "run_key": record.run_key,
+                    "zoo_build": str(record.hashes.get("zoo_weights") or "")[:12],
                     "readout": readout,
                 }
             )
@@ -271,6 +272,7 @@ def tidy_table(
         "delta_ci95",
         *(column for m in extra for column in (f"delta_vs_{m}", f"delta_vs_{m}_ci95")),
         "run_keys",
+        "zoo_builds",  # member weights sha256[:12] of the records behind the row ('' before the field)
     ]
     names = row_names(records, earlier_names)
     rows = _rows(records, names)
@@ -290,6 +292,7 @@ def tidy_table(
             n_seeds=("seed", "nunique"),
             episodes_per_s=("episodes_per_s", "mean"),
             run_keys=("run_key", lambda keys: ";".join(sorted(set(keys)))),
+            zoo_builds=("zoo_build", lambda builds: ";".join(sorted({b for b in builds if b}))),
         )
         .reset_index()
     )
@@ -319,7 +322,13 @@ def _finish(
 
 
 #: Values for columns an older leaderboard CSV may lack.
-CSV_DEFAULTS = {"data_free": True, "real_data": "none", "external_model": False, "legacy": ""}
+CSV_DEFAULTS = {
+    "data_free": True,
+    "real_data": "none",
+    "external_model": False,
+    "legacy": "",
+    "zoo_builds": "",
+}
 
 
 def carry_rows(
@@ -502,18 +511,46 @@ def _remade_lines(table: pd.DataFrame) -> list[str]:
     return ["Re-made rows that carried rows were paired with:", "", *(f"- {n}" for n in notes), ""]
 
 
-def carried_lines(table: pd.DataFrame) -> list[str]:
-    """Footer lines naming the rows carried over from an earlier CSV (see :func:`carry_rows`)."""
+def carried_lines(table: pd.DataFrame, records: Sequence[RunRecord] = ()) -> list[str]:
+    """Footer lines naming the rows carried over from an earlier CSV (see :func:`carry_rows`).
+
+    They name the zoo builds behind the carried rows (where their CSV recorded them) and say when
+    one is not a build of ``records`` (the table's records): those rows come from other member
+    weights than the rows beside them.
+    """
     if "carried" not in table or not table["carried"].fillna(False).astype(bool).any():
         return []
     carried = table[table["carried"].fillna(False).astype(bool)]
     cells = sorted({f"`{m}` {t}" for m, t in zip(carried["method"], carried["task"], strict=True)})
-    keys = sorted({k for keys in carried["run_keys"].astype(str) for k in keys.split(";") if k})
-    return [
+    keys = sorted({k for keys in carried["run_keys"].astype(str) for k in _split(keys)})
+    line = (
         f"Carried over from the previous table (their records are not in this results directory; "
-        f"numbers as collected then): {', '.join(cells)}; run keys {', '.join(keys)}.",
-        "",
-    ]
+        f"numbers as collected then): {', '.join(cells)}; run keys {', '.join(keys)}"
+    )
+    builds: dict[str, set[str]] = defaultdict(set)
+    for zoo, named in zip(carried["zoo"].astype(str), carried["zoo_builds"], strict=True):
+        builds[zoo] |= set(_split(named))
+    recorded: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        if r.status == "ok" and r.hashes.get("zoo_weights"):
+            recorded[str(r.setting.get("zoo"))].add(str(r.hashes["zoo_weights"])[:12])
+    named = {zoo: found for zoo, found in builds.items() if found}
+    if named:
+        line += "; zoo builds " + "; ".join(f"`{z}` {', '.join(sorted(b))}" for z, b in sorted(named.items()))
+        other = sorted({b for z, found in named.items() if recorded.get(z) for b in found - recorded[z]})
+        if other:
+            line += (
+                f" ({', '.join(other)} is not a build of this table's records: those carried rows come "
+                "from other member weights than the rows beside them)"
+            )
+    return [line + ".", ""]
+
+
+def _split(joined: object) -> list[str]:
+    """The entries of a ``;``-joined CSV cell (``run_keys``, ``zoo_builds``); none for a blank one."""
+    if not isinstance(joined, str):
+        return []
+    return [entry for entry in joined.split(";") if entry]
 
 
 AVERAGE_PREFIX = "average over "
@@ -559,6 +596,7 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
                     "delta_vs_reference": cells["delta_vs_reference"].mean(skipna=False),
                     "delta_ci95": (cells["delta_ci95"] ** 2).sum(min_count=k) ** 0.5 / k,
                     "run_keys": ";".join(sorted(set(";".join(cells["run_keys"]).split(";")))),
+                    "zoo_builds": ";".join(sorted({b for bs in cells["zoo_builds"] for b in _split(bs)})),
                     **{
                         column: cells[column].mean(skipna=False)
                         if suffix == ""
@@ -823,7 +861,7 @@ def write_leaderboard(
     if previous is not None:
         keys = {r.run_key for r in mine}
         table = carry_rows(table, previous, reference, others, keys)
-    footer = [*carried_lines(table), *_remade_lines(table), *provenance_lines(mine)]
+    footer = [*carried_lines(table, mine), *_remade_lines(table), *provenance_lines(mine)]
     table = table.drop(columns=["carried"], errors="ignore")
     markdown = markdown_table(table, table_id, expected, others, footer, cells)
     if paper is not None:

@@ -648,6 +648,28 @@ def test_carried_rows_of_a_table_that_mixes_numerics_keep_the_difference_to_thei
         assert portable_row["delta_vs_reference"].notna().all()
 
 
+def test_the_footer_names_the_zoo_build_of_carried_rows_and_flags_one_the_records_do_not_share(tmp_path):
+    """A row moved aside and carried says which member weights it came from, beside re-made rows."""
+    import copy
+
+    def on_build(records, build):
+        records = copy.deepcopy(records)
+        for record in records:
+            record.hashes["zoo_weights"] = build * 64
+        return records
+
+    records = fixture_records()
+    for remade_on, flagged in (("a", False), ("b", True)):
+        directory = tmp_path / remade_on
+        write_leaderboard(on_build(records, "a"), directory, "golden")
+        assert set(pd.read_csv(directory / "golden.csv").zoo_builds) == {"a" * 12}
+        aside = [r for r in records if r.method != "weight_average"]
+        _, markdown = write_leaderboard(on_build(aside, remade_on), directory, "golden")
+        carried = markdown.split("Carried over from the previous table")[1].split("\n")[0]
+        assert f"zoo builds `glyphs_ss_conv4` {'a' * 12}" in carried
+        assert (f"{'a' * 12} is not a build of this table's records" in carried) == flagged
+
+
 def test_an_older_csv_without_the_newer_columns_is_carried_with_their_defaults(tmp_path):
     records = fixture_records()
     write_leaderboard(records, tmp_path, "golden")
