@@ -61,7 +61,11 @@ def _setting(record: RunRecord) -> tuple:
     )
 
 
-def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = None) -> dict[str, str]:
+def row_names(
+    records: Sequence[RunRecord],
+    earlier: Mapping[str, str] | None = None,
+    earlier_numerics: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """Map each run key to its leaderboard row name: the method, plus what sets its config apart.
 
     Where several finished records of one method share a cell (same setting, seed and suite), the
@@ -71,18 +75,26 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
     do not differ (other code, same key inputs) are told apart by run key.
 
     ``earlier`` (run key -> row name in the previous CSV) keeps the labels of carried rows in
-    force: where a method's records alone differ in nothing, but a committed row of that method
-    without a record here (a carried sibling) is labelled ``method [k=v, ...]``, every record of
-    the method is labelled by those keys, each with its *own* config's values. Otherwise a re-run
-    (or a new seed) would come out as a bare ``maml_oracle`` beside its carried
-    ``maml_oracle [method.init=default]``. Once no labelled sibling is carried, the bare name returns.
+    force: where a committed row of a method without a record here (a carried sibling) is labelled
+    ``method [k=v, ...]``, every record of the method is labelled by those keys too, each with its
+    *own* config's values. Otherwise a re-run (or a new seed) would come out as a bare
+    ``maml_oracle`` beside its carried ``maml_oracle [method.init=default]``. Once no labelled
+    sibling is carried, the bare name returns. A run key with a record here, failed ones included,
+    is not carried (``carry_rows`` drops its old row).
 
-    Where an experiment's records mix native and portable numerics (a table being re-made with
+    Where an experiment's rows mix native and portable numerics (a table being re-made with
     ``numerics=portable``), every row names its numerics, so that a method run one way only is not
-    read as the other.
+    read as the other. Carried rows count, with their numerics from ``earlier_numerics`` (run key
+    -> the previous CSV's ``numerics`` column; native where it has none).
     """
     ok = [r for r in records if r.status == "ok"]
-    numerics: dict[str, set[str]] = defaultdict(set)
+    recorded = {r.run_key for r in records}
+    carried_kinds = {
+        (earlier_numerics or {}).get(key, ADDED_KEY_DEFAULTS["numerics"])
+        for key in (earlier or {})
+        if key not in recorded
+    }
+    numerics: dict[str, set[str]] = defaultdict(lambda: set(carried_kinds))
     for r in ok:
         numerics[r.experiment].add(configured_numerics(r.config))
     by_method: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
@@ -90,7 +102,7 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
     names = {r.run_key: r.method + _legacy_label(r.legacy_use) for r in ok}
     for r in ok:
         by_method[(r.experiment, names[r.run_key])].append(r)
-    carried = [name for key, name in (earlier or {}).items() if key not in names]  # rows without a record
+    carried = [name for key, name in (earlier or {}).items() if key not in recorded]  # rows without a record
     for (_, method), group in by_method.items():
         flat = {r.run_key: {**ADDED_KEY_DEFAULTS, **flatten(r.config)} for r in group}
         cells: dict[tuple, list[RunRecord]] = defaultdict(list)
@@ -102,8 +114,7 @@ def row_names(records: Sequence[RunRecord], earlier: Mapping[str, str] | None = 
                 union = set().union(*(flat[r.run_key] for r in members))
                 keys |= {k for k in union if len({repr(flat[r.run_key].get(k)) for r in members}) > 1}
         keys = {k for k in keys if k.startswith(RESULT_KEYS) and not k.endswith(".description")}
-        if not keys:
-            keys = _label_keys(method, carried)
+        keys |= _label_keys(method, carried)
         if len(numerics[group[0].experiment]) > 1:
             keys.add("numerics")
         for r in group:
@@ -169,6 +180,7 @@ def _rows(records: Sequence[RunRecord], names: dict[str, str]) -> list[dict[str,
                     "episodes_per_s": record.throughput.get("eval_episodes_per_s", float("nan")),
                     "run_key": record.run_key,
                     "zoo_build": str(record.hashes.get("zoo_weights") or "")[:12],
+                    "numerics": configured_numerics(record.config),
                     "readout": readout,
                 }
             )
@@ -249,11 +261,13 @@ def tidy_table(
     reference: str = REFERENCE,
     compare_to: Sequence[str] = (),
     earlier_names: Mapping[str, str] | None = None,
+    earlier_numerics: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One numeric row per (table, method, dataset, zoo, task, test_steps, profile).
 
     ``compare_to``: further methods to pair every row with (columns ``delta_vs_<m>``, ``..._ci95``);
-    ``earlier_names``: run key -> row name of a previous CSV (see :func:`row_names`).
+    ``earlier_names`` / ``earlier_numerics``: run key -> row name / numerics of a previous CSV (see
+    :func:`row_names`).
     """
     extra = [m for m in dict.fromkeys(compare_to) if m != reference]
     columns = [
@@ -262,6 +276,7 @@ def tidy_table(
         "real_data",
         "external_model",
         "legacy",
+        "numerics",
         "acc_mean",
         "acc_ci95",
         "n_episodes",
@@ -274,7 +289,7 @@ def tidy_table(
         "run_keys",
         "zoo_builds",  # member weights sha256[:12] of the records behind the row ('' before the field)
     ]
-    names = row_names(records, earlier_names)
+    names = row_names(records, earlier_names, earlier_numerics)
     rows = _rows(records, names)
     if not rows:
         return pd.DataFrame(columns=columns)
@@ -286,6 +301,7 @@ def tidy_table(
             real_data=("real_data", "first"),
             external_model=("external_model", "any"),
             legacy=("legacy", "first"),  # the row name carries the switches: one value per group
+            numerics=("numerics", "first"),  # mixed numerics are named in the row name: one value
             acc_mean=("acc_mean", "mean"),
             acc_ci95=("acc_ci95", "mean"),
             n_episodes=("n_episodes", "min"),
@@ -327,6 +343,7 @@ CSV_DEFAULTS = {
     "real_data": "none",
     "external_model": False,
     "legacy": "",
+    "numerics": ADDED_KEY_DEFAULTS["numerics"],  # CSVs from before the column: every run was native
     "zoo_builds": "",
 }
 
@@ -348,7 +365,8 @@ def carry_rows(
     partner row is carried too or barely moved (a carried row paired with another reference, or
     with a partner a new record has replaced and moved, shows none; see
     :func:`_blank_stale_carried_differences`, whose notes go to the rows' ``REMADE_COLUMN``). Dataset
-    averages are recomputed.
+    averages are recomputed. Where the rows then mix numerics, carried rows named without theirs get
+    it (``free`` -> ``free [numerics=native]``), as :func:`row_names` names the records' rows.
     """
     if previous.empty:
         return table
@@ -362,12 +380,17 @@ def carry_rows(
     previous = previous[~previous["dataset"].astype(str).str.startswith(AVERAGE_PREFIX)]
     previous["test_steps"] = previous["test_steps"].astype(int)
     current = table[~table["dataset"].astype(str).str.startswith(AVERAGE_PREFIX)]
+    rerun = [bool(set(_split(keys)) & record_keys) for keys in previous["run_keys"]]
+    kinds = set(current["numerics"].astype(str)) | set(previous.loc[[not r for r in rerun], "numerics"])
+    if len(kinds) > 1:
+        previous["method"] = [
+            _with_numerics_label(str(m), str(k))
+            for m, k in zip(previous["method"], previous["numerics"], strict=True)
+        ]
     have = {tuple(row) for row in current[GROUP].astype(str).itertuples(index=False)}
     replaced = [
-        tuple(row) in have or bool(set(str(keys).split(";")) & record_keys)
-        for row, keys in zip(
-            previous[GROUP].astype(str).itertuples(index=False), previous["run_keys"], strict=True
-        )
+        tuple(row) in have or again
+        for row, again in zip(previous[GROUP].astype(str).itertuples(index=False), rerun, strict=True)
     ]
     keep = previous[[not r for r in replaced]].copy()
     if keep.empty:
@@ -405,8 +428,9 @@ def _blank_stale_carried_differences(
     partner's earlier and current mean goes into the affected rows' ``REMADE_COLUMN`` (the footer
     reads it there). Decision and note are written into the CSV (a blanked difference stays blank),
     so only the first collect after the re-run can make them, and it needs the earlier partner row
-    in ``previous``. Where the table mixes numerics, a carried row's partner is the row of its own
-    numerics (``random_init [numerics=native]`` for ``free [numerics=native]``). Edits ``merged`` in
+    in ``previous``. The partner is the row of the partner method (whatever its label) with the
+    carried row's numerics and episode count (``random_init [numerics=native]`` for ``free
+    [numerics=native]``); where that is not one row, the difference is blanked. Edits ``merged`` in
     place.
     """
 
@@ -420,9 +444,10 @@ def _blank_stale_carried_differences(
         )
 
     keys, old_keys = setting_keys(merged), setting_keys(previous)
-    # a row is paired with the partner row of its own numerics (``random_init [numerics=native]``)
-    bases, numerics = _split_numerics_labels(merged["method"])
-    old_bases, old_numerics = _split_numerics_labels(previous["method"])
+    # a row was paired with the partner run of its own numerics and episode count
+    kinds = merged["numerics"].astype(str) + "/" + merged["n_episodes"].astype(int).astype(str)
+    old_kinds = previous["numerics"].astype(str) + "/" + previous["n_episodes"].astype(int).astype(str)
+    bases, old_bases = merged["method"].map(base_method), previous["method"].map(base_method)
     carried = merged["carried"]
     columns = [(reference, "delta_vs_reference", "delta_ci95")]
     columns += [(m, f"delta_vs_{m}", f"delta_vs_{m}_ci95") for m in extra]
@@ -431,17 +456,17 @@ def _blank_stale_carried_differences(
         if value not in merged:
             continue
         with_value = carried & merged[value].notna()
-        for key, kind in sorted(set(zip(keys[with_value], numerics[with_value], strict=True))):
-            here = (bases == partner) & (keys == key) & (numerics == kind)
+        for key, kind in sorted(set(zip(keys[with_value], kinds[with_value], strict=True))):
+            here = (bases == partner) & (keys == key) & (kinds == kind)
             if (here & carried).any():
                 continue  # paired with the same, carried partner row
-            before = previous[(old_bases == partner) & (old_keys == key) & (old_numerics == kind)]
+            before = previous[(old_bases == partner) & (old_keys == key) & (old_kinds == kind)]
             now = merged.loc[here & ~carried, "acc_mean"]
             shift = None
-            if len(now) and len(before):
+            if len(now) == 1 and len(before) == 1:  # several: which one was paired is not known
                 shift = abs(float(now.iloc[0]) - float(before["acc_mean"].iloc[0]))
             tolerated = shift is not None and shift <= 0.5 * float(before["acc_ci95"].iloc[0])
-            affected = with_value & (keys == key) & (numerics == kind)
+            affected = with_value & (keys == key) & (kinds == kind)
             if not tolerated:
                 merged.loc[affected, [c for c in (value, ci) if c in merged]] = float("nan")
             if shift is not None and shift > 1e-3:  # a later collect compares a record with itself
@@ -461,30 +486,21 @@ def _blank_stale_carried_differences(
                 merged.loc[affected, REMADE_COLUMN] = joined
 
 
-def _split_numerics_labels(names: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """(row names without their ``numerics=...`` label entry, that entry's value or ``""``).
+def _with_numerics_label(name: str, numerics: str) -> str:
+    """``name`` naming its ``numerics``; a name that names them stays as it is.
 
-    ``random_init [numerics=native]`` -> (``random_init``, ``native``); ``purer [method.init=average,
-    numerics=portable]`` -> (``purer [method.init=average]``, ``portable``); ``purer`` -> (``purer``,
-    ``""``). Rows of a table that mixes numerics name them (:func:`row_names`).
+    ``free`` -> ``free [numerics=native]``; ``purer [method.init=average]`` -> ``purer
+    [method.init=average, numerics=native]``; ``tds [run 0a1b]`` -> ``tds [numerics=native] [run 0a1b]``.
     """
-
-    def split(name: str) -> tuple[str, str]:
-        label = re.search(r" \[([^\]]*)\]", name)
-        if not label:
-            return name, ""
-        entries = label.group(1).split(", ")
-        kinds = [e.split("=", 1)[1] for e in entries if e.startswith("numerics=")]
-        if not kinds:
-            return name, ""
-        rest = ", ".join(e for e in entries if not e.startswith("numerics="))
-        return name[: label.start()] + (f" [{rest}]" if rest else "") + name[label.end() :], kinds[0]
-
-    pairs = [split(str(n)) for n in names]
-    return (
-        pd.Series([b for b, _ in pairs], index=names.index, dtype=object),
-        pd.Series([k for _, k in pairs], index=names.index, dtype=object),
-    )
+    if re.search(r"[\[ ]numerics=", name):
+        return name
+    base = base_method(name)
+    rest = name[len(base) :]
+    label = re.match(r" \[([^\]]*)\]", rest)
+    if label and "=" in label.group(1) and not label.group(1).startswith("run "):
+        entries = sorted([*label.group(1).split(", "), f"numerics={numerics}"], key=lambda e: e.split("=")[0])
+        return f"{base} [{', '.join(entries)}]{rest[label.end() :]}"
+    return f"{base} [numerics={numerics}]{rest}"
 
 
 #: CSV column of carried rows: the notes of :func:`_blank_stale_carried_differences` that concern them.
@@ -587,6 +603,7 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
                     "real_data": cells["real_data"].iloc[0],
                     "external_model": bool(cells["external_model"].any()),
                     "legacy": cells["legacy"].iloc[0],
+                    "numerics": cells["numerics"].iloc[0],
                     "acc_mean": cells["acc_mean"].mean(),
                     "acc_ci95": (cells["acc_ci95"] ** 2).sum() ** 0.5 / k,
                     "n_episodes": int(cells["n_episodes"].min()),
@@ -850,12 +867,16 @@ def write_leaderboard(
     """
     mine = [r for r in records if r.experiment == table_id]
     previous_csv = out_dir / f"{table_id}.csv"
-    previous = pd.read_csv(previous_csv) if carry and previous_csv.is_file() else None
-    earlier = {}
+    text_columns = {c: str for c in ("method", "run_keys", "zoo_builds", "numerics")}  # hashes stay text
+    previous = pd.read_csv(previous_csv, dtype=text_columns) if carry and previous_csv.is_file() else None
+    earlier, earlier_numerics = {}, {}
     if previous is not None:
-        for name, keys in zip(previous["method"].astype(str), previous["run_keys"].astype(str), strict=True):
-            earlier.update(dict.fromkeys(keys.split(";"), name))
-    table = tidy_table(mine, reference, compare_to, earlier)
+        default = CSV_DEFAULTS["numerics"]
+        kinds = previous["numerics"].fillna(default) if "numerics" in previous else [default] * len(previous)
+        for name, keys, kind in zip(previous["method"], previous["run_keys"], kinds, strict=True):
+            earlier.update(dict.fromkeys(_split(keys), name))
+            earlier_numerics.update(dict.fromkeys(_split(keys), kind))
+    table = tidy_table(mine, reference, compare_to, earlier, earlier_numerics)
     others = [m for m in compare_to if m != reference]
     table[REMADE_COLUMN] = pd.Series([float("nan")] * len(table), index=table.index, dtype=object)
     if previous is not None:

@@ -670,6 +670,75 @@ def test_the_footer_names_the_zoo_build_of_carried_rows_and_flags_one_the_record
         assert (f"{'a' * 12} is not a build of this table's records" in carried) == flagged
 
 
+def test_the_first_collect_that_mixes_numerics_labels_carried_rows_and_keeps_their_differences(tmp_path):
+    """An all-native table with bare names; random_init re-made portably (other run keys) and
+    weight_average moved aside: the native rows are labelled, carried, and keep their differences."""
+    records = fixture_records()
+    full, _ = write_leaderboard(records, tmp_path, "golden")
+    portable = [r for r in _portable_twins(records) if r.method == "random_init"]
+    table, markdown = write_leaderboard(portable, tmp_path, "golden")
+    assert set(table.method) == {
+        f"{m} [numerics={k}]"
+        for m, k in [("random_init", "native"), ("random_init", "portable")]
+        + [("weight_average", "native"), ("maml_oracle", "native")]
+    }
+    before = full[full.method == "weight_average"].set_index(["task", "test_steps"])["delta_vs_reference"]
+    after = table[table.method == "weight_average [numerics=native]"]
+    assert after.set_index(["task", "test_steps"])["delta_vs_reference"].to_dict() == pytest.approx(
+        before.to_dict(), abs=1e-4
+    )  # paired with the native random_init, carried beside it
+    assert set(table.loc[table.method.str.contains("portable"), "numerics"]) == {"portable"}
+    assert "re-made" not in markdown
+
+
+def test_a_carried_difference_survives_a_labelled_reference_row(tmp_path):
+    """random_init also has a 5-episode smoke run, so its rows are labelled; moving weight_average aside
+    must not blank its difference to the full random_init run (same numerics and episode count)."""
+    from bench.evaluate import summarize
+
+    records = fixture_records()
+    first = next(r for r in records if r.method == "random_init" and r.setting["task"] == "5w1s")
+    smoke = _variant(first, "random_init-smoke", **{"eval.limit": 5})
+    smoke.per_episode = {k: v[:5] for k, v in smoke.per_episode.items()}
+    smoke.metrics = {k: summarize(v) for k, v in smoke.per_episode.items()}
+    full, _ = write_leaderboard(records + [smoke], tmp_path, "golden")
+    assert any(m.startswith("random_init [") for m in full.method)
+    aside = [r for r in records if r.method != "weight_average"] + [smoke]
+    table, _ = write_leaderboard(aside, tmp_path, "golden")
+    kept = table[table.method == "weight_average"]
+    assert len(kept) == 4 and kept["delta_vs_reference"].notna().all()
+
+
+def test_a_failed_re_run_leaves_no_label_behind(tmp_path):
+    """A labelled sibling whose re-run failed is gone from the table, and so is its label."""
+    records = fixture_records()
+    variants = [
+        _variant(r, r.run_key + "-avg", **{"method.init": "average"})
+        for r in records
+        if r.method == "weight_average"
+    ]
+    write_leaderboard(records + variants, tmp_path, "golden")
+    failed = []
+    for variant in variants:
+        variant.status, variant.error = "failed", "FloatingPointError: boom"
+        failed.append(variant)
+    table, _ = write_leaderboard(records + failed, tmp_path, "golden")
+    assert "weight_average" in set(table.method)
+    assert not table.method.str.contains("method.init").any()
+
+
+def test_an_all_digit_zoo_build_is_read_back_as_text(tmp_path):
+    import copy
+
+    records = copy.deepcopy(fixture_records())
+    for record in records:
+        record.hashes["zoo_weights"] = "0123456789e1" + "f" * 52  # parses as a float if read as a number
+    write_leaderboard(records, tmp_path, "golden")
+    _, markdown = write_leaderboard([r for r in records if r.method != "weight_average"], tmp_path, "golden")
+    assert "zoo builds `glyphs_ss_conv4` 0123456789e1" in markdown
+    assert set(pd.read_csv(tmp_path / "golden.csv", dtype=str).zoo_builds) == {"0123456789e1"}
+
+
 def test_an_older_csv_without_the_newer_columns_is_carried_with_their_defaults(tmp_path):
     records = fixture_records()
     write_leaderboard(records, tmp_path, "golden")
