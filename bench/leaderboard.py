@@ -371,6 +371,7 @@ def carry_rows(
     if previous.empty:
         return table
     previous = previous.copy()
+    previous["numerics"] = previous_numerics(previous)
     for column, default in CSV_DEFAULTS.items():
         previous[column] = (
             previous[column].astype(object).where(previous[column].notna(), default)
@@ -484,6 +485,20 @@ def _blank_stale_carried_differences(
                 earlier = merged.loc[affected, REMADE_COLUMN]
                 joined = [NOTE_SEPARATOR.join([*_row_notes(o), note]) for o in earlier]
                 merged.loc[affected, REMADE_COLUMN] = joined
+
+
+def previous_numerics(previous: pd.DataFrame) -> pd.Series:
+    """Each row's numerics in a previous leaderboard CSV.
+
+    From its ``numerics`` column; in a CSV from before that column, from the row name's
+    ``numerics=...`` label (a table that mixed numerics named them), else native (every run before
+    portable numerics existed was native).
+    """
+    named = previous["method"].astype(str).str.extract(r"[\[ ]numerics=(\w+)", expand=False)
+    kinds = (
+        previous["numerics"].where(previous["numerics"].notna(), named) if "numerics" in previous else named
+    )
+    return kinds.fillna(CSV_DEFAULTS["numerics"]).astype(str)
 
 
 def _with_numerics_label(name: str, numerics: str) -> str:
@@ -871,8 +886,7 @@ def write_leaderboard(
     previous = pd.read_csv(previous_csv, dtype=text_columns) if carry and previous_csv.is_file() else None
     earlier, earlier_numerics = {}, {}
     if previous is not None:
-        default = CSV_DEFAULTS["numerics"]
-        kinds = previous["numerics"].fillna(default) if "numerics" in previous else [default] * len(previous)
+        kinds = previous_numerics(previous)
         for name, keys, kind in zip(previous["method"], previous["run_keys"], kinds, strict=True):
             earlier.update(dict.fromkeys(_split(keys), name))
             earlier_numerics.update(dict.fromkeys(_split(keys), kind))
