@@ -327,8 +327,13 @@ def run_cell(
         before_training=None if mixing_allowed else before_training,
         numerics=numerics,
     )
-    if not mixing_allowed and METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml):
-        check_one_zoo_build(runs_dir, experiment, key, zoo.name, zoo.key, zoo.weights_sha256, numerics)
+    reads_zoo = METHODS.get(str(cfg.method.name)).reads_zoo(method_yaml)
+
+    def check_build() -> None:  # before the work, and again before the record: lanes run side by side
+        if not mixing_allowed and reads_zoo:
+            check_one_zoo_build(runs_dir, experiment, key, zoo.name, zoo.key, zoo.weights_sha256, numerics)
+
+    check_build()
     seed = int(cfg.seed)
     work_dir = run_dir / "work"
     train_dir = meta_train_dir(results, identity, METHODS.get(str(cfg.method.name)), zoo.weights_sha256)
@@ -375,6 +380,7 @@ def run_cell(
     record.artifacts = [
         str(Path(a).relative_to(run_dir)) for a in method.artifacts if Path(a).is_relative_to(run_dir)
     ]
+    check_build()  # another lane may have recorded another build meanwhile (its checkpoints stay)
     write_record(run_dir, record, OmegaConf.to_yaml(cfg, resolve=True))
     make_sink(cfg.tracking, results, experiment).log_record(record, run_dir)
     log.info(

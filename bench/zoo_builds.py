@@ -37,15 +37,15 @@ def record_reads_zoo(record: RunRecord) -> bool:
 
 
 def recorded_builds(
-    runs_dir: Path, zoo_name: str, zoo_key: str, run_key: str, numerics: str = "native"
+    runs_dir: Path, zoo_name: str, zoo_key: str, run_key: str, numerics: str | None = "native"
 ) -> Counter[str]:
     """Builds (weights sha256 -> records) of ``zoo_name``/``zoo_key`` named by the records under ``runs_dir``.
 
-    Only records of runs with the same ``numerics`` count: portable cells are rows of their own
-    (``[numerics=portable]``) on a portable build. Not counted either: the record of ``run_key``
-    itself (``force=true`` replaces it), records that do not name their build (older schema),
-    failed ones, and those of methods that never read the zoo (random_init, protonet_oracle,
-    maml_oracle with its default random init).
+    Only records of runs with the same ``numerics`` count (``None``: every numerics): portable cells
+    are rows of their own (``[numerics=portable]``) on a portable build. Not counted either: the
+    record of ``run_key`` itself (``force=true`` replaces it), records that do not name their build
+    (older schema), failed ones, and those of methods that never read the zoo (random_init,
+    protonet_oracle, maml_oracle with its default random init).
     """
     found: Counter[str] = Counter()
     if not runs_dir.is_dir():
@@ -53,7 +53,7 @@ def recorded_builds(
     for record in read_records(runs_dir):
         named = str(record.hashes.get("zoo_weights") or "")
         same_zoo = record.setting.get("zoo") == zoo_name and record.hashes.get("zoo") == zoo_key
-        same_numerics = configured_numerics(record.config) == numerics
+        same_numerics = numerics is None or configured_numerics(record.config) == numerics
         if record.status == "ok" and same_zoo and same_numerics and named and record.run_key != run_key:
             if record_reads_zoo(record):
                 found[named] += 1
@@ -76,9 +76,12 @@ def check_before_building(
     """BenchError when members are ``missing`` from the cache and the records already name a build.
 
     Called by ``load_or_build_zoo`` before it trains the missing members; a complete zoo is checked
-    after loading (:func:`check_one_zoo_build`).
+    after loading (:func:`check_one_zoo_build`). A native cell counts the records of every numerics:
+    members it trains come out as a build of this CPU, which is neither the recorded native build
+    (another CPU or thread count) nor a portable one (a native member would also make a portable
+    cache a mixed build). A portable cell counts portable records only: it trains the portable build.
     """
-    found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key, numerics)
+    found = recorded_builds(runs_dir, zoo_name, zoo_key, run_key, None if numerics == "native" else numerics)
     if not found:
         return
     raise BenchError(
@@ -107,9 +110,16 @@ def check_one_zoo_build(
     found.pop(weights, None)
     if not found:
         return
+    other = "portable" if numerics == "native" else "native"
+    hint = ""
+    if weights in recorded_builds(runs_dir, zoo_name, zoo_key, run_key, other):
+        hint = (
+            f"This cache's build is the one the experiment's numerics={other} records use: to add a "
+            f"row of those, run this cell with numerics={other}. "
+        )
     raise BenchError(
-        f"experiment {experiment!r} already holds records made on another build of zoo {zoo_name!r} "
-        f"(member weights {_listed(found)} record(s)); this cache's build is {weights[:12]} (the same "
-        "configuration trained on another CPU or thread count gives other weights, and other numbers). "
-        + WAYS_OUT
+        f"experiment {experiment!r} already holds {numerics}-numerics records made on another build of "
+        f"zoo {zoo_name!r} (member weights {_listed(found)} record(s)); this cache's build is "
+        f"{weights[:12]} (the same configuration trained on another CPU or thread count, or with other "
+        "numerics, gives other weights, and other numbers). " + hint + WAYS_OUT
     )

@@ -138,3 +138,79 @@ def test_portable_and_native_records_pin_builds_of_their_own(tmp_path, zoo_cache
     path.write_text(json.dumps(data))
     assert recorded_builds(runs, *zoo, "another-cell", "portable") == {record.hashes["zoo_weights"]: 1}
     assert recorded_builds(runs, *zoo, "another-cell") == {}
+
+
+def _recorded_as(results: Path, numerics: str) -> tuple[str, str, str]:
+    """Turn the only smoke record into one of ``numerics``; (zoo name, zoo key, its build)."""
+    (path,) = (results / "runs" / "smoke").glob("*/record.json")
+    data = json.loads(path.read_text())
+    data["config"]["numerics"] = numerics
+    path.write_text(json.dumps(data))
+    return data["setting"]["zoo"], data["hashes"]["zoo"], data["hashes"]["zoo_weights"]
+
+
+def test_a_native_cell_does_not_train_members_where_records_of_any_numerics_name_a_build(
+    tmp_path, zoo_cache, monkeypatch
+):
+    """Natively trained members are a build of this CPU: neither a recorded native nor a portable one."""
+    from bench.zoo_builds import check_before_building
+
+    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
+    results = tmp_path / "results"
+    run_one(_cfg(results, "method=weight_average", "task=5w1s"))
+    name, key, build = _recorded_as(results, "portable")
+    runs = results / "runs" / "smoke"
+    with pytest.raises(
+        BenchError, match=rf"made on build {build[:12]} × 1 record\(s\).*lacks 1 of its members"
+    ):
+        check_before_building(runs, "smoke", "another-cell", name, key, [2], "native")
+    with pytest.raises(BenchError, match="lacks 1 of its members"):  # portable records pin portable cells
+        check_before_building(runs, "smoke", "another-cell", name, key, [2], "portable")
+    _recorded_as(results, "native")  # a portable cell trains the portable build whatever native records say
+    check_before_building(runs, "smoke", "another-cell", name, key, [2], "portable")
+
+
+def test_a_native_cell_on_the_build_of_portable_records_is_told_about_numerics(
+    tmp_path, zoo_cache, monkeypatch
+):
+    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
+    results = tmp_path / "results"
+    run_one(_cfg(results, "method=weight_average", "task=5w1s"))
+    run_one(_cfg(results, "method=weight_average", "task=5w5s"))
+    first, second = sorted((results / "runs" / "smoke").glob("*/record.json"))
+    data = json.loads(first.read_text())
+    data["config"]["numerics"] = "portable"  # a portable row on the cached build
+    first.write_text(json.dumps(data))
+    data = json.loads(second.read_text())
+    data["hashes"]["zoo_weights"] = "f" * 64  # a native row on another build
+    second.write_text(json.dumps(data))
+    with pytest.raises(
+        BenchError, match="numerics=portable records use: to add a row of those, run this cell"
+    ):
+        run_one(_cfg(results, "method=weight_average", "task=5w1s", "seed=1"))
+
+
+def test_a_build_another_lane_records_during_a_cell_stops_the_cells_record(tmp_path, zoo_cache, monkeypatch):
+    """Two lanes of one experiment pass the guard at their start; the one finishing second re-checks."""
+    import bench.app as app
+
+    monkeypatch.setenv("DFML_CACHE", str(zoo_cache))
+    results = tmp_path / "results"
+    run_one(_cfg(results, "method=weight_average", "task=5w1s"))
+    (path,) = (results / "runs" / "smoke").glob("*/record.json")
+    other_lane = json.loads(path.read_text())
+    other_lane["run_key"], other_lane["hashes"]["zoo_weights"] = "other-lane", "f" * 64
+    evaluate = app.evaluate
+
+    def evaluate_while_another_lane_records(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        lane = path.parent.parent / "other-lane"
+        lane.mkdir()
+        (lane / "record.json").write_text(json.dumps(other_lane))
+        for name in ("episodes.csv", "config.yaml", "done"):
+            (lane / name).write_bytes((path.parent / name).read_bytes())
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(app, "evaluate", evaluate_while_another_lane_records)
+    with pytest.raises(BenchError, match=rf"another build of zoo .*{'f' * 12} × 1"):
+        run_one(_cfg(results, "method=weight_average", "task=5w5s"))
+    assert "weight_average 5w5s" not in _builds(results)  # refused before its record was written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,13 @@ def test_portable_build_refuses_native_members_unless_told_to_retrain_them(tmp_p
     refused = build("--numerics", "portable")
     assert refused.returncode == 2 and "is cached from a native build" in refused.stderr
     assert "--replace-native" in refused.stderr and _members(zoo_cache) == native
+    for key in native:  # one member missing, the other native: refused before training the missing one
+        kept = tmp_path / "kept"
+        shutil.move(zoo_cache / "zoo_members" / key, kept)
+        partial = build("--numerics", "portable")
+        assert partial.returncode == 2 and "is cached from a native build" in partial.stderr
+        assert key not in _members(zoo_cache), "a portable member was trained into a native cache"
+        shutil.move(kept, zoo_cache / "zoo_members" / key)
     wrong = build("--replace-native")
     assert wrong.returncode == 2 and "--replace-native applies to --numerics portable" in wrong.stderr
     replaced = build("--numerics", "portable", "--replace-native")
