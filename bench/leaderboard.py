@@ -371,7 +371,7 @@ def carry_rows(
     if previous.empty:
         return table
     previous = previous.copy()
-    previous["numerics"] = previous_numerics(previous)
+    previous["numerics"] = _previous_numerics(previous)
     for column, default in CSV_DEFAULTS.items():
         previous[column] = (
             previous[column].astype(object).where(previous[column].notna(), default)
@@ -487,7 +487,7 @@ def _blank_stale_carried_differences(
                 merged.loc[affected, REMADE_COLUMN] = joined
 
 
-def previous_numerics(previous: pd.DataFrame) -> pd.Series:
+def _previous_numerics(previous: pd.DataFrame) -> pd.Series:
     """Each row's numerics in a previous leaderboard CSV.
 
     From its ``numerics`` column; in a CSV from before that column, from the row name's
@@ -886,7 +886,7 @@ def write_leaderboard(
     previous = pd.read_csv(previous_csv, dtype=text_columns) if carry and previous_csv.is_file() else None
     earlier, earlier_numerics = {}, {}
     if previous is not None:
-        kinds = previous_numerics(previous)
+        kinds = _previous_numerics(previous)
         for name, keys, kind in zip(previous["method"], previous["run_keys"], kinds, strict=True):
             earlier.update(dict.fromkeys(_split(keys), name))
             earlier_numerics.update(dict.fromkeys(_split(keys), kind))
