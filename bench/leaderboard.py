@@ -365,13 +365,14 @@ def carry_rows(
     partner row is carried too or barely moved (a carried row paired with another reference, or
     with a partner a new record has replaced and moved, shows none; see
     :func:`_blank_stale_carried_differences`, whose notes go to the rows' ``REMADE_COLUMN``). Dataset
-    averages are recomputed. Where the rows then mix numerics, carried rows named without theirs get
-    it (``free`` -> ``free [numerics=native]``), as :func:`row_names` names the records' rows.
+    averages are recomputed. ``previous["numerics"]`` holds its rows' numerics (see
+    :func:`_previous_numerics`; ``write_leaderboard`` fills it). Where the rows then mix numerics,
+    carried rows named without theirs get it (``free`` -> ``free [numerics=native]``), as
+    :func:`row_names` names the records' rows.
     """
     if previous.empty:
         return table
     previous = previous.copy()
-    previous["numerics"] = _previous_numerics(previous)
     for column, default in CSV_DEFAULTS.items():
         previous[column] = (
             previous[column].astype(object).where(previous[column].notna(), default)
@@ -886,8 +887,10 @@ def write_leaderboard(
     previous = pd.read_csv(previous_csv, dtype=text_columns) if carry and previous_csv.is_file() else None
     earlier, earlier_numerics = {}, {}
     if previous is not None:
-        kinds = _previous_numerics(previous)
-        for name, keys, kind in zip(previous["method"], previous["run_keys"], kinds, strict=True):
+        previous["numerics"] = _previous_numerics(previous)
+        for name, keys, kind in zip(
+            previous["method"], previous["run_keys"], previous["numerics"], strict=True
+        ):
             earlier.update(dict.fromkeys(_split(keys), name))
             earlier_numerics.update(dict.fromkeys(_split(keys), kind))
     table = tidy_table(mine, reference, compare_to, earlier, earlier_numerics)

@@ -339,17 +339,6 @@ def check_threads_by_arch(threads_by_arch: Mapping[str, int], specs: list[Member
         check_threads(threads, f"threads by arch: {arch}", nullable=False)
 
 
-def _native_member_error(zoo: str, spec: MemberSpec) -> BenchError:
-    """The refusal of a portable build to reuse member ``spec``, cached from a native build."""
-    return BenchError(
-        f"zoo {zoo} member {spec.index} ({spec.key}) is cached from a {member_numerics_of(spec)} build, "
-        "whose weights depend on the CPU that trained it; a portable build does not reuse it: retrain "
-        f"such members portably with `dfml-zoo build {zoo} --numerics portable --replace-native` (at the "
-        "thread count and with the zoo overrides in use), or build into another cache (DFML_CACHE; this "
-        f"one: {cache_dir()})"
-    )
-
-
 def ensure_members(
     cfg: Mapping[str, Any],
     specs: list[MemberSpec],
@@ -374,7 +363,14 @@ def ensure_members(
     if numerics == "portable" and not replace_native:  # before training any member into this cache
         for spec in specs:
             if is_done(member_dir(spec.key)) and member_numerics_of(spec) != "portable":
-                raise _native_member_error(str(cfg["name"]), spec)
+                raise BenchError(
+                    f"zoo {cfg['name']} member {spec.index} ({spec.key}) is cached from a "
+                    f"{member_numerics_of(spec)} build, whose weights depend on the CPU that trained it; "
+                    "a portable build does not reuse it: retrain such members portably with `dfml-zoo "
+                    f"build {cfg['name']} --numerics portable --replace-native` (at the thread count and "
+                    "with the zoo overrides in use), or build into another cache (DFML_CACHE; this one: "
+                    f"{cache_dir()})"
+                )
     members: list[ZooMember] = []
     trained: list[int] = []
     bar = tqdm(specs, desc=f"zoo {cfg['name']}", unit="member", **progress_options())
@@ -388,8 +384,7 @@ def ensure_members(
             remove_member(spec)
             member = None
         if member is not None and numerics == "portable" and member_numerics_of(spec) != "portable":
-            if not replace_native:
-                raise _native_member_error(str(cfg["name"]), spec)
+            # only with replace_native: cached native members were refused above otherwise
             log.warning(
                 "zoo %s: member %d is a native build; retraining it portably", cfg["name"], spec.index
             )
