@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench.errors import BenchError
 from bench.method import MethodConfig
 from purer.inversion import InversionWeights
 
@@ -108,3 +109,40 @@ class PurerConfig(MethodConfig):
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     icfil: IcfilConfig = field(default_factory=IcfilConfig)
     legacy: LegacyConfig = field(default_factory=LegacyConfig)
+
+
+def check_counts(cfg: PurerConfig, k_shot: int, n_teachers: int) -> None:
+    """Raise a :class:`BenchError` naming each integer setting outside its valid range.
+
+    A zero or negative count would otherwise change the run silently (``teachers_per_step: -1``
+    inverts with 12 of 13 teachers, ``adv.patience: 0`` never switches) or crash far from the key
+    (``selection.every: 0``); ``images_per_class`` below K + n_query gives short pseudo tasks.
+    """
+    synthesis, minimum = cfg.synthesis, k_shot + cfg.synthesis.n_query
+    count = "an integer >= 1"
+    rules: list[tuple[str, object, bool, str]] = [
+        ("meta_iterations", cfg.meta_iterations, cfg.meta_iterations >= 1, count),
+        ("meta_batch", cfg.meta_batch, cfg.meta_batch >= 1, count),
+        ("inner_steps", cfg.inner_steps, cfg.inner_steps >= 1, count),
+        ("checkpoint_every", cfg.checkpoint_every, cfg.checkpoint_every >= 1, count),
+        ("selection.every", cfg.selection.every, cfg.selection.every >= 1, count),
+        ("selection.val_episodes", cfg.selection.val_episodes, cfg.selection.val_episodes >= 1, count),
+        ("adv.patience", cfg.adv.patience, cfg.adv.patience >= 1, count),
+        ("adv.start", cfg.adv.start, cfg.adv.start is None or cfg.adv.start >= 1, "null or an integer >= 1"),
+        ("synthesis.n_query", synthesis.n_query, synthesis.n_query >= 1, count),
+        (
+            "synthesis.images_per_class",
+            synthesis.images_per_class,
+            synthesis.images_per_class is None or synthesis.images_per_class >= minimum,
+            f"null (= K + n_query = {minimum}) or an integer >= {minimum}",
+        ),
+        (
+            "synthesis.teachers_per_step",
+            synthesis.teachers_per_step,
+            synthesis.teachers_per_step is None or 1 <= synthesis.teachers_per_step <= n_teachers,
+            f"null (every teacher) or an integer from 1 to the zoo's {n_teachers} members",
+        ),
+    ]
+    wrong = [f"method.{key}={value!r} (valid: {valid})" for key, value, ok, valid in rules if not ok]
+    if wrong:
+        raise BenchError(f"purer: {'; '.join(wrong)}")

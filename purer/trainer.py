@@ -33,7 +33,7 @@ from bench.timing import synchronize
 from purer.agreement import agreement_stats
 from purer.artefacts import save_curves, save_image_grid
 from purer.compilation import compiled
-from purer.config import PAPER_SCHEDULE, PurerConfig
+from purer.config import PAPER_SCHEDULE, PurerConfig, check_counts
 from purer.curriculum import Curriculum
 from purer.dynamic_data import DynamicDataset
 from purer.inversion import draw_shifts
@@ -70,6 +70,7 @@ class PurerTrainer:
         self.iterations = budget.meta_iterations or cfg.meta_iterations
         self.max_seconds = budget.max_seconds
         self.k_shot, self.n_query = ctx.k_shot, cfg.synthesis.n_query
+        check_counts(cfg, ctx.k_shot, len(zoo.members))
         per_class = cfg.synthesis.images_per_class or ctx.k_shot + cfg.synthesis.n_query
         self.gens = {
             name: make_generator(derive_seed(seed, "purer", name)) for name in ("pixels", "jitter", "tasks")
@@ -138,12 +139,9 @@ class PurerTrainer:
     def data_step(self) -> dict[str, float]:
         """One Adam step on X (inversion, plus the adversarial term when the switch fired)."""
         ids = list(range(len(self.data.teachers)))
-        if self.cfg.synthesis.teachers_per_step and self.cfg.synthesis.teachers_per_step < len(ids):
-            ids = sorted(
-                torch.randperm(len(ids), generator=self.gens["tasks"])[
-                    : self.cfg.synthesis.teachers_per_step
-                ].tolist()
-            )
+        drawn = self.cfg.synthesis.teachers_per_step  # null or 1..M (check_counts)
+        if drawn is not None and drawn < len(ids):
+            ids = sorted(torch.randperm(len(ids), generator=self.gens["tasks"])[:drawn].tolist())
         with torch.autocast(self.ctx.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
             # offsets drawn here, outside a compiled objective (same draws as inside, eager)
             shifts = draw_shifts(self.weights.jitter, len(ids), self.gens["jitter"])

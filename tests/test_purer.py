@@ -464,6 +464,40 @@ def test_teachers_per_step_inverts_only_the_drawn_members_rows():
     assert parts["inverted_images"] == len(moved) == 5 * 16
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "named"),
+    [
+        ("synthesis", "teachers_per_step", -1, "method.synthesis.teachers_per_step=-1"),
+        ("synthesis", "teachers_per_step", 0, "method.synthesis.teachers_per_step=0"),
+        ("synthesis", "teachers_per_step", 4, "from 1 to the zoo's 3 members"),
+        ("synthesis", "images_per_class", 10, "integer >= 16"),  # 1-shot + 15 queries
+        ("synthesis", "images_per_class", 0, "method.synthesis.images_per_class=0"),
+        ("selection", "every", 0, "method.selection.every=0"),
+        ("adv", "patience", 0, "method.adv.patience=0"),
+        ("adv", "start", 0, "method.adv.start=0"),
+        (None, "checkpoint_every", 0, "method.checkpoint_every=0"),
+        (None, "meta_batch", 0, "method.meta_batch=0"),
+    ],
+)
+def test_out_of_range_counts_are_refused_naming_the_key(section, key, value, named):
+    cfg = PurerConfig(meta_iterations=4)
+    if section is None:
+        setattr(cfg, key, value)
+    else:
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **{key: value}))
+    with pytest.raises(BenchError, match="valid:") as raised:
+        _trainer(cfg, members=3)
+    assert named in str(raised.value)
+
+
+def test_every_teacher_and_the_minimum_images_per_class_are_accepted():
+    cfg = PurerConfig(meta_iterations=4)
+    cfg.synthesis = dataclasses.replace(cfg.synthesis, teachers_per_step=3, images_per_class=16)
+    trainer = _trainer(cfg, members=3)
+    assert trainer.data.images_per_class == 16
+    assert trainer.data_step()["inverted_images"] == 3 * 5 * 16
+
+
 def test_a_class_held_by_two_members_is_inverted_by_both():
     # overlapping zoo (PURER-Plus / FREE protocol): member 1 also holds member 0's first class
     zoo = synthetic_conv4_zoo(n_members=2, n_classes=10)
