@@ -68,6 +68,8 @@ def run_identity(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     # whole config is already in the identity; dropping it keeps keys stable across that addition.
     identity["zoo"].pop("dataset", None)
     identity["device_type"] = device.type
+    if meta_model_global_pool(cfg):  # keys of runs without it stay as they were
+        identity["meta_model"] = {"global_pool": True}
     numerics = configured_numerics(cfg)
     if numerics != "native":  # portable CPU numerics change the numbers (native keys stay as they were)
         identity["numerics"] = numerics
@@ -121,6 +123,14 @@ def task_shape(cfg: DictConfig) -> TaskShape:
 
 
 TASK_INTEGERS = ("n_way", "k_shot", "n_query", "n_episodes", "suite_seed", "primary_steps")
+
+
+def meta_model_global_pool(cfg: DictConfig) -> bool:
+    """``meta_model.global_pool`` (false where the config has no ``meta_model``); a non-bool raises."""
+    value = (cfg.get("meta_model") or {}).get("global_pool", False)
+    if not isinstance(value, bool):
+        raise BenchError(f"meta_model.global_pool={value!r} is not valid; valid: true, false")
+    return value
 
 
 def check_task_integers(cfg: DictConfig) -> None:
@@ -349,6 +359,7 @@ def run_cell(
         seed,
         work_dir,
         train_dir=train_dir,
+        global_pool=meta_model_global_pool(cfg),
     )
     method = build_method(cfg, context)
     method.validate = make_probe(dataset, "val", shape, probe_episodes, suite_seed, primary, device)

@@ -38,13 +38,20 @@ log = logging.getLogger(__name__)
 #: Config keys that can tell two runs' numbers apart: the run-key sections and the device (an
 #: allowlist: a presentation key added to the experiment later, e.g. ``experiment.compare_to``,
 #: must not split one method's rows between records made before and after it).
-RESULT_KEYS = tuple(f"{k}." for k in IDENTITY_KEYS) + ("seed", "profile", "device.", "numerics")
+RESULT_KEYS = tuple(f"{k}." for k in IDENTITY_KEYS) + (
+    "seed",
+    "profile",
+    "device.",
+    "numerics",
+    "meta_model.",
+)
 #: How a row name shows a key that a record's config does not have (the method's default applied).
 UNSET = "default"
 #: Config keys added after records were made, with the value the older records ran with.
 ADDED_KEY_DEFAULTS = {
     "device.tf32": False,  # before 2026-11-27 no run used TF32 (CPU records)
     "numerics": configured_numerics(None),  # before 2026-12-07 every run used the CPU's native kernels
+    "meta_model.global_pool": False,  # before 2026-12-07 no meta model pooled globally (MH included)
 }
 
 

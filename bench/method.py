@@ -93,6 +93,9 @@ class MethodContext:
     #: that differ only in ``eval_only_keys`` (e.g. purer vs purer_no_icfil) share it, so the second
     #: resumes the first's finished meta-training instead of repeating it. None: no resume.
     train_dir: Path | None = None
+    #: The conv4 meta model max-pools its last feature map to 1x1 before the head (config
+    #: ``meta_model.global_pool``; the MH experiments set it, as purer.md §2 and baselines.md §5 say).
+    global_pool: bool = False
 
 
 @dataclass

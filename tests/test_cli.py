@@ -143,6 +143,7 @@ def test_cuda_requested_without_gpu_is_an_error_not_a_fallback(tmp_path):
         (["experiment=smoke", "task.n_way=400"], "n_way=400 is larger than the"),
         (["experiment=smoke", "task.n_query=30"], "k_shot + n_query = 1 + 30 = 31 exceeds"),
         (["experiment=smoke", "budget.meta_iterations=0"], "budget.meta_iterations must be > 0"),
+        (["experiment=smoke", "meta_model.global_pool=maybe"], "meta_model.global_pool='maybe' is not valid"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message, small_glyphs):

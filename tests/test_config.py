@@ -213,3 +213,33 @@ def test_every_seed_of_a_cell_is_scored_on_the_same_episode_suite():
         seeds = [compose("config", overrides=["method=random_init", f"seed={s}"]) for s in (0, 1, 7)]
     assert len({int(cfg.task.suite_seed) for cfg in seeds}) == 1
     assert len({int(cfg.seed) for cfg in seeds}) == 3
+
+
+@pytest.mark.parametrize("experiment", ["mh_glyphs_omniglot", "paper_mh"])
+def test_mh_experiments_give_the_meta_model_a_global_pool(experiment):
+    from bench.app import meta_model_global_pool, run_identity
+
+    device = torch.device("cpu")
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        mh = compose("config", overrides=[f"experiment={experiment}", "method=purer"])
+        ss = compose("config", overrides=["experiment=glyphs_all", "method=purer"])
+        bad = compose("config", overrides=["experiment=glyphs_all", "meta_model.global_pool=maybe"])
+    assert meta_model_global_pool(mh) and not meta_model_global_pool(ss)
+    assert run_identity(mh, device)["meta_model"] == {"global_pool": True}
+    assert "meta_model" not in run_identity(ss, device)  # keys of SS / SH runs stay as they were
+    with pytest.raises(BenchError, match=r"meta_model.global_pool='maybe' is not valid; valid: true, false"):
+        meta_model_global_pool(bad)
+
+
+def test_fresh_meta_model_follows_the_run_unless_told():
+    from bench.method import MethodContext
+    from zoos.meta_model import fresh_meta_model
+
+    pooled = MethodContext(5, 1, 32, 3, torch.device("cpu"), 0, global_pool=True)
+    plain = MethodContext(5, 1, 32, 3, torch.device("cpu"), 0)
+    assert isinstance(fresh_meta_model(pooled, 32).pool, torch.nn.AdaptiveMaxPool2d)
+    assert fresh_meta_model(pooled, 32).head.in_features == 32  # 32 channels x 1 x 1
+    assert fresh_meta_model(plain, 32).head.in_features == 128  # 32 channels x 2 x 2 at 32 px
+    assert fresh_meta_model(pooled, 32, global_pool=False).head.in_features == 128  # members' shape wins
+    x = torch.randn(4, 3, 32, 32)
+    assert fresh_meta_model(pooled, 32)(x).shape == (4, 5)

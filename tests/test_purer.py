@@ -498,6 +498,22 @@ def test_every_teacher_and_the_minimum_images_per_class_are_accepted():
     assert trainer.data_step()["inverted_images"] == 3 * 5 * 16
 
 
+def test_the_mh_meta_model_pools_globally_and_trains():
+    cfg = PurerConfig(meta_iterations=4, init="random")
+    context = dataclasses.replace(_context(), global_pool=True)
+    trainer = PurerTrainer(
+        Purer(cfg, context), cfg, synthetic_conv4_zoo(n_members=3, n_classes=15), Budget(), 0
+    )
+    assert isinstance(trainer.model.pool, torch.nn.AdaptiveMaxPool2d)
+    assert trainer.model.head.in_features == cfg.width
+    assert math.isfinite(trainer.meta_iteration()["outer_loss"])
+    averaged = PurerConfig(meta_iterations=4)  # init average from members without the pool: refused
+    with pytest.raises(BenchError, match="meta_model.global_pool=true and the members' global_pool is false"):
+        PurerTrainer(
+            Purer(averaged, context), averaged, synthetic_conv4_zoo(n_members=3, n_classes=15), Budget(), 0
+        )
+
+
 def test_a_class_held_by_two_members_is_inverted_by_both():
     # overlapping zoo (PURER-Plus / FREE protocol): member 1 also holds member 0's first class
     zoo = synthetic_conv4_zoo(n_members=2, n_classes=10)

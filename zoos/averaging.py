@@ -106,4 +106,12 @@ def load_average_init(
             f"{method} init: average needs conv4 members of the meta model's width {width}; the zoo "
             f"has widths {widths} (set method.width or method.init=random)"
         )
+    meta_pooled = isinstance(getattr(model, "pool", None), torch.nn.AdaptiveMaxPool2d)
+    members_pooled = sorted({bool(m.spec.arch_options.get("global_pool", False)) for m in zoo.members})
+    if members_pooled != [meta_pooled]:
+        raise BenchError(
+            f"{method} init: average needs members shaped like the meta model, but meta_model.global_pool="
+            f"{str(meta_pooled).lower()} and the members' global_pool is "
+            f"{', '.join(str(v).lower() for v in members_pooled)} (set method.init=random)"
+        )
     model.load_state_dict(averaged_meta_params(zoo, method, n_way, average_head), strict=False)
