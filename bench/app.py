@@ -18,7 +18,7 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from bench import provenance
 from bench.data import forbid_real_data, load_dataset
@@ -134,15 +134,36 @@ def meta_model_global_pool(cfg: DictConfig) -> bool:
 
 
 def check_task_integers(cfg: DictConfig) -> None:
-    """Raise a clear error for a ``task.*`` count that is not an integer (``task.n_episodes=abc``)."""
+    """Raise a clear error, before any work, for a ``task.*`` / ``eval.limit`` value that cannot run.
+
+    Counts must be integers (``task.n_episodes=abc`` or ``task.n_way=5.5`` would otherwise fail
+    late or be truncated while the run key keeps the float), ``task.test_steps`` a list of integers
+    >= 0 that contains ``task.primary_steps`` (the readout reported as ``acc_mean``), and
+    ``eval.limit`` null or an integer >= 1.
+    """
     for key in TASK_INTEGERS:
         value = OmegaConf.select(cfg, f"task.{key}", default=None)
         if value is None:
             continue
-        try:
-            int(value)
-        except (TypeError, ValueError):
-            raise BenchError(f"task.{key}={value!r} is not an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BenchError(f"task.{key}={value!r} is not an integer")
+    steps = OmegaConf.select(cfg, "task.test_steps", default=None)
+    if steps is not None:
+        listed = OmegaConf.to_container(steps) if isinstance(steps, ListConfig) else steps
+        if (
+            not isinstance(listed, list)
+            or not listed
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in listed)
+        ):
+            raise BenchError(f"task.test_steps must be a non-empty list of integers >= 0; got {listed!r}")
+        primary = OmegaConf.select(cfg, "task.primary_steps", default=None)
+        if primary is not None and primary not in listed:
+            raise BenchError(
+                f"task.primary_steps={primary} is not in task.test_steps={listed}; valid: one of {listed}"
+            )
+    limit = OmegaConf.select(cfg, "eval.limit", default=None)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise BenchError(f"eval.limit={limit!r} is not valid; valid: null (every episode) or an integer >= 1")
 
 
 def build_method(cfg: DictConfig, context: MethodContext) -> MetaLearner:
@@ -312,10 +333,10 @@ def run_cell(
     run_dir = results / "runs" / experiment / key
     budget = Budget(cfg.budget.meta_iterations, cfg.budget.max_seconds)
     check_task_integers(cfg)
-    probe_episodes = selection_probe_episodes(cfg)
     # a bad method key or value is reported before the dataset and the zoo are loaded or built
     method_yaml = OmegaConf.to_container(cfg.method, resolve=True)
     validate_method_config(METHODS.get(str(cfg.method.name)), method_yaml)
+    probe_episodes = selection_probe_episodes(cfg)  # after the typed validation: val_episodes=abc
     if METHODS.get(str(cfg.method.name)).same_architecture_only:  # refuse before building the zoo
         refuse_mixed_architecture_config(OmegaConf.to_container(cfg.zoo, resolve=True), str(cfg.method.name))
     started = datetime.now(UTC).isoformat(timespec="seconds")

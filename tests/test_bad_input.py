@@ -77,6 +77,16 @@ CASES = {
     ),
     "cuda without a gpu": (["device=cuda"], r"CUDA is not available; use device=cpu"),
     "bad test_steps": (["task.test_steps=[-1]"], r"test_steps must be a non-empty list of integers >= 0"),
+    "primary readout not read out": (
+        ["task.primary_steps=5"],
+        r"task.primary_steps=5 is not in task.test_steps=\[1, 10\]; valid: one of \[1, 10\]",
+    ),
+    "fractional way count": (["task.n_way=5.5"], r"task.n_way=5.5 is not an integer"),
+    "zero eval limit": (["eval.limit=0"], r"eval.limit=0 is not valid; valid: null \(every episode\)"),
+    "probe episodes not a number": (
+        ["method=dfmaml", "method.val_episodes=abc"],
+        r"bad config for method .dfmaml.: method.val_episodes",
+    ),
 }
 
 
