@@ -9,7 +9,9 @@ Re-implemented from baselines.md §3.11:
   feature-extractor gradients of the CE restricted to the member's classes, squared, averaged) embeds
   each member; similarity = cosine.
 - **Grouping**: spectral clustering into ``groups`` clusters with affinity 1 − similarity, so
-  *dissimilar* members share a group; each epoch draws ``members_per_epoch`` members of one group.
+  *dissimilar* members share a group; each epoch draws ``members_per_epoch`` members of one group
+  (all of a smaller group's: a 13-member zoo in 5 groups has groups of 1-4; the record says how
+  many members the epochs used, ``epoch_members_mean``, and how many epochs had fewer, ``short_epochs``).
 - **Meta-update**: per member, a task from freshly inverted images and the loss KD + CE after MAML
   adaptation on its support. With member gradients g_i and their mean ḡ, each g_i is re-evaluated at
   θ − ``align_step``·(ḡ − g_i); their mean takes an Adam step (a separate Adam from the replay's).
@@ -162,6 +164,8 @@ class Tgr(MetaLearner):
                 tasks.append(self._member_task(images, logits, len(member.spec.classes), gens["tasks"]))
             self._aligned_step(model, member_opt, tasks)
             stats["epochs"] += 1
+            stats["epoch_members"] = stats.get("epoch_members", 0.0) + len(order)  # .get: older checkpoints
+            stats["short_epochs"] = stats.get("short_epochs", 0.0) + float(len(order) < cfg.members_per_epoch)
 
         def before(it: int) -> None:
             if it == 1:
@@ -208,6 +212,7 @@ class Tgr(MetaLearner):
                 "groups": float(len(groups)),
                 "largest_group": float(max(len(g) for g in groups)),
                 "uses_external_model": float(cfg.probe.weights is not None),
+                "epoch_members_mean": stats.get("epoch_members", 0.0) / max(stats["epochs"], 1.0),
                 "synth_images": float(bank.images_synthesised),
                 "inversion_seconds_per_member": epoch_inversion_seconds_per_member(stats),
             }
@@ -330,6 +335,10 @@ class Tgr(MetaLearner):
                 f"tgr: probe.weights={str(path)!r} is not a resnet34 state dict: {error}"
             ) from error
         net.fc = nn.Linear(net.fc.in_features, n_keys)
+        with torch.no_grad():  # nn.Linear's own init, drawn from the run's generator (not the global RNG)
+            bound = 1.0 / net.fc.in_features**0.5
+            net.fc.weight.uniform_(-bound, bound, generator=generator)
+            net.fc.bias.uniform_(-bound, bound, generator=generator)
         net = net.to(device)
         x = torch.cat([images for images, _ in inverted])
         y = torch.cat(

@@ -46,6 +46,8 @@ def test_tgr_embeds_groups_and_trains_without_outside_knowledge(tiny_zoo):
     assert stats["uses_external_model"] == 0.0 and stats["epochs"] >= 1 and 1 <= stats["groups"] <= 2
     assert 3 + stats["epochs"] <= stats["member_inversions"] <= 3 + 2 * stats["epochs"]  # embedding + epochs
     assert stats["embedding_inversions"] == 3  # one per member, counted apart from the epochs'
+    assert stats["epoch_members"] == stats["member_inversions"] - 3  # each epoch member inverted once
+    assert 1 <= stats["epoch_members_mean"] <= 2 and 0 <= stats["short_epochs"] <= stats["epochs"]
     assert 0 < stats["embedding_seconds"] < stats["inversion_seconds"]
     epoch_inversions = stats["member_inversions"] - stats["embedding_inversions"]
     assert stats["inversion_seconds_per_member"] == pytest.approx(
@@ -67,6 +69,23 @@ def test_the_paper_probe_is_opt_in_local_and_named_when_missing(tiny_zoo, tmp_pa
     (tmp_path / "resnet34.pt").write_bytes(b"not a state dict")
     with pytest.raises(BenchError, match="is not a resnet34 state dict"):
         method.meta_train(tiny_zoo, Budget(meta_iterations=1), torch.Generator())
+
+
+def test_the_paper_probe_head_starts_from_the_run_generator(tmp_path):
+    import torchvision
+
+    weights = tmp_path / "resnet34.pt"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), weights)
+    method = _tgr(probe=ProbeConfig(weights=str(weights), epochs=1))
+    images = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    heads = []
+    for global_seed in (1, 2):  # the global RNG differs between the calls; the run generator does not
+        torch.manual_seed(global_seed)
+        net, _ = method._external_probe(
+            weights, 2, [(images, None)], [[0, 1]], torch.Generator().manual_seed(0)
+        )
+        heads.append(net.fc.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])
 
 
 def test_aligned_step_with_zero_shift_is_an_adam_step_on_the_mean_member_gradient():
