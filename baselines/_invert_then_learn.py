@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ from zoos.zoo import Zoo
 class InvertThenLearnConfig(EpisodicConfig):
     """Bank and meta-training hyper-parameters shared by dfmaml and dfprotonet."""
 
+    at_least_one: ClassVar[tuple[str, ...]] = ("generate_interval",)
     generate_interval: int = 200
     generate_iterations: int = 200
     bank_support: int = 30

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,7 @@ from zoos.zoo import Zoo, ZooMember
 class TdsConfig(EpisodicConfig):
     """TDS hyper-parameters (CPU schedule by default; paper values in the YAML comments)."""
 
+    at_least_one: ClassVar[tuple[str, ...]] = ("val_checks", "check_every", "patience")
     nz: int = 256
     ngf: int = 64
     generator_lr: float = 0.001

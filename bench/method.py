@@ -104,6 +104,9 @@ class MethodConfig:
 
     name: str = ""
     description: str = ""
+    #: Integer settings that must be >= 1 (a 0 would divide by zero or silently change the method);
+    #: :func:`validate_method_config` refuses a smaller value, naming the key.
+    at_least_one: ClassVar[tuple[str, ...]] = ()
 
 
 class MetaLearner(ABC):
@@ -177,7 +180,13 @@ def validate_method_config(cls: type[MetaLearner], raw: Mapping[str, Any]) -> Me
         raise BenchError(
             f"bad config for method {raw.get('name')!r}: {where}{message}; valid keys: {valid}"
         ) from error
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    config = OmegaConf.to_object(merged)
+    small = [f"method.{k}={getattr(config, k)!r}" for k in cls.Config.at_least_one if getattr(config, k) < 1]
+    if small:
+        raise BenchError(
+            f"bad config for method {raw.get('name')!r}: {', '.join(small)}; valid: an integer >= 1"
+        )
+    return config  # type: ignore[return-value]
 
 
 def check_reference_methods(names: Sequence[object]) -> None:

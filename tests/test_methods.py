@@ -276,6 +276,23 @@ def test_method_yaml_type_errors_name_the_key():
         validate_method_config(cls, {"name": "random_init", "bogus": 1})
 
 
+@pytest.mark.parametrize(
+    ("method", "key"),
+    [
+        ("dfmaml", "generate_interval"),
+        ("dfprotonet", "generate_interval"),
+        ("tds", "check_every"),
+        ("tds", "val_checks"),
+        ("tds", "patience"),
+    ],
+)
+def test_counts_that_must_be_positive_are_refused_naming_the_key(method, key):
+    cls = METHODS.get(method)
+    with pytest.raises(BenchError, match=rf"method.{key}=0; valid: an integer >= 1"):
+        validate_method_config(cls, {"name": method, key: 0})
+    assert getattr(validate_method_config(cls, {"name": method, key: 1}), key) == 1
+
+
 def test_budget_rejects_non_positive_values():
     with pytest.raises(BenchError, match="budget.meta_iterations must be > 0"):
         Budget(meta_iterations=0)
