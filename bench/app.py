@@ -451,12 +451,17 @@ def write_failed_record(cfg, key, run_dir, started, device, error) -> None:  # n
 
 
 def code_hashes() -> dict[str, Any]:
-    """The record's code fields: git sha and state, source checksum (+ ``resumed_code``).
+    """The record's code fields: git sha and state, source checksum (+ ``resumed_code`` / ``_threads``).
 
-    ``resumed_code`` lists the other code that wrote files this run resumed (bench.provenance).
+    ``resumed_code`` lists the other code that wrote files this run resumed, ``resumed_threads`` the
+    other torch thread counts they were written at (bench.provenance).
     """
-    resumed = provenance.resumed_code()
-    return {**provenance.current_code(), **({"resumed_code": resumed} if resumed else {})}
+    resumed, threads = provenance.resumed_code(), provenance.resumed_threads()
+    return {
+        **provenance.current_code(),
+        **({"resumed_code": resumed} if resumed else {}),
+        **({"resumed_threads": threads} if threads else {}),
+    }
 
 
 def make_record(

@@ -6,6 +6,9 @@ checkpoint and progress file therefore carries the *code history* of the work it
 (``git_sha``, ``git_dirty``, ``code_sha256``) per distinct code that wrote part of it, oldest first.
 A process that resumes such a file inherits its history; the record then names, under
 ``hashes.resumed_code``, every earlier code that differs from its own (empty: one code did it all).
+Entries also name the process's torch intra-op thread count (``threads``), which moves float
+summation order: a run resumed at another count names the earlier counts under
+``hashes.resumed_threads`` (files written before the field carry none and are not flagged).
 
 State is per process (one run per process; :func:`reset` at a run's start).
 """
@@ -52,6 +55,15 @@ def inherit(history: list[dict[str, Any]] | None, source: Path) -> None:
     others = [e for e in entries if _is_other(e)]
     for entry in entries:
         _add(_inherited, entry)
+    threads = resumed_threads()
+    if threads:
+        log.warning(
+            "%s was written (in part) at %s torch thread(s) and resumes at %d; float sums may round "
+            "differently, so the record names the earlier counts under hashes.resumed_threads",
+            source,
+            ", ".join(map(str, threads)),
+            _threads(),
+        )
     if others:
         names = ", ".join(
             f"git {str(e.get('git_sha'))[:7]} code {str(e.get('code_sha256'))[:8]}" for e in others
@@ -64,13 +76,28 @@ def inherit(history: list[dict[str, Any]] | None, source: Path) -> None:
         )
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def stamp() -> list[dict[str, Any]]:
-    """The history to save with a checkpoint or progress file now: inherited + this process's code."""
+    """The history to save with a checkpoint or progress file now: inherited + this process's code.
+
+    This process's entry also names its thread count (``threads``).
+    """
     history = [dict(e) for e in _inherited]
-    _add(history, current_code())
+    _add(history, {**current_code(), "threads": _threads()})
     return history
 
 
 def resumed_code() -> list[dict[str, Any]]:
     """The inherited entries whose code differs from this process's (for the record)."""
     return [dict(e) for e in _inherited if _is_other(e)]
+
+
+def resumed_threads() -> list[int]:
+    """Thread counts of inherited entries other than this process's (sorted; for the record)."""
+    now = _threads()
+    return sorted({int(e["threads"]) for e in _inherited if e.get("threads") not in (None, now)})

@@ -25,7 +25,7 @@ def test_a_checkpoint_written_by_other_code_is_named_after_resuming(tmp_path, mo
     state = load_checkpoint(path, torch.device("cpu"))
     assert set(state) == {"it"}  # the history is not handed to the trainer
     first = {"git_sha": "1" * 40, "git_dirty": False, "code_sha256": "c0de" * 16}
-    assert provenance.resumed_code() == [first]
+    assert provenance.resumed_code() == [{**first, "threads": torch.get_num_threads()}]
     save_checkpoint(path, {"it": torch.tensor(4)})  # the file now holds both codes' work
     provenance.reset()  # a third process on the second code still sees the first
     load_checkpoint(path, torch.device("cpu"))
@@ -45,6 +45,24 @@ def test_resuming_ones_own_code_names_nothing_and_old_files_name_unknown(tmp_pat
     assert provenance.resumed_code() == [provenance.UNKNOWN]
     provenance.reset()
     assert provenance.resumed_code() == []
+
+
+def test_a_checkpoint_written_at_another_thread_count_is_named_after_resuming(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    provenance.reset()
+    _as_code(monkeypatch, "c0de" * 16)
+    monkeypatch.setattr(provenance, "_threads", lambda: 4)
+    save_checkpoint(path, {"it": torch.tensor(3)})
+    provenance.reset()  # a new process on the same code, at 1 thread
+    monkeypatch.setattr(provenance, "_threads", lambda: 1)
+    load_checkpoint(path, torch.device("cpu"))
+    assert provenance.resumed_threads() == [4]
+    assert provenance.resumed_code() == []  # same code: nothing to name there
+    provenance.reset()  # a process at the checkpoint's own count names nothing
+    monkeypatch.setattr(provenance, "_threads", lambda: 4)
+    load_checkpoint(path, torch.device("cpu"))
+    assert provenance.resumed_threads() == []
+    provenance.reset()
 
 
 def test_resumed_evaluation_progress_names_its_code(tmp_path, monkeypatch):
