@@ -77,8 +77,10 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success rename it to ``final`` and mark it done.
 
     If ``final`` is already done (another process won the race) the temporary one is discarded
-    and ``final`` stays as it is: a reader may be using it. A ``final`` left without ``done``
-    (not written by this function) is replaced.
+    and ``final`` stays as it is: a reader may be using it. That holds too when the other process's
+    rename lands between this one's check and its own rename (the rename then fails on the non-empty
+    ``final``, which is kept). A ``final`` left without ``done`` (not written by this function, or a
+    crash) is moved aside and removed, then replaced.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +93,15 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
             return
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".stale", dir=final.parent))
+            os.replace(final, stale / "old")  # one rename: no reader sees a half-deleted final
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not is_done(final):
+                raise
+            shutil.rmtree(tmp)  # another process finished final meanwhile: keep theirs
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

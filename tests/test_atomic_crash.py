@@ -7,6 +7,7 @@ are exactly what a ``kill -9`` at that instant would leave; then the readers are
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,25 @@ def test_a_second_writer_keeps_the_finished_directory_a_reader_may_hold(tmp_path
     with atomic.atomic_directory(unfinished) as tmp:
         (tmp / "weights.pt").write_text("fresh")
     assert (unfinished / "weights.pt").read_text() == "fresh" and atomic.is_done(unfinished)
+
+
+def test_a_writer_whose_rename_loses_the_race_keeps_the_winner(tmp_path, monkeypatch):
+    """Another process renames its finished copy into ``final`` between this one's check and rename."""
+    final = tmp_path / "member"
+    real_replace = os.replace
+
+    def winner_lands_first(source, target):  # noqa: ANN001, ANN202
+        if Path(target) == final and not final.exists():
+            final.mkdir()
+            (final / "weights.pt").write_text("winner")
+            (final / "done").write_text("ok\n")
+        return real_replace(source, target)  # now fails: final is a non-empty directory
+
+    monkeypatch.setattr(atomic.os, "replace", winner_lands_first)
+    with atomic.atomic_directory(final) as tmp:
+        (tmp / "weights.pt").write_text("loser")
+    assert (final / "weights.pt").read_text() == "winner" and atomic.is_done(final)
+    assert [p.name for p in tmp_path.iterdir()] == ["member"]  # the loser's copy is gone
 
 
 @pytest.mark.parametrize("crash_at", [1, 2, 3, 4])
