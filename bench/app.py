@@ -443,7 +443,7 @@ def write_failed_record(cfg, key, run_dir, started, device, error) -> None:  # n
         hashes=code_hashes(),
         environment=environment(device),
         started_at=started,
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        finished_at=datetime.now(UTC).isoformat(timespec="microseconds"),
         error=f"{type(error).__name__}: {error}",
     )
     write_record(run_dir, record, OmegaConf.to_yaml(cfg, resolve=True))
@@ -528,7 +528,7 @@ def make_record(
         ci_method=CI_METHOD,
         extra_metrics=dict(method.extra_metrics),
         transductive=transductive,
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        finished_at=datetime.now(UTC).isoformat(timespec="microseconds"),
     )
 
 

@@ -107,7 +107,9 @@ def record_tags(record: RunRecord) -> dict[str, str]:
             "zoo_hash": str(record.hashes.get("zoo")),
             "suite_hash": str(record.hashes.get("suite")),
             "device": str(record.environment.get("device_name")),
-            "finished_at": str(record.finished_at),  # which record of this run key (a rerun replaces)
+            # which record of this run key (a rerun replaces); microseconds since 2026-12-07, so that a
+            # force=true rerun finishing within the same second is not taken for the logged record
+            "finished_at": str(record.finished_at),
         }
     )
     return tags
@@ -164,8 +166,8 @@ class MlflowSink:
         experiment = client.get_experiment_by_name(self.experiment)
         if experiment is None:
             return None
-        found = client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.run_key = '{record.run_key}'", max_results=10
+        found = client.search_runs(  # every run of the key: each superseded one is deleted below
+            [experiment.experiment_id], filter_string=f"tags.run_key = '{record.run_key}'", max_results=50000
         )
         for run in found:
             same = run.data.tags.get("finished_at") == str(record.finished_at)

@@ -69,6 +69,23 @@ def test_a_rerun_replaces_its_run_in_mlflow_and_a_repeated_upload_does_not_dupli
     assert runs.iloc[0]["tags.finished_at"] == rerun.finished_at
 
 
+def test_a_rerun_within_the_same_second_supersedes_every_earlier_run_of_its_key(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ensure_store(uri)
+    sink, run_dir = MlflowSink(uri, "golden"), tmp_path / "runs" / "k"
+    record = fake_record("weight_average", True, 45.0, "5w1s", 0)
+    write_record(run_dir, record, "a: 1\n")
+    for attempt in range(11):  # eleven earlier uploads of the key (e.g. interrupted or superseded ones)
+        record.finished_at = f"2026-01-01T00:00:00.{attempt:06d}+00:00"
+        sink._log(record, run_dir)
+    record.finished_at = "2026-01-01T00:00:00.000011+00:00"  # the same second, a later record
+    assert sink.log_record(record, run_dir) and sink.synced(run_dir, record)
+    runs = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("golden").experiment_id]
+    )
+    assert [r.data.tags["finished_at"] for r in runs] == [record.finished_at]
+
+
 def test_unreachable_tracking_server_warns_and_keeps_the_record(tmp_path, caplog):
     record = fake_record("random_init", True, 30.0, "5w1s", 0)
     run_dir = tmp_path / record.run_key
