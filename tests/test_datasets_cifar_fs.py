@@ -209,3 +209,12 @@ def test_inspect_root(cifar: tuple[Path, str], tmp_path: Path) -> None:
     assert not inspect_root(str(tmp_path / "nowhere")).found
     partial = inspect_root(str(root))
     assert partial.found and partial.classes_per_split is None and "first missing" in partial.detail
+
+
+def test_a_half_copied_dataset_names_what_is_missing(tmp_path: Path) -> None:
+    base = tmp_path / "cifar" / "cifar-100-python"
+    base.mkdir(parents=True)
+    for name in ("train", "test"):  # no meta
+        (base / name).write_bytes(b"x")
+    with pytest.raises(BenchError, match=r"cifar_fs: incomplete dataset at .*cifar-100-python: missing meta"):
+        load_cifar_fs(str(tmp_path / "cifar"))

@@ -137,3 +137,22 @@ def test_inspect_root(tree: Path, tmp_path: Path) -> None:
     assert status.found and status.classes_per_split == {"train": 4, "val": 2, "test": 2}
     assert not inspect_root(str(tmp_path / "nowhere")).found
     assert inspect_root(str(tree)).classes_per_split is None  # found, but the shipped lists do not match
+
+
+@pytest.mark.parametrize("fault", ["overlap", "repeat"])
+def test_split_lists_that_overlap_or_repeat_a_class_are_refused(
+    tree: Path, tmp_path: Path, fault: str
+) -> None:
+    lists = {"train": CLASSES[0:4], "val": CLASSES[4:6], "test": CLASSES[6:8]}
+    if fault == "overlap":  # a meta-train class also in meta-test
+        lists["test"] = [*lists["test"], CLASSES[0]]
+        expected = rf"cub: class '{CLASSES[0]}' is in both the 'train' and the 'test' lists"
+    else:  # a class twice in one list: one class under two labels in a task
+        lists["test"] = [*lists["test"], CLASSES[6]]
+        expected = rf"cub: class '{CLASSES[6]}' is twice in the 'test' list"
+    split_dir = tmp_path / "bad_splits"
+    split_dir.mkdir()
+    for split, names in lists.items():
+        (split_dir / f"{split}.json").write_text(json.dumps(names))
+    with pytest.raises(BenchError, match=expected):
+        load_cub(str(tree), split_dir=str(split_dir))

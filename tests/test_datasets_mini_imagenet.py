@@ -182,3 +182,24 @@ def test_inspect_root(tmp_path: Path, split_dir: str) -> None:
     root = write_csv_jpeg(tmp_path / "mini")
     assert inspect_root(str(root), split_dir=split_dir).classes_per_split == {"train": 3, "val": 1, "test": 2}
     assert not inspect_root(str(tmp_path / "nowhere")).found
+
+
+def test_pickle_rows_listed_twice_are_refused(tmp_path: Path, split_dir: str) -> None:
+    root = write_pickles(tmp_path / "mini")
+    path = root / "mini-imagenet-cache-train.pkl"
+    entry = pickle.loads(path.read_bytes())
+    first, second = SPLIT["train"][:2]
+    entry["class_dict"][second] = [*entry["class_dict"][second], entry["class_dict"][first][0]]  # shared row
+    path.write_bytes(pickle.dumps(entry, protocol=4))
+    with pytest.raises(BenchError, match=r"class_dict lists row\(s\) \[\d+\] more than once"):
+        load_dataset({"name": "mini_imagenet", "root": str(root), "split_dir": split_dir})
+
+
+def test_a_half_copied_dataset_names_what_is_missing(tmp_path: Path) -> None:
+    root = tmp_path / "mini"
+    (root / "images").mkdir(parents=True)
+    (root / "train.csv").write_text("filename,label\n")
+    with pytest.raises(
+        BenchError, match=r"mini_imagenet: incomplete dataset at .*: missing val.csv, test.csv"
+    ):
+        load_mini_imagenet(str(root))

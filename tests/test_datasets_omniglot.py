@@ -228,3 +228,15 @@ def test_inspect_root(tmp_path: Path) -> None:
     status = inspect_root(str(root), split_dir=lists, rotations=True)
     assert status.found and status.classes_per_split == {"train": 12, "val": 8, "test": 8}
     assert not inspect_root(str(tmp_path / "nowhere")).found
+
+
+def test_a_download_is_used_even_when_small_zips_sit_in_the_root(tmp_path) -> None:
+    from bench.data.omniglot import _find_sources
+
+    (tmp_path / "images_background_small1.zip").write_bytes(b"")  # a subset the user keeps there
+    for kind in ("images_background", "images_evaluation"):
+        (tmp_path / "omniglot-py" / kind).mkdir(parents=True)  # what download=true just fetched
+    base, sources = _find_sources(tmp_path, downloaded=True)
+    assert base == tmp_path / "omniglot-py"
+    assert [s.name for s in sources] == ["images_background", "images_evaluation"]
+    assert _find_sources(tmp_path)[0] == tmp_path  # without download, the root's own files first

@@ -92,6 +92,20 @@ def missing_root(dataset: str, tried: Path, tree: str, hint: str) -> MissingRoot
     return MissingRootError(f"{dataset}: dataset not found at {tried}; expected {tree}; {hint}")
 
 
+def refuse_partial(dataset: str, base: Path, names: Sequence[str], check: Callable[[Path], bool]) -> None:
+    """Raise a BenchError naming the missing ones when some but not all of ``base/<names>`` pass ``check``.
+
+    A half-copied dataset is then reported as such (naming what is missing), not as "not found".
+    """
+    present = [name for name in names if check(base / name)]
+    if present and len(present) < len(names):
+        missing = [name for name in names if name not in present]
+        raise BenchError(
+            f"{dataset}: incomplete dataset at {base}: missing {', '.join(missing)} "
+            f"(found {', '.join(present)}); copy the missing file(s) there"
+        )
+
+
 def root_status(root: str, plan: Callable[[], tuple[Path, Mapping[str, Sequence[str]], str]]) -> RootStatus:
     """Run a loader's cheap ``plan()`` -> (base, split -> class names, detail) as a RootStatus."""
     try:
@@ -191,9 +205,28 @@ def check_classes(
 
 
 def index_splits(
-    class_names: Sequence[str], split_names: Mapping[str, Iterable[str]]
+    class_names: Sequence[str], split_names: Mapping[str, Iterable[str]], dataset: str = "dataset"
 ) -> dict[str, list[int]]:
-    """Split -> sorted indices into ``class_names`` of the split's class names."""
+    """Split -> sorted indices into ``class_names`` of the split's class names.
+
+    Raises a BenchError naming the class when a list names a class twice, or two lists share one
+    (a user's ``split_dir``): either would put one class in a task under two labels, or a meta-test
+    class into meta-training.
+    """
+    owner: dict[str, str] = {}
+    for split in SPLITS:
+        for name in split_names[split]:
+            if name in owner:
+                where = (
+                    f"twice in the {split!r} list"
+                    if owner[name] == split
+                    else (f"in both the {owner[name]!r} and the {split!r} lists")
+                )
+                raise BenchError(
+                    f"{dataset}: class {name!r} is {where}; each class must be in exactly one of "
+                    "train / val / test, once (fix the split_dir lists)"
+                )
+            owner[name] = split
     position = {name: index for index, name in enumerate(class_names)}
     return {split: sorted(position[name] for name in split_names[split]) for split in SPLITS}
 

@@ -56,6 +56,11 @@ def _locate(root: Path, layout: str) -> tuple[str, Path]:
                 return "pickle", base
     if layout in ("auto", "folders") and all((root / f).is_dir() for f in FOLDERS.values()):
         return "folders", root
+    if layout in ("auto", "pickle"):
+        for base in (root / "cifar-100-python", root):
+            common.refuse_partial("cifar_fs", base, ["train", "test", "meta"], Path.is_file)
+    if layout in ("auto", "folders"):
+        common.refuse_partial("cifar_fs", root, list(FOLDERS.values()), Path.is_dir)
     raise common.missing_root("cifar_fs", root, TREE, HINT)
 
 
@@ -187,7 +192,7 @@ def load_cifar_fs(
                 "root": str(base),
                 "layout": found,
                 "class_names": names,
-                "splits": common.index_splits(names, wanted),
+                "splits": common.index_splits(names, wanted, "cifar_fs"),
                 "split_rule": {
                     "rule": "class lists",
                     "paper": "Bertinetto et al., ICLR 2019, arXiv 1805.08136",

@@ -110,7 +110,7 @@ def load_cub(
             {
                 "root": str(folder),
                 "class_names": names,
-                "splits": common.index_splits(names, wanted),
+                "splits": common.index_splits(names, wanted, "cub"),
                 "split_rule": {**rule, "paper": "Chen et al., ICLR 2019, arXiv 1904.04232"},
                 "channels": 3,
                 "normalization": {

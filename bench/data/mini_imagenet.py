@@ -52,6 +52,10 @@ def _locate(root: Path, layout: str) -> tuple[str, Path]:
             return "csv", root
     if layout in ("auto", "pickle") and all((root / PICKLE.format(split)).is_file() for split in SPLITS):
         return "pickle", root
+    if layout in ("auto", "csv") and (root / "images").is_dir():
+        common.refuse_partial("mini_imagenet", root, [f"{split}.csv" for split in SPLITS], Path.is_file)
+    if layout in ("auto", "pickle"):
+        common.refuse_partial("mini_imagenet", root, [PICKLE.format(split) for split in SPLITS], Path.is_file)
     raise common.missing_root("mini_imagenet", root, TREE, HINT)
 
 
@@ -99,6 +103,13 @@ def _pickle_split(path: Path, labels: list[str], size: int) -> dict[str, torch.T
     common.check_classes("mini_imagenet", {"split": labels}, set(rows), f"class_dict of {path}")
     if any(not 0 <= i < data.shape[0] for label in labels for i in rows[label]):
         raise BenchError(f"mini_imagenet: {path}: class_dict holds row indices outside [0, {data.shape[0]})")
+    used = [i for label in labels for i in rows[label]]
+    if len(used) != len(set(used)):
+        repeated = sorted({i for i in used if used.count(i) > 1})
+        raise BenchError(
+            f"mini_imagenet: {path}: class_dict lists row(s) {repeated[:8]} more than once (within a class "
+            "or in two classes); each image must belong to exactly one class, once"
+        )
     blocks = {label: torch.from_numpy(data[rows[label]]).permute(0, 3, 1, 2) for label in labels}
     return {label: common.resize_uint8(block, size) for label, block in blocks.items()}
 
@@ -167,7 +178,7 @@ def load_mini_imagenet(
                 "root": str(base),
                 "layout": found,
                 "class_names": names,
-                "splits": common.index_splits(names, wanted),
+                "splits": common.index_splits(names, wanted, "mini_imagenet"),
                 "split_rule": {
                     "rule": "class lists",
                     "paper": "Ravi & Larochelle, ICLR 2017",

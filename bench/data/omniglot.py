@@ -59,9 +59,14 @@ def _kind(source: Path) -> str:
     return "evaluation" if source.name.startswith("images_evaluation") else "background"
 
 
-def _find_sources(root: Path) -> tuple[Path, list[Path]]:
-    """(base folder, sorted source folders/zips) in ``root`` or ``root/omniglot-py``."""
-    for base in (root, root / "omniglot-py"):
+def _find_sources(root: Path, downloaded: bool = False) -> tuple[Path, list[Path]]:
+    """(base folder, sorted source folders/zips) in ``root`` or ``root/omniglot-py``.
+
+    ``root`` is searched first, unless ``downloaded`` (``download=true`` just put the full set in
+    ``root/omniglot-py``: small zips beside it in ``root`` must not shadow what was asked for).
+    """
+    order = (root / "omniglot-py", root) if downloaded else (root, root / "omniglot-py")
+    for base in order:
         if not base.is_dir():
             continue
         entries = [
@@ -154,7 +159,7 @@ def _build(base: Path, sources: list[Path], mode: str, opts: dict[str, Any]) -> 
     if opts["rotations"]:
         names, images, labels = _rotate(names, images, labels)
         split_names = {s: [n + suffix for n in split_names[s] for suffix in ROTATIONS] for s in SPLITS}
-    splits = common.index_splits(names, split_names)
+    splits = common.index_splits(names, split_names, "omniglot")
     mean, std = common.pixel_stats(images, labels, splits["train"])
     channels = opts["channels"]
     facts = {
@@ -218,7 +223,7 @@ def load_omniglot(
     path = common.absolute_root(root)
     if download:
         _download(path)
-    base, sources = _find_sources(path)
+    base, sources = _find_sources(path, downloaded=download)
     mode = _split_mode(split, sources)
     files = [f for s in sources for f in (common.list_files(s, (".png",)) if s.is_dir() else [s])]
     spec = {
