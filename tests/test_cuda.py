@@ -195,3 +195,16 @@ def test_peak_memory_is_measured_on_cuda():
     peak, what = peak_memory_gb(device)
     del block
     assert what == "cuda_max_allocated" and peak >= 64 / 1024
+
+
+def test_members_trained_on_cuda_record_their_fp32_precision(small_glyphs, cache_root):
+    import json
+
+    from tests.conftest import TINY_ZOO
+    from zoos.zoo import load_or_build_zoo, member_dir
+
+    cfg = {**TINY_ZOO, "name": "cuda_precision", "n_members": 1, "seed": 11}
+    resolve_device("cuda", tf32=False)
+    zoo = load_or_build_zoo(cfg, small_glyphs, device="cuda")
+    info = json.loads((member_dir(zoo.members[0].key) / "member.json").read_text())
+    assert info["train_cuda_fp32_precision"] == cuda_fp32_precision() == {"conv": "ieee", "matmul": "ieee"}

@@ -97,6 +97,14 @@ def test_corrupted_member_is_an_error_naming_member_and_fix_then_repair_rebuilds
     weights.unlink()
     with pytest.raises(IntegrityError, match=r"weights.pt is missing"):
         load_or_build_zoo(cfg, small_glyphs)
+    rebuilt = load_or_build_zoo(cfg, small_glyphs, repair=True)
+    info = weights.parent / "member.json"
+    for damage in ("unreadable", "missing"):  # --repair also mends the member's metadata
+        info.write_text("{not json") if damage == "unreadable" else info.unlink()
+        with pytest.raises(IntegrityError, match=r"member.json is missing or unreadable.*--repair"):
+            load_or_build_zoo(cfg, small_glyphs)
+        rebuilt = load_or_build_zoo(cfg, small_glyphs, repair=True)
+        assert rebuilt.members[0].weights_sha256 == zoo.members[0].weights_sha256 and info.is_file()
 
 
 def test_member_spec_round_trips_through_json(tiny_zoo):
@@ -221,3 +229,12 @@ def test_a_member_trains_on_the_first_80_percent_of_each_class_and_holds_out_the
         assert (hold_y[start_h : start_h + rows.numel() - n_train] == local).all()
         start_t, start_h = start_t + n_train, start_h + rows.numel() - n_train
     assert start_t == len(train_x) and start_h == len(hold_x) and len(hold_x) > 0
+
+
+def test_best_holdout_without_held_out_images_is_refused(small_glyphs, cache_root):
+    cfg = {**_tiny_cfg(), "name": "no_holdout", "n_members": 1, "seed": 7}
+    cfg["recipe"] = {**dict(cfg.get("recipe") or {}), "select": "best_holdout", "holdout_fraction": 0.0}
+    with pytest.raises(
+        BenchError, match=r"select='best_holdout' needs held-out images.*holdout_fraction=0.0"
+    ):
+        load_or_build_zoo(cfg, small_glyphs)

@@ -77,6 +77,9 @@ def test_ls_card_and_verify_catch_a_corrupt_member(tmp_path, cache, small_glyphs
     repaired = _run("dfml-zoo", "build", "glyphs_ss_conv4", "--repair", *TINY, cwd=tmp_path, cache=cache)
     assert repaired.returncode == 0 and "1 trained" in repaired.stdout
     assert _run("dfml-zoo", "verify", cwd=tmp_path, cache=cache).returncode == 0
+    (weights.parent / "member.json").write_text("{not json")  # the weights are fine, the metadata is not
+    verify = _run("dfml-zoo", "verify", cwd=tmp_path, cache=cache)
+    assert verify.returncode == 1 and "MEMBER.JSON MISSING OR UNREADABLE" in verify.stdout
 
 
 def test_build_names_its_build_and_checks_an_expected_one(tmp_path, cache, small_glyphs):
@@ -236,3 +239,31 @@ def test_mh_zoo_runs_through_dfml_run_on_one_of_its_datasets(tmp_path, cache, sm
         assert wrong.returncode != 0 and "multi-dataset (MH) zoo over ['glyphs', 'omniglot']" in wrong.stderr
     finally:
         os.environ.pop("DFML_OMNIGLOT_ROOT", None)
+
+
+def test_a_name_built_in_two_configurations_is_refused_with_their_keys(tmp_path, monkeypatch):
+    from bench.errors import BenchError
+    from zoos.cli import find_manifest
+
+    monkeypatch.setenv("DFML_CACHE", str(tmp_path))
+    for key, members in (("aaaa1111", 13), ("bbbb2222", 2)):  # the full zoo and a smoke run's
+        folder = tmp_path / "zoos" / key
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(
+            json.dumps({"name": "glyphs_sh", "key": key, "members": [{}] * members})
+        )
+    with pytest.raises(BenchError, match=r"'glyphs_sh' is built in 2 configurations") as raised:
+        find_manifest("glyphs_sh")
+    assert "aaaa1111 (13 members)" in str(raised.value) and "bbbb2222 (2 members)" in str(raised.value)
+    assert find_manifest("bbbb2222")["key"] == "bbbb2222"  # a key is unambiguous
+
+
+def test_building_an_mh_zoo_loads_its_source_as_the_zoo_configures_it():
+    from zoos.cli import compose
+
+    assert compose("mh_paper").dataset.image_size == 84  # cifar_fs is 32 px by default; its source is 84
+    assert compose("mh_paper", "cub").dataset.image_size == 84
+    assert (
+        compose("mh_paper", overrides=["dataset.image_size=32"]).dataset.image_size == 32
+    )  # the user's last
+    assert compose("glyphs_sh").dataset.image_size == 32  # SS / SH: the dataset group as it is

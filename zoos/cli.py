@@ -55,6 +55,28 @@ def default_dataset(zoo_cfg: DictConfig) -> str:
     return str(zoo_cfg.dataset)
 
 
+def source_dataset_overrides(cfg: DictConfig, dataset: str) -> list[str]:
+    """``dataset.<key>=<value>`` overrides that give ``cfg.dataset`` an MH source's own settings.
+
+    An MH zoo's sources set their dataset options (e.g. every image at 84 px); building or
+    evaluating on one of them must load it the same way, or the run's dataset is not that source.
+    Only scalar settings that differ from the dataset group's are given; none for SS / SH zoos.
+    """
+    for source in (cfg.zoo.get("sources") or {}).values():
+        if str(source.dataset.name) != dataset:
+            continue
+        own = OmegaConf.to_container(source.dataset, resolve=True)
+        group = OmegaConf.to_container(cfg.dataset, resolve=True)
+        return [
+            f"dataset.{key}={'null' if value is None else value}"
+            for key, value in sorted(own.items())
+            if key != "name"
+            and (value is None or isinstance(value, (bool, int, float, str)))
+            and group.get(key) != value
+        ]
+    return []
+
+
 def compose(zoo: str, dataset: str | None = None, overrides: list[str] | None = None) -> DictConfig:
     """The run config with ``zoo`` (and its dataset) selected, plus Hydra ``overrides``."""
     from hydra import compose as hydra_compose
@@ -70,8 +92,12 @@ def compose(zoo: str, dataset: str | None = None, overrides: list[str] | None = 
     with initialize_config_module("bench.conf", version_base="1.3"):
         cfg = hydra_compose("config", overrides=[f"zoo={zoo}"])
         chosen = dataset or default_dataset(cfg.zoo)
+        base = hydra_compose("config", overrides=[f"zoo={zoo}", f"dataset={chosen}"])
+        from_source = source_dataset_overrides(base, chosen)
         try:
-            return hydra_compose("config", overrides=[f"zoo={zoo}", f"dataset={chosen}", *(overrides or [])])
+            return hydra_compose(
+                "config", overrides=[f"zoo={zoo}", f"dataset={chosen}", *from_source, *(overrides or [])]
+            )
         except HydraException as error:  # a bad override: its message, without the traceback
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = " ".join(lines[:3]) or type(error).__name__
@@ -189,10 +215,21 @@ def manifests() -> list[dict[str, Any]]:
 
 
 def find_manifest(zoo: str) -> dict[str, Any]:
-    """The newest manifest of zoo ``zoo`` (by name or key); error with the fix when absent."""
-    for manifest in manifests():
-        if zoo in (manifest["name"], manifest["key"]):
-            return manifest
+    """The manifest of zoo ``zoo`` (by name or key); error with the fix when absent or ambiguous.
+
+    A name built in several configurations (e.g. a smoke run's ``zoo.n_members=2`` beside the full
+    zoo) is refused with their keys: picking the most recently used would export, verify or card
+    whichever configuration ran last.
+    """
+    found = [m for m in manifests() if zoo in (m["name"], m["key"])]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        listed = "; ".join(f"{m['key']} ({len(m['members'])} members)" for m in found)
+        raise BenchError(
+            f"zoo {zoo!r} is built in {len(found)} configurations in {cache_dir()}: {listed}; "
+            "name the one you mean by its key"
+        )
     valid = group_options("zoo")
     if zoo not in valid:
         raise BenchError(unknown_key_message("zoo", zoo, valid))
@@ -207,6 +244,14 @@ def write_card(manifest: dict[str, Any], out: Path | None = None) -> Path:
     path = out or cache_dir() / "zoos" / manifest["key"] / "card.md"
     atomic_write_text(path, text)
     return path
+
+
+def _member_json_matches(path: Path, weights_sha256: str) -> bool:
+    """Whether a member's ``member.json`` reads and names the weights the manifest names."""
+    try:
+        return json.loads(path.read_text()).get("weights_sha256") == weights_sha256
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def verify(zoo: str | None) -> int:
@@ -224,6 +269,8 @@ def verify(zoo: str | None) -> int:
                 status = "MISSING"
             elif sha256_file(weights) != member["weights_sha256"]:
                 status = "SHA256 MISMATCH"
+            elif not _member_json_matches(weights.parent / "member.json", member["weights_sha256"]):
+                status = "MEMBER.JSON MISSING OR UNREADABLE"
             bad += status != "ok"
             print(f"{manifest['name']} member {member['index']:>3} {member['key']}: {status}")
         print(f"{manifest['name']} ({manifest['key']}): {len(manifest['members'])} members checked")

@@ -159,6 +159,12 @@ def train_member(spec: MemberSpec, dataset: ImageClassDataset, device: torch.dev
     if recipe.select not in ("final", "best_holdout"):
         raise BenchError(f"unknown train.select {recipe.select!r}; valid: final, best_holdout")
     train_x, train_y, hold_x, hold_y = member_tensors(spec, dataset, device)
+    if recipe.select == "best_holdout" and len(hold_y) == 0:  # else the final weights, silently
+        raise BenchError(
+            f"zoo member {spec.index}: zoo.recipe.select='best_holdout' needs held-out images, but "
+            f"holdout_fraction={recipe.holdout_fraction} leaves none of its classes' images; use "
+            "zoo.recipe.select=final or a larger zoo.recipe.holdout_fraction"
+        )
     init_gen = make_generator(derive_seed(spec.seed, "member-init", spec.index))
     model = build_model(
         spec.arch, spec.head_width, spec.image_size, spec.channels, init_gen, **spec.arch_options

@@ -36,7 +36,7 @@ from bench.hashing import sha256_bytes, sha256_file, spec_hash
 from bench.paths import cache_dir
 from bench.progress import progress_options
 from bench.threads import check_threads, intra_op_threads
-from bench.timing import device_name
+from bench.timing import cuda_fp32_precision, device_name
 from zoos.architectures import build_model, count_parameters
 from zoos.members import is_multi_dataset, member_specs, untrusted_mix
 from zoos.numerics import check_numerics, member_numerics
@@ -196,8 +196,8 @@ def _load_member(spec: MemberSpec, device: torch.device, zoo_name: str = "") -> 
     directory = member_dir(spec.key)
     if not is_done(directory):
         return None
-    info = json.loads((directory / "member.json").read_text())
-    fix = f"run `dfml-zoo build {zoo_name or '<zoo>'} --repair` (retrains it; weights are deterministic)"
+    info = _member_info(spec, zoo_name)
+    fix = _repair_hint(zoo_name)
     weights = directory / "weights.pt"
     if not weights.is_file():
         raise IntegrityError(f"zoo member {spec.index} ({spec.key}): {weights} is missing; {fix}")
@@ -216,10 +216,28 @@ def _load_member(spec: MemberSpec, device: torch.device, zoo_name: str = "") -> 
     return ZooMember(spec, model, info["heldout_acc"], info["train_acc"], actual, count_parameters(model))
 
 
-def member_numerics_of(spec: MemberSpec) -> str:
+def _repair_hint(zoo_name: str) -> str:
+    return f"run `dfml-zoo build {zoo_name or '<zoo>'} --repair` (retrains it; weights are deterministic)"
+
+
+def _member_info(spec: MemberSpec, zoo_name: str = "") -> dict[str, Any]:
+    """A finished member's ``member.json``; IntegrityError (with the repair hint) if missing or unreadable."""
+    path = member_dir(spec.key) / "member.json"
+    try:
+        info = json.loads(path.read_text())
+        if not isinstance(info, dict) or "weights_sha256" not in info:
+            raise ValueError("no weights_sha256 in it")
+    except (OSError, ValueError) as error:
+        raise IntegrityError(
+            f"zoo member {spec.index} ({spec.key}): {path} is missing or unreadable ({error}); "
+            f"{_repair_hint(zoo_name)}"
+        ) from None
+    return info
+
+
+def member_numerics_of(spec: MemberSpec, zoo_name: str = "") -> str:
     """The numerics a cached member was trained with (``native`` when member.json predates them)."""
-    info = json.loads((member_dir(spec.key) / "member.json").read_text())
-    return str(info.get("train_numerics") or "native")
+    return str(_member_info(spec, zoo_name).get("train_numerics") or "native")
 
 
 def remove_member(spec: MemberSpec) -> None:
@@ -270,6 +288,8 @@ def build_member(
             "train_numerics": numerics,
             "torch": torch.__version__,
         }
+        if device.type == "cuda":  # TF32 (device.tf32=true) changes CUDA weights; CPU has no such switch
+            info["train_cuda_fp32_precision"] = cuda_fp32_precision()
         (tmp / "member.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
@@ -362,10 +382,18 @@ def ensure_members(
     check_threads_by_arch(threads_by_arch, specs)
     if numerics == "portable" and not replace_native:  # before training any member into this cache
         for spec in specs:
-            if is_done(member_dir(spec.key)) and member_numerics_of(spec) != "portable":
+            try:
+                cached_numerics = (
+                    member_numerics_of(spec, str(cfg["name"])) if is_done(member_dir(spec.key)) else None
+                )
+            except IntegrityError:
+                if not repair:
+                    raise
+                continue  # unreadable: --repair retrains it below
+            if cached_numerics not in (None, "portable"):
                 raise BenchError(
                     f"zoo {cfg['name']} member {spec.index} ({spec.key}) is cached from a "
-                    f"{member_numerics_of(spec)} build, whose weights depend on the CPU that trained it; "
+                    f"{cached_numerics} build, whose weights depend on the CPU that trained it; "
                     "a portable build does not reuse it: retrain such members portably with `dfml-zoo "
                     f"build {cfg['name']} --numerics portable --replace-native` (at the thread count and "
                     "with the zoo overrides in use), or build into another cache (DFML_CACHE; this one: "
