@@ -280,7 +280,7 @@ def verify(zoo: str | None) -> int:
 
 
 def export(zoo: str, out: Path) -> None:
-    """Write the newest build of ``zoo`` (name or key) to the archive ``out``."""
+    """Write the build of ``zoo`` (key, or a name built in one configuration) to the archive ``out``."""
     from zoos.archive import export_zoo
 
     header = export_zoo(find_manifest(zoo), out)
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p_card.add_argument("--out", type=Path, help="write the card here instead of beside the manifest")
     p_export = sub.add_parser("export", help="write a built zoo's exact weights to a verified archive")
     p_export.add_argument(
-        "zoo", help="a built zoo's key, or its name (then the most recently written manifest of that name)"
+        "zoo", help="a built zoo's key, or its name (refused when several configurations of it are built)"
     )
     p_export.add_argument(
         "--out", type=Path, required=True, help="archive path ending in .tar, .tar.gz or .tgz"
