@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -301,3 +302,20 @@ def test_teacher_forward_folds_conv4_and_hooks_other_models_channels_last_on_cpu
     assert not teacher_forward(resnet, channels_last=False).channels_last
     unfolded = teacher_forward(conv4, fold=False)
     assert isinstance(unfolded, HookedTeacher) and unfolded.channels_last
+
+
+def test_a_bn_whose_offset_dwarfs_its_spread_is_hooked_not_folded():
+    """Folding recovers var_z from E[y^2] - E[y]^2 of the BN *output*; with a tiny gamma and a large
+    beta that cancels in float32 (32 % off at gamma 1e-3, beta 1): such teachers take the hooked path."""
+    model = copy.deepcopy(synthetic_conv4_zoo(1, 5).members[0].model).eval()
+    bn = model.features[5]  # the second block's BN
+    with torch.no_grad():
+        bn.weight[0], bn.bias[0], bn.running_var[0] = 1e-3, 1.0, 0.5
+    with pytest.raises(ValueError, match="lose float32 precision"):
+        FoldedConv4Teacher(model)
+    chosen = teacher_forward(model)
+    assert isinstance(chosen, HookedTeacher)
+    x = torch.randn(40, 3, 32, 32, dtype=torch.float64)
+    _, exact = HookedTeacher(copy.deepcopy(model).double())(x)
+    _, moments = chosen(x.float())
+    assert torch.allclose(moments[1][1].double(), exact[1][1], rtol=1e-4)
