@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.leaderboard import REFERENCE, latex_table, write_leaderboard
+from bench.leaderboard import REFERENCE, base_method, latex_table, write_leaderboard
 from bench.method import check_reference_methods
 from bench.records import read_records
 from bench.sweep_cells import sweep_cells
@@ -71,7 +71,8 @@ def check_reference(reference: str, records: list, carried_csv: Path | None) -> 
     """
     known = {r.method for r in records}
     if carried_csv is not None and carried_csv.is_file():
-        known |= set(pd.read_csv(carried_csv)["method"].astype(str))
+        # carried rows may be labelled (``random_init [numerics=native]``): their method is the base name
+        known |= {base_method(name) for name in pd.read_csv(carried_csv)["method"].astype(str)}
     if known and reference not in known:
         from bench.registry import unknown_key_message
 

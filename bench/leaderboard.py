@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from bench.atomic import atomic_write_text
+from bench.errors import BenchError
 from bench.evaluate import paired_difference
 from bench.records import IDENTITY_KEYS, RunRecord
 from bench.sweep_cells import cell_status_line
@@ -254,6 +255,13 @@ def _seed_means(suites: dict[str, list[tuple[list[float], list[float]]]]) -> tup
     """
 
     def mean_over_seeds(lists: list[list[float]]) -> list[float]:
+        counts = sorted({len(values) for values in lists})
+        if len(counts) > 1:
+            raise BenchError(
+                f"seeds evaluated on one suite have different episode counts {counts} "
+                "(a run with eval.limit beside full runs under one row name); re-run them alike, or keep "
+                "the eval.limit runs in another results directory"
+            )
         return [sum(column) / len(lists) for column in zip(*lists, strict=True)]
 
     methods, references = [], []
@@ -702,7 +710,11 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
         row = {}
         for task, steps in settings:
             hit = table[
-                (table["method"] == method) & (table["task"] == task) & (table["test_steps"] == steps)
+                (table["method"] == method)
+                & (table["real_data"] == real_data)
+                & (table["external_model"] == external_model)
+                & (table["task"] == task)
+                & (table["test_steps"] == steps)
             ]
             if hit.empty or pd.isna(hit.iloc[0][value]):
                 row[setting_label(task, steps)] = "X"
@@ -943,6 +955,8 @@ def paper_comparison(table: pd.DataFrame, paper: dict) -> str:
         "| method | setting | paper | ours | Δ (ours − paper) |",
         "|---|---|---|---|---|",
     ]
+    datasets = set(table.loc[~table["dataset"].astype(str).str.startswith(AVERAGE_PREFIX), "dataset"])
+    multi_dataset = len(datasets) > 1  # one dataset's number is never set beside a published average
     for method, cells in sorted((paper.get("results") or {}).items()):
         for task, (mean, ci) in sorted(cells.items()):
             hit = table[
@@ -952,7 +966,7 @@ def paper_comparison(table: pd.DataFrame, paper: dict) -> str:
                 & (table["profile"] == profile)
                 & ~table["dataset"].str.startswith(AVERAGE_PREFIX)
             ]
-            if len(hit) > 1:  # several datasets (MH): the published number is their average
+            if multi_dataset:  # several datasets (MH): the published number is their average
                 hit = table[
                     (table["method"] == method)
                     & (table["task"] == task)

@@ -752,3 +752,69 @@ def test_an_older_csv_without_the_newer_columns_is_carried_with_their_defaults(t
     )
     assert not table.external_model.any() and set(table.legacy.fillna("")) == {""}
     assert "external model" not in markdown
+
+
+def test_a_method_with_the_external_model_in_one_setting_only_keeps_each_cell_under_its_own_label(tmp_path):
+    """The pivot looked cells up by method alone: both rows showed every cell, one under the wrong label."""
+    records = [r for r in fixture_records() if r.method in ("random_init", "weight_average")]
+    for r in records:
+        if r.method == "weight_average" and r.setting["task"] == "5w1s":
+            r.train_stats["uses_external_model"] = 1.0
+    write_leaderboard(records, tmp_path, "golden")
+    lines = (tmp_path / "golden.md").read_text().splitlines()
+    labelled = next(line for line in lines if line.startswith("| weight_average (uses an external model)"))
+    plain = next(line for line in lines if line.startswith("| weight_average ") and "external" not in line)
+    cells = lambda line: [c.strip() for c in line.strip("|").split("|")[1:]]  # noqa: E731
+    headers = cells(next(line for line in lines if line.startswith("| method")))
+    for header, mine, other in zip(headers, cells(labelled), cells(plain), strict=True):
+        assert (mine == "X") != (other == "X"), f"{header}: each cell under exactly one of the two labels"
+        assert (mine != "X") == header.startswith("5w1s")
+
+
+def test_seeds_of_one_suite_with_different_episode_counts_are_refused_by_name():
+    import copy
+
+    from bench.errors import BenchError
+
+    records = [r for r in fixture_records() if r.setting["task"] == "5w1s" and r.seeds["root"] == 0]
+    short = [copy.deepcopy(r) for r in records if r.method == "weight_average"]
+    for r in short:  # a second seed evaluated with eval.limit on the same suite
+        r.run_key, r.seeds["root"], r.config["seed"] = r.run_key + "-s9", 9, 9
+        r.per_episode = {k: v[:10] for k, v in r.per_episode.items()}
+    reference = [copy.deepcopy(r) for r in records if r.method == "random_init"]
+    for r in reference:
+        r.run_key, r.seeds["root"], r.config["seed"] = r.run_key + "-s9", 9, 9
+        r.per_episode = {k: v[:10] for k, v in r.per_episode.items()}
+    with pytest.raises(BenchError, match=r"different episode counts \[10, 40\]"):
+        tidy_table(records + short + reference)
+
+
+def test_the_paper_comparison_never_sets_one_dataset_beside_a_published_average():
+    from bench.leaderboard import paper_comparison
+
+    records = _two_dataset_records()
+    table = tidy_table(records)
+    one_dataset = tidy_table(  # weight_average finished glyphs only: no average row for it
+        [r for r in records if not (r.method == "weight_average" and r.setting["dataset"] == "omniglot")]
+    )
+    block = {
+        "source": "test",
+        "readout": 10,
+        "profile": "cpu",
+        "results": {"weight_average": {"5w1s": [50.0, 1.0]}},
+    }
+    assert "| weight_average | 5w1s | 50.00 ± 1.00 | X |" in paper_comparison(one_dataset, block)
+    averaged = paper_comparison(table, block)
+    assert "| weight_average | 5w1s | 50.00 ± 1.00 | X |" not in averaged  # both datasets: their average
+
+
+def test_collect_accepts_a_reference_that_the_carried_table_labels(tmp_path):
+    from bench.collect import check_reference
+
+    csv = tmp_path / "table.csv"
+    pd.DataFrame({"method": ["random_init [numerics=native]", "free [numerics=portable]"]}).to_csv(csv)
+    check_reference("random_init", [], csv)  # a fresh checkout: only the labelled carried rows
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="unknown reference method 'random_inti'"):
+        check_reference("random_inti", [], csv)
