@@ -106,7 +106,7 @@ def sync_mlflow(results: Path, experiment: str) -> tuple[int, int]:
     uploaded = failed = 0
     for record in read_records(results / "runs" / experiment):
         run_dir = results / "runs" / experiment / record.run_key
-        if sink.synced(run_dir, record):
+        if sink.holds(run_dir, record):  # the marker alone is not trusted: the store may be new
             continue
         if sink.log_record(record, run_dir):
             uploaded += 1

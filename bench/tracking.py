@@ -153,6 +153,19 @@ class MlflowSink:
         saved = json.loads(marker.read_text())
         return saved.get("uri") == self.uri and saved.get("finished_at") == str(record.finished_at)
 
+    def holds(self, run_dir: Path, record: RunRecord) -> bool:
+        """:meth:`synced`, and the store still holds that run, active (not deleted, not a reset store)."""
+        if not self.synced(run_dir, record):
+            return False
+        import mlflow
+
+        run_id = json.loads((run_dir / MARKER).read_text()).get("run_id")
+        try:
+            run = mlflow.MlflowClient(tracking_uri=self.uri).get_run(str(run_id))
+        except Exception:  # noqa: BLE001 - missing run (MlflowException) or store: not held
+            return False
+        return run.info.lifecycle_stage == "active"
+
     def _existing_run(self, record: RunRecord) -> str | None:
         """The id of the MLflow run already holding this very record (no duplicate uploads).
 

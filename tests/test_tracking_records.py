@@ -160,3 +160,22 @@ def test_a_record_of_another_schema_is_refused_by_name_and_skipped_by_the_collec
     with caplog.at_level("WARNING"):
         assert [r.method for r in read_records(tmp_path)] == ["random_init"]
     assert "skipping unreadable record" in caplog.text and "old" in caplog.text and "broken" in caplog.text
+
+
+def test_sync_uploads_again_a_record_whose_marked_run_left_the_store(tmp_path):
+    """A marker says 'synced', but the store was recreated (or the run deleted): sync uploads it."""
+    from bench.collect import sync_mlflow
+
+    results = tmp_path / "results"
+    record = fake_record("weight_average", True, 45.0, "5w1s", 0)
+    record.experiment = "golden"
+    run_dir = results / "runs" / "golden" / record.run_key
+    write_record(run_dir, record, "a: 1\n")
+    assert sync_mlflow(results, "golden") == (1, 0)
+    assert sync_mlflow(results, "golden") == (0, 0)  # held: nothing to do
+    uri = json.loads((run_dir / "mlflow_run.json").read_text())["uri"]
+    client = mlflow.MlflowClient(uri)
+    client.delete_run(json.loads((run_dir / "mlflow_run.json").read_text())["run_id"])
+    assert sync_mlflow(results, "golden") == (1, 0)  # the marker alone is not trusted
+    experiment = client.get_experiment_by_name("golden").experiment_id
+    assert len(client.search_runs([experiment])) == 1
