@@ -957,29 +957,25 @@ def paper_comparison(table: pd.DataFrame, paper: dict) -> str:
     ]
     datasets = set(table.loc[~table["dataset"].astype(str).str.startswith(AVERAGE_PREFIX), "dataset"])
     multi_dataset = len(datasets) > 1  # one dataset's number is never set beside a published average
+    averaged = table["dataset"].astype(str).str.startswith(AVERAGE_PREFIX) == multi_dataset
     for method, cells in sorted((paper.get("results") or {}).items()):
-        for task, (mean, ci) in sorted(cells.items()):
-            hit = table[
-                (table["method"] == method)
-                & (table["task"] == task)
-                & (table["test_steps"] == readout)
-                & (table["profile"] == profile)
-                & ~table["dataset"].str.startswith(AVERAGE_PREFIX)
-            ]
-            if multi_dataset:  # several datasets (MH): the published number is their average
+        # labelled rows of the method (``purer [numerics=portable]``...) each get their own line
+        names = sorted({n for n in table["method"].astype(str) if base_method(n) == method}) or [method]
+        for name in names:
+            for task, (mean, ci) in sorted(cells.items()):
                 hit = table[
-                    (table["method"] == method)
+                    (table["method"] == name)
                     & (table["task"] == task)
                     & (table["test_steps"] == readout)
                     & (table["profile"] == profile)
-                    & table["dataset"].str.startswith(AVERAGE_PREFIX)
+                    & averaged  # several datasets (MH): the published number is their average
                 ]
-            if hit.empty:
-                ours, delta = "X", "—"
-            else:
-                row = hit.iloc[0]
-                ours, delta = f"{row.acc_mean:.2f} ± {row.acc_ci95:.2f}", f"{row.acc_mean - mean:+.2f}"
-            lines.append(f"| {method} | {task} | {mean:.2f} ± {ci:.2f} | {ours} | {delta} |")
+                if hit.empty:
+                    ours, delta = "X", "—"
+                else:
+                    row = hit.iloc[0]
+                    ours, delta = f"{row.acc_mean:.2f} ± {row.acc_ci95:.2f}", f"{row.acc_mean - mean:+.2f}"
+                lines.append(f"| {name} | {task} | {mean:.2f} ± {ci:.2f} | {ours} | {delta} |")
     if len(lines) == 4:
         lines.append("| — | — | not transcribed yet | | |")
     return "\n".join(lines) + "\n"

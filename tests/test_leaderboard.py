@@ -818,3 +818,19 @@ def test_collect_accepts_a_reference_that_the_carried_table_labels(tmp_path):
 
     with pytest.raises(BenchError, match="unknown reference method 'random_inti'"):
         check_reference("random_inti", [], csv)
+
+
+def test_the_paper_comparison_gives_each_labelled_row_of_a_method_its_line():
+    from bench.leaderboard import paper_comparison
+
+    table = tidy_table(fixture_records())
+    table.loc[table.method == "weight_average", "method"] = "weight_average [numerics=portable]"
+    block = {
+        "source": "test",
+        "readout": 10,
+        "profile": "cpu",
+        "results": {"weight_average": {"5w1s": [50.0, 1.0]}},
+    }
+    text = paper_comparison(table, block)
+    assert "| weight_average [numerics=portable] | 5w1s | 50.00 ± 1.00 | " in text
+    assert "| X |" not in text  # it was not run under the bare name: the labelled row is the number
