@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.errors import BenchError
+
 
 @dataclass
 class InversionWeights:
@@ -111,12 +113,19 @@ def bn_stat_loss(
 
 
 def running_targets(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (running_mean, running_var) of every BatchNorm2d of a pretrained teacher."""
-    return [
-        (m.running_mean, m.running_var)
-        for m in model.modules()
-        if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None
-    ]
+    """The (running_mean, running_var) of every BatchNorm2d of a pretrained teacher.
+
+    A BatchNorm without running statistics (built with batch-statistic BN) gives the BN-statistics
+    loss no target: refused by name (it used to surface as a layer-count mismatch).
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if any(m.running_mean is None or m.running_var is None for m in layers):
+        raise BenchError(
+            f"teacher {type(model).__name__} has BatchNorm layers without running statistics (batch-"
+            "statistic BN, track_running_stats=False): DeepInversion's BN-statistics loss needs a "
+            "pretrained teacher's running mean and variance"
+        )
+    return [(m.running_mean, m.running_var) for m in layers]
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

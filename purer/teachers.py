@@ -57,6 +57,8 @@ class FoldedConv4Teacher:
         layers = list(model.features)
         with torch.no_grad():
             for conv, bn in zip(layers[0::4], layers[1::4], strict=True):
+                if bn.running_var is None:  # batch-statistic BN: nothing to fold (running_targets refuses)
+                    raise ValueError("BN without running statistics: nothing to fold")
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                 if scale.abs().min() < 1e-6:
                     raise ValueError("BN scale ~0: folding would be unstable; use HookedTeacher")

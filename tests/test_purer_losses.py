@@ -319,3 +319,13 @@ def test_a_bn_whose_offset_dwarfs_its_spread_is_hooked_not_folded():
     _, exact = HookedTeacher(copy.deepcopy(model).double())(x)
     _, moments = chosen(x.float())
     assert torch.allclose(moments[1][1].double(), exact[1][1], rtol=1e-4)
+
+
+def test_a_teacher_without_bn_running_statistics_is_refused_by_name():
+    from bench.errors import BenchError
+    from zoos.architectures import build_model
+
+    model = build_model("conv4", 5, 32, 3, torch.Generator(), width=32, batch_stat_bn=True).eval()
+    assert isinstance(teacher_forward(model), HookedTeacher)  # nothing to fold: no TypeError
+    with pytest.raises(BenchError, match="without running statistics"):
+        running_targets(model)
