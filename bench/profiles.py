@@ -21,7 +21,7 @@ def check_profile(cfg: DictConfig) -> None:
     - a method config that names its own ``profile`` (the PURER family) names the run's;
     - under ``paper``, a method with a meta-training schedule (``meta_iterations``) must have its
       length declared by the experiment (``method_overrides.<method>.meta_iterations``), and
-      ``budget.meta_iterations`` may not shorten it.
+      ``budget.meta_iterations`` may not shorten it, nor ``budget.max_seconds`` cut it.
     """
     profile = str(cfg.profile)
     if profile not in PROFILES:
@@ -40,6 +40,11 @@ def check_profile(cfg: DictConfig) -> None:
         raise BenchError(
             f"budget.meta_iterations={cfg.budget.meta_iterations} shortens the paper schedule; a shortened "
             "run is not the paper profile: drop the override or run with profile=cpu"
+        )
+    if OmegaConf.select(cfg, "budget.max_seconds", default=None) is not None:
+        raise BenchError(
+            f"budget.max_seconds={cfg.budget.max_seconds} can cut the paper schedule short; a run stopped "
+            "by the clock is not the paper profile: drop the override or run with profile=cpu"
         )
     overrides = OmegaConf.select(cfg, "method_overrides", default=None) or {}
     if "meta_iterations" not in (overrides.get(name) or {}):

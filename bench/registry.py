@@ -44,7 +44,11 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             previous = self._entries.get(name)
             if previous is not None and previous is not obj:
-                same = getattr(previous, "__qualname__", None) == getattr(obj, "__qualname__", "")
+                # the same definition re-imported (a module loaded twice), not another one of one name
+                same = (getattr(previous, "__module__", None), getattr(previous, "__qualname__", None)) == (
+                    getattr(obj, "__module__", ""),
+                    getattr(obj, "__qualname__", ""),
+                )
                 if not same:
                     raise ValueError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = obj

@@ -15,7 +15,11 @@ from bench.errors import BenchError
 
 
 def check_threads(threads: int | str, name: str, nullable: bool = True) -> int:
-    """``threads`` as an int >= 1; a BenchError naming ``name`` otherwise."""
+    """``threads`` as an int >= 1; a BenchError naming ``name`` otherwise (``abc``, ``1.7``, ``0``)."""
+    valid = f"an integer >= 1{' or null' if nullable else ''}"
+    text = str(threads).strip()
+    if isinstance(threads, bool) or not (isinstance(threads, int) or (text.isascii() and text.isdecimal())):
+        raise BenchError(f"{name} must be {valid}; got {threads!r}")
     if int(threads) < 1:
         raise BenchError(f"{name} must be >= 1{' or null' if nullable else ''}; got {threads}")
     return int(threads)

@@ -39,6 +39,7 @@ CASES = {
     "zero budget": (["budget.meta_iterations=0"], r"budget.meta_iterations must be > 0 or null; got 0"),
     "negative seconds": (["budget.max_seconds=-5"], r"budget.max_seconds must be > 0 or null; got -5"),
     "zero threads": (["threads=0"], r"threads must be >= 1 or null; got 0"),
+    "threads not a number": (["threads=abc"], r"threads must be an integer >= 1 or null; got 'abc'"),
     "episode count not a number": (["task.n_episodes=abc"], r"task.n_episodes='abc' is not an integer"),
     "method key typo": (["+method.inner_lrr=0.1"], r"bad config for method .random_init.: .*inner_lrr"),
     "zero probe episodes": (

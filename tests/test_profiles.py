@@ -56,6 +56,12 @@ def test_budget_may_not_shorten_a_paper_run():
         check_profile(cfg)
 
 
+def test_a_clock_budget_may_not_cut_a_paper_run_short():
+    cfg = _cfg(["experiment=paper_sh_cifar_fs", "method=dfmaml", "budget.max_seconds=60"])
+    with pytest.raises(BenchError, match=r"budget.max_seconds=60 can cut the paper schedule short"):
+        check_profile(cfg)
+
+
 def test_a_budget_on_a_method_without_meta_training_is_not_a_paper_concern():
     check_profile(_cfg(["experiment=paper_ss_cifar_fs", "method=random_init", "budget.meta_iterations=10"]))
 

@@ -45,6 +45,12 @@ def test_register_rejects_non_snake_case_and_duplicates():
     registry.register("one")(object())
     with pytest.raises(ValueError, match="registered twice"):
         registry.register("one")(object())
+    first = type("Baseline", (), {"__module__": "baselines.a"})
+    second = type("Baseline", (), {"__module__": "baselines.b"})  # another file, the same class name
+    registry.register("two")(first)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("two")(second)
+    registry.register("two")(type("Baseline", (), {"__module__": "baselines.a"}))  # a re-import: fine
 
 
 def test_yaml_name_field_equals_file_stem():
