@@ -99,6 +99,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
+        # ATen's CPU kernel set (AVX2 / AVX512 / DEFAULT): softmax rounds differently between them at
+        # most row widths, portable numerics included (zoos/numerics.py)
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "code_version": CODE_VERSION,
     }
     if device.type == "cuda":

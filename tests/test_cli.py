@@ -45,6 +45,7 @@ def test_smoke_run_writes_records_leaderboard_and_mlflow(smoke_results):
         assert record.status == "ok" and record.setting["task"] == "5w1s"
         assert len(record.per_episode["steps_10"]) == 20 and len(record.per_episode["steps_1"]) == 20
         assert record.throughput["eval_episodes_per_s"] > 0 and record.environment["torch"]
+        assert record.environment["aten_cpu_capability"] in ("DEFAULT", "AVX2", "AVX512")
         assert record.hashes["suite"] and record.hashes["zoo"] and record.choices["method"] == record.method
         assert len(record.hashes["zoo_weights"]) == 64  # which build of the zoo (member weights)
     assert len({r.hashes["suite"] for r in records}) == 1  # same episodes for every method

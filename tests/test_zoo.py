@@ -99,6 +99,9 @@ def test_corrupted_member_is_an_error_naming_member_and_fix_then_repair_rebuilds
         load_or_build_zoo(cfg, small_glyphs)
     rebuilt = load_or_build_zoo(cfg, small_glyphs, repair=True)
     info = weights.parent / "member.json"
+    assert (
+        json.loads(info.read_text())["train_aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    )
     for damage in ("unreadable", "missing"):  # --repair also mends the member's metadata
         info.write_text("{not json") if damage == "unreadable" else info.unlink()
         with pytest.raises(IntegrityError, match=r"member.json is missing or unreadable.*--repair"):

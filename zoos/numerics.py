@@ -14,6 +14,15 @@ alignment. Measured on that host, the portable build stayed identical with ATen'
 AVX-512 and oneDNN/MKL capped at AVX2 or not (``tests/test_zoo_numerics.py`` checks this on a small
 zoo), where native builds changed.
 That emulates other CPUs on one; no second CPU has built a portable zoo yet.
+
+**The kernel set still matters for softmax.** ATen's softmax / log-softmax (and the cross-entropy
+gradient) round differently under AVX2 and AVX-512 at most row widths, portable numerics included:
+measured on the Intel host (``ATEN_CPU_CAPABILITY=avx2`` vs ``avx512``), widths 5 and 16 agree and
+8, 10, 20, 25, 32 and 64 differ. The shipped zoos (5-class heads) and 5-way tasks use width 5, so
+their builds and most cells agree across the two; a cell with a softmax over another width (ICFIL's
+contrastive loss over 25 pseudo images, TGR's probe over the zoo's classes, a 10-way task) agrees
+only between hosts of the same kernel set. Records and members name it (``aten_cpu_capability``);
+run with ``ATEN_CPU_CAPABILITY=avx2`` to compute on AVX2 kernels on an AVX-512 host.
 ATen's non-vectorised fallback (``ATEN_CPU_CAPABILITY=default``, CPUs without AVX2) gave another
 build, so portable builds refuse to run there. The weights still depend on the thread count and the
 torch version (both recorded in member.json).

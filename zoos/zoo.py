@@ -286,6 +286,7 @@ def build_member(
             "train_threads": torch.get_num_threads(),
             "train_device_name": device_name(device),
             "train_numerics": numerics,
+            "train_aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__,
         }
         if device.type == "cuda":  # TF32 (device.tf32=true) changes CUDA weights; CPU has no such switch
