@@ -25,10 +25,17 @@ def check_threads(threads: int | str, name: str, nullable: bool = True) -> int:
     return int(threads)
 
 
+#: torch's intra-op thread count when this module was first imported (its default for the process).
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 def set_threads(threads: int | str | None, name: str = "threads") -> None:
-    """Set torch's intra-op thread count for the process (None: leave torch's default)."""
-    if threads is not None:
-        torch.set_num_threads(check_threads(threads, name))
+    """Set torch's intra-op thread count for the process (None: torch's default).
+
+    None restores the default rather than leaving the count alone: in a multirun (several cells in
+    one process) a ``threads: null`` cell would otherwise run at the previous cell's count.
+    """
+    torch.set_num_threads(DEFAULT_THREADS if threads is None else check_threads(threads, name))
 
 
 @contextmanager
