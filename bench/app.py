@@ -133,7 +133,7 @@ def meta_model_global_pool(cfg: DictConfig) -> bool:
     return value
 
 
-def check_task_integers(cfg: DictConfig) -> None:
+def check_task_values(cfg: DictConfig) -> None:
     """Raise a clear error, before any work, for a ``task.*`` / ``eval.limit`` value that cannot run.
 
     Counts must be integers (``task.n_episodes=abc`` or ``task.n_way=5.5`` would otherwise fail
@@ -332,7 +332,7 @@ def run_cell(
     experiment = str(cfg.experiment.name)
     run_dir = results / "runs" / experiment / key
     budget = Budget(cfg.budget.meta_iterations, cfg.budget.max_seconds)
-    check_task_integers(cfg)
+    check_task_values(cfg)
     # a bad method key or value is reported before the dataset and the zoo are loaded or built
     method_yaml = OmegaConf.to_container(cfg.method, resolve=True)
     validate_method_config(METHODS.get(str(cfg.method.name)), method_yaml)

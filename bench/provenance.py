@@ -19,6 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.environment import code_sha256, git_state
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,7 @@ def inherit(history: list[dict[str, Any]] | None, source: Path) -> None:
 
 
 def _threads() -> int:
-    import torch
-
+    """This process's torch intra-op thread count (a function: tests stand in other counts)."""
     return torch.get_num_threads()
 
 
