@@ -92,8 +92,13 @@ def compose(zoo: str, dataset: str | None = None, overrides: list[str] | None = 
     with initialize_config_module("bench.conf", version_base="1.3"):
         cfg = hydra_compose("config", overrides=[f"zoo={zoo}"])
         chosen = dataset or default_dataset(cfg.zoo)
-        base = hydra_compose("config", overrides=[f"zoo={zoo}", f"dataset={chosen}"])
-        from_source = source_dataset_overrides(base, chosen)
+        from_source = (  # an MH source's own dataset settings (SS / SH zoos have none)
+            source_dataset_overrides(
+                hydra_compose("config", overrides=[f"zoo={zoo}", f"dataset={chosen}"]), chosen
+            )
+            if cfg.zoo.get("sources")
+            else []
+        )
         try:
             return hydra_compose(
                 "config", overrides=[f"zoo={zoo}", f"dataset={chosen}", *from_source, *(overrides or [])]

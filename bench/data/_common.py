@@ -220,7 +220,7 @@ def index_splits(
                 where = (
                     f"twice in the {split!r} list"
                     if owner[name] == split
-                    else (f"in both the {owner[name]!r} and the {split!r} lists")
+                    else f"in both the {owner[name]!r} and the {split!r} lists"
                 )
                 raise BenchError(
                     f"{dataset}: class {name!r} is {where}; each class must be in exactly one of "

@@ -24,6 +24,7 @@ file-name order (CSV) or row order (pickle), resized to ``image_size`` if needed
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,8 @@ def _pickle_split(path: Path, labels: list[str], size: int) -> dict[str, torch.T
     common.check_classes("mini_imagenet", {"split": labels}, set(rows), f"class_dict of {path}")
     if any(not 0 <= i < data.shape[0] for label in labels for i in rows[label]):
         raise BenchError(f"mini_imagenet: {path}: class_dict holds row indices outside [0, {data.shape[0]})")
-    used = [i for label in labels for i in rows[label]]
-    if len(used) != len(set(used)):
-        repeated = sorted({i for i in used if used.count(i) > 1})
+    repeated = sorted(i for i, n in Counter(i for label in labels for i in rows[label]).items() if n > 1)
+    if repeated:
         raise BenchError(
             f"mini_imagenet: {path}: class_dict lists row(s) {repeated[:8]} more than once (within a class "
             "or in two classes); each image must belong to exactly one class, once"
