@@ -15,16 +15,53 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+#: Set once :func:`reset_peak_memory` has reset this process's peak RSS (Linux ``clear_refs``).
+_RSS_WINDOW = {"reset": False}
+
+
 def reset_peak_memory(device: torch.device | str) -> None:
-    """Start a new peak-memory window (CUDA only; CPU reports the process peak RSS)."""
+    """Start a new peak-memory window: CUDA's allocator peak, or on Linux the process's peak RSS.
+
+    On Linux, writing ``5`` to ``/proc/self/clear_refs`` resets ``VmHWM`` (kernel >= 4.0), so a
+    multirun's later cell no longer reports an earlier cell's peak. Where that file cannot be
+    written (another OS, a locked-down container) the CPU peak stays the process's lifetime peak,
+    and :func:`peak_memory_gb` says so.
+    """
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return
+    _RSS_WINDOW["reset"] = _status_hwm_kib() is not None
+
+
+def _status_hwm_kib() -> int | None:
+    """``VmHWM`` (peak resident set since the last reset) from /proc/self/status, in KiB."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def peak_memory_gb(device: torch.device | str) -> tuple[float, str]:
-    """(peak memory in GiB, what was measured): CUDA max allocated, or the process max RSS."""
+    """(peak memory in GiB, what was measured).
+
+    What: ``cuda_max_allocated``; ``run_max_rss`` (CPU peak RSS since :func:`reset_peak_memory`); or
+    ``process_max_rss`` (CPU peak RSS over the process's life, where no reset was possible).
+    """
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30, "cuda_max_allocated"
+    if _RSS_WINDOW["reset"]:
+        hwm = _status_hwm_kib()
+        if hwm is not None:
+            return hwm / 2**20, "run_max_rss"
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return rss_kb * scale / 2**30, "process_max_rss"
