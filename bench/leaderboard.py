@@ -200,6 +200,9 @@ def _paired(
 ) -> dict[tuple, dict[str, float]]:
     """Group key -> paired difference to ``reference`` pooled over matching (seed, suite) runs.
 
+    Each value: ``mean``, ``ci95`` (see :func:`bench.stats.paired_difference`) and ``n_seeds``, the
+    seeds of the row that found a reference run of their own seed (can be fewer than the row's).
+
     A record is paired only with reference runs of its own numerics (native and portable runs
     differ by float order in every episode, which is not the method's effect), and that reference
     must have exactly one finished configuration in the cell (else, ambiguous, no
@@ -214,6 +217,7 @@ def _paired(
     pooled: dict[tuple, dict[str, list[tuple[list[float], list[float]]]]] = defaultdict(
         lambda: defaultdict(list)
     )
+    paired_seeds: dict[tuple, set] = defaultdict(set)
     for record in records:
         if record.status != "ok" or record.method == reference:
             continue
@@ -243,7 +247,11 @@ def _paired(
                     record.setting.get("profile", "-"),
                 )
                 pooled[group][record.hashes["suite"]].append((values, ref.per_episode[readout]))
-    return {group: paired_difference(*_seed_means(suites)) for group, suites in pooled.items()}
+                paired_seeds[group].add(record.seeds["root"])
+    return {
+        group: {**paired_difference(*_seed_means(suites)), "n_seeds": len(paired_seeds[group])}
+        for group, suites in pooled.items()
+    }
 
 
 def _seed_means(suites: dict[str, list[tuple[list[float], list[float]]]]) -> tuple[list[float], list[float]]:
@@ -300,7 +308,8 @@ def tidy_table(
         "reference",
         "delta_vs_reference",
         "delta_ci95",
-        *(column for m in extra for column in (f"delta_vs_{m}", f"delta_vs_{m}_ci95")),
+        "delta_n_seeds",
+        *(column for m in extra for column in delta_columns(m)),
         "run_keys",
         "zoo_builds",  # member weights sha256[:12] of the records behind the row ('' before the field)
     ]
@@ -332,12 +341,22 @@ def tidy_table(
     table["reference"] = reference
     table["delta_vs_reference"] = [d["mean"] if d else float("nan") for d in deltas]
     table["delta_ci95"] = [d["ci95"] if d else float("nan") for d in deltas]
+    table["delta_n_seeds"] = [d["n_seeds"] if d else float("nan") for d in deltas]
     for method in extra:
         paired = _paired(records, method, names)
         deltas = [paired.get(tuple(row[g] for g in GROUP)) for _, row in table.iterrows()]
-        table[f"delta_vs_{method}"] = [d["mean"] if d else float("nan") for d in deltas]
-        table[f"delta_vs_{method}_ci95"] = [d["ci95"] if d else float("nan") for d in deltas]
+        value, ci, seeds = delta_columns(method)
+        table[value] = [d["mean"] if d else float("nan") for d in deltas]
+        table[ci] = [d["ci95"] if d else float("nan") for d in deltas]
+        table[seeds] = [d["n_seeds"] if d else float("nan") for d in deltas]
     return _finish(table, reference, extra, columns)
+
+
+def delta_columns(method: str | None = None) -> tuple[str, str, str]:
+    """(difference, its ci95, its seed count) columns: to the reference (``None``) or to ``method``."""
+    if method is None:
+        return "delta_vs_reference", "delta_ci95", "delta_n_seeds"
+    return f"delta_vs_{method}", f"delta_vs_{method}_ci95", f"delta_vs_{method}_n_seeds"
 
 
 def _finish(
@@ -414,7 +433,7 @@ def carry_rows(
         return table
     if "reference" in keep:  # deltas to another reference are not this table's
         other = keep["reference"].astype(str) != reference
-        keep.loc[other, ["delta_vs_reference", "delta_ci95"]] = float("nan")
+        keep.loc[other, [c for c in delta_columns() if c in keep]] = float("nan")
         keep["reference"] = reference
     merged = pd.concat([current.assign(carried=False), keep.assign(carried=True)], ignore_index=True)
     columns = [*table.columns, *([] if REMADE_COLUMN in table else [REMADE_COLUMN]), "carried"]
@@ -466,10 +485,9 @@ def _blank_stale_carried_differences(
     old_kinds = previous["numerics"].astype(str) + "/" + previous["n_episodes"].astype(int).astype(str)
     bases, old_bases = merged["method"].map(base_method), previous["method"].map(base_method)
     carried = merged["carried"]
-    columns = [(reference, "delta_vs_reference", "delta_ci95")]
-    columns += [(m, f"delta_vs_{m}", f"delta_vs_{m}_ci95") for m in extra]
+    columns = [(reference, *delta_columns()), *((m, *delta_columns(m)) for m in extra)]
     several_settings = merged["dataset"].nunique() > 1 or merged["zoo"].nunique() > 1
-    for partner, value, ci in columns:
+    for partner, value, ci, seeds in columns:
         if value not in merged:
             continue
         with_value = carried & merged[value].notna()
@@ -485,7 +503,7 @@ def _blank_stale_carried_differences(
             tolerated = shift is not None and shift <= 0.5 * float(before["acc_ci95"].iloc[0])
             affected = with_value & (keys == key) & (kinds == kind)
             if not tolerated:
-                merged.loc[affected, [c for c in (value, ci) if c in merged]] = float("nan")
+                merged.loc[affected, [c for c in (value, ci, seeds) if c in merged]] = float("nan")
             if shift is not None and shift > 1e-3:  # a later collect compares a record with itself
                 # (the CSV keeps 4 decimals): nothing to say
                 label = f"{key[2]} · {key[3]} step{'s' if key[3] != '1' else ''}"
@@ -643,6 +661,7 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
                     "reference": cells["reference"].iloc[0],
                     "delta_vs_reference": cells["delta_vs_reference"].mean(skipna=False),
                     "delta_ci95": (cells["delta_ci95"] ** 2).sum(min_count=k) ** 0.5 / k,
+                    "delta_n_seeds": cells["delta_n_seeds"].min(skipna=False),
                     "run_keys": ";".join(sorted(set(";".join(cells["run_keys"]).split(";")))),
                     "zoo_builds": ";".join(sorted({b for bs in cells["zoo_builds"] for b in _split(bs)})),
                     **{
@@ -651,6 +670,10 @@ def dataset_averages(table: pd.DataFrame, compare_to: Sequence[str] = ()) -> pd.
                         else (cells[column] ** 2).sum(min_count=k) ** 0.5 / k
                         for m in compare_to
                         for suffix, column in (("", f"delta_vs_{m}"), ("_ci95", f"delta_vs_{m}_ci95"))
+                    },
+                    **{
+                        f"delta_vs_{m}_n_seeds": cells[f"delta_vs_{m}_n_seeds"].min(skipna=False)
+                        for m in compare_to
                     },
                 }
             )
@@ -697,7 +720,16 @@ def _legacy_label(switches: Sequence[str]) -> str:
     return f" (legacy: {', '.join(switches)})" if switches else ""
 
 
-def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFrame:
+#: Marks a paired difference taken over fewer seeds than the row's accuracy (see :func:`_pivot`).
+FEWER_SEEDS_MARK = "†"
+
+
+def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool, seeds: str | None = None) -> pd.DataFrame:
+    """Rows = row labels, columns = settings, cells ``mean ± ci`` (X where missing).
+
+    ``seeds``: a difference's seed-count column; a cell whose difference covers fewer seeds than the
+    row's ``n_seeds`` gets :data:`FEWER_SEEDS_MARK`.
+    """
     settings = sorted(
         {(t, s) for t, s in zip(table["task"], table["test_steps"], strict=True)},
         key=lambda ts: (ts[0], ts[1]),
@@ -720,7 +752,11 @@ def _pivot(table: pd.DataFrame, value: str, ci: str, signed: bool) -> pd.DataFra
                 row[setting_label(task, steps)] = "X"
             else:
                 sign = "+" if signed else ""
-                row[setting_label(task, steps)] = f"{hit.iloc[0][value]:{sign}.1f} ± {hit.iloc[0][ci]:.1f}"
+                cell = f"{hit.iloc[0][value]:{sign}.1f} ± {hit.iloc[0][ci]:.1f}"
+                paired = hit.iloc[0][seeds] if seeds and seeds in hit else float("nan")
+                if pd.notna(paired) and int(paired) < int(hit.iloc[0]["n_seeds"]):
+                    cell += f" {FEWER_SEEDS_MARK}{int(paired)}/{int(hit.iloc[0]['n_seeds'])}"
+                row[setting_label(task, steps)] = cell
         cells[_row_label(method, real_data, external_model)] = row
     frame = pd.DataFrame.from_dict(cells, orient="index")
     frame.index.name = "method"
@@ -861,20 +897,27 @@ def markdown_table(
             lines += [
                 f"Paired difference to `{reference}` (same episodes{pairing}), mean ± 95% CI:",
                 "",
-                _pivot(others, "delta_vs_reference", "delta_ci95", signed=True).to_markdown(),
+                _pivot(others, *delta_columns()[:2], signed=True, seeds=delta_columns()[2]).to_markdown(),
                 "",
             ]
         for method in compare_to:
             column = f"delta_vs_{method}"
             others = part[part["method"].map(base_method) != method]
             if column in part and not others.empty and others[column].notna().any():
+                value, ci, seeds = delta_columns(method)
                 lines += [
                     f"Paired difference to `{method}` (same episodes; negative = below {method}), "
                     "mean ± 95% CI:",
                     "",
-                    _pivot(others, column, f"{column}_ci95", signed=True).to_markdown(),
+                    _pivot(others, value, ci, signed=True, seeds=seeds).to_markdown(),
                     "",
                 ]
+    if any(FEWER_SEEDS_MARK in line for line in lines):
+        lines += [
+            f"{FEWER_SEEDS_MARK}k/n: this difference pools only the k of the row's n seeds whose partner "
+            "row has a run of the same seed; the accuracy beside it averages all n.",
+            "",
+        ]
     lines += list(footer)
     return "\n".join(lines).rstrip() + "\n"
 

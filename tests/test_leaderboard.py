@@ -834,3 +834,21 @@ def test_the_paper_comparison_gives_each_labelled_row_of_a_method_its_line():
     text = paper_comparison(table, block)
     assert "| weight_average [numerics=portable] | 5w1s | 50.00 ± 1.00 | " in text
     assert "| X |" not in text  # it was not run under the bare name: the labelled row is the number
+
+
+def test_a_difference_over_fewer_seeds_than_its_row_says_so(tmp_path):
+    # random_init keeps seed 0 only at 5w1s: weight_average's two seeds pair on one
+    records = [
+        r
+        for r in fixture_records()
+        if not (r.method == "random_init" and r.setting["task"] == "5w1s" and r.seeds["root"] == 1)
+    ]
+    table = tidy_table(records)
+    row = table[(table.method == "weight_average") & (table.task == "5w1s")].iloc[0]
+    assert row.n_seeds == 2 and row.delta_n_seeds == 1
+    both = table[(table.method == "maml_oracle") & (table.task == "5w5s")].iloc[0]
+    assert both.n_seeds == 2 and both.delta_n_seeds == 2
+    _, markdown = write_leaderboard(records, tmp_path, "golden", carry=False)
+    assert "†1/2" in markdown and "pools only the k of the row's n seeds" in markdown
+    full, markdown = write_leaderboard(fixture_records(), tmp_path / "full", "golden", carry=False)
+    assert "†" not in markdown and (full.delta_n_seeds.dropna() == full.n_seeds[full.delta_n_seeds.notna()]).all()
