@@ -36,6 +36,7 @@ from bench.method import (
     check_reference_methods,
     validate_method_config,
 )
+from bench.overrides import check_shadowed_method_keys, command_line_overrides
 from bench.paths import resolve_results_dir
 from bench.profiles import check_profile
 from bench.records import IDENTITY_KEYS, RunRecord, finished_run, readout_name, write_record
@@ -266,6 +267,7 @@ def with_method_overrides(cfg: DictConfig) -> DictConfig:
     merged = cfg.copy()
     with open_dict(merged):
         merged.method = OmegaConf.merge(cfg.method, overrides[name])
+    check_shadowed_method_keys(cfg, merged, command_line_overrides())
     return merged
 
 

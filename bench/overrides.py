@@ -1,10 +1,16 @@
-"""Early checks of command-line group choices, so a typo gets a did-you-mean before Hydra runs."""
+"""Checks of command-line overrides: group choices and method keys ``method_overrides`` would replace.
+
+A group typo gets a did-you-mean before Hydra runs; a ``method.<key>=`` that an experiment's
+``method_overrides`` replaces is refused rather than silently ignored.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 from importlib import resources
+
+from omegaconf import DictConfig, OmegaConf
 
 from bench.errors import BenchError
 from bench.registry import unknown_key_message
@@ -32,3 +38,36 @@ def check_group_overrides(argv: Sequence[str]) -> None:
         for value in filter(None, (v.strip() for v in match["value"].split(","))):
             if value not in valid:
                 raise BenchError(unknown_key_message(match["group"], value, valid))
+
+
+def command_line_overrides() -> list[str]:
+    """This job's command-line overrides (``hydra.overrides.task``), when running under Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except ValueError:
+        return []
+
+
+def check_shadowed_method_keys(cfg: DictConfig, merged: DictConfig, argv: Sequence[str]) -> None:
+    """Refuse a command-line ``method.<key>=`` that ``method_overrides`` would silently replace.
+
+    ``cfg``: before :func:`with_method_overrides`; ``merged``: after. An experiment's per-method
+    setting (e.g. glyphs_sh's ``purer: {init: random}``) wins over ``method.init=average``; running on
+    with a value other than the one asked for would mislabel the record.
+    """
+    name = str(cfg.method.name)
+    for argument in argv:
+        key, sep, _ = argument.lstrip("+").partition("=")
+        if not sep or not key.startswith("method."):
+            continue
+        path = key.removeprefix("method.")
+        asked = OmegaConf.select(cfg.method, path, default=None)
+        used = OmegaConf.select(merged.method, path, default=None)
+        if asked != used:
+            raise BenchError(
+                f"{argument} is overridden by method_overrides.{name} (the experiment's per-method "
+                f"settings), which sets method.{path}={used}; to change it in this experiment, pass "
+                f"method_overrides.{name}.{path}={argument.partition('=')[2]}"
+            )

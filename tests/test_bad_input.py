@@ -84,6 +84,11 @@ CASES = {
     ),
     "fractional way count": (["task.n_way=5.5"], r"task.n_way=5.5 is not an integer"),
     "zero eval limit": (["eval.limit=0"], r"eval.limit=0 is not valid; valid: null \(every episode\)"),
+    "method key the experiment's method_overrides replaces": (
+        ["method=purer", "+method_overrides.purer.init=random", "method.init=average"],
+        r"method.init=average is overridden by method_overrides.purer .*sets method.init=random; to change "
+        r"it in this experiment, pass method_overrides.purer.init=average",
+    ),
     "probe episodes not a number": (
         ["method=dfmaml", "method.val_episodes=abc"],
         r"bad config for method .dfmaml.: method.val_episodes",
