@@ -120,6 +120,13 @@ def test_unknown_arch_is_a_clear_error(small_glyphs):
         load_or_build_zoo({**_tiny_cfg(), "arch": "conv44"}, small_glyphs)
 
 
+def test_a_bad_architecture_option_or_recipe_key_names_the_valid_ones(small_glyphs):
+    with pytest.raises(BenchError, match=r"'widht'.*conv4.*valid options: width, batch_stat_bn, global_pool"):
+        load_or_build_zoo({**_tiny_cfg(), "arch_options": {"widht": 4}}, small_glyphs)
+    with pytest.raises(BenchError, match=r"'epochz'.*valid keys: epochs, batch_size, optimizer"):
+        load_or_build_zoo({**_tiny_cfg(), "recipe": {"epochz": 1}}, small_glyphs)
+
+
 def _tiny_cfg():
     from tests.conftest import TINY_ZOO
 

@@ -9,6 +9,7 @@ uniform(±1/sqrt(fan_in)) as PyTorch's defaults.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -138,7 +139,11 @@ def build_model(
     try:
         return builder(n_classes, image_size, channels, generator, **options)
     except TypeError as error:
-        raise BenchError(f"bad options {sorted(options)} for architecture {arch!r}: {error}") from error
+        valid = list(inspect.signature(builder).parameters)[4:]  # after n_classes, size, channels, gen
+        raise BenchError(
+            f"bad options {sorted(options)} for architecture {arch!r}: {error}; valid options: "
+            f"{', '.join(valid) or 'none'}"
+        ) from error
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -35,6 +35,7 @@ only those members' keys change):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import replace
@@ -132,7 +133,10 @@ def recipe_for(cfg: Mapping[str, Any], arch: str) -> TrainRecipe:
     try:
         return TrainRecipe(**merged)
     except TypeError as error:
-        raise BenchError(f"bad zoo recipe keys {sorted(merged)} for {arch}: {error}") from error
+        valid = ", ".join(f.name for f in dataclasses.fields(TrainRecipe))
+        raise BenchError(
+            f"bad zoo recipe keys {sorted(merged)} for {arch}: {error}; valid keys: {valid}"
+        ) from error
 
 
 def source_groups(
