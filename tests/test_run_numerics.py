@@ -65,6 +65,7 @@ def _outcome(results: Path) -> dict:
         "zoo_weights": record.hashes["zoo_weights"],
         "episodes": record.per_episode,
         "numerics": record.config["numerics"],
+        "aten": record.environment["aten_cpu_capability"],
         "log": json.loads(log.read_text()),
     }
 
@@ -86,6 +87,8 @@ def test_portable_cell_is_identical_under_other_instruction_sets_where_native_is
     portable, native = outcomes["portable"], outcomes["native"]
     assert portable["here"]["numerics"] == "portable" and native["here"]["numerics"] == "native"
     assert portable["here"]["key"] != native["here"]["key"]  # portable runs are other cells
+    assert portable["here"]["aten"] == "AVX2"  # on AVX-512 CPUs too: see zoos/numerics.py
+    assert native["here"]["aten"] == torch.backends.cpu.get_cpu_capability()
     assert portable["here"]["key"] == portable["other"]["key"]
     assert portable["here"]["zoo_weights"] == portable["other"]["zoo_weights"]
     assert portable["here"]["log"] == portable["other"]["log"]  # every loss of every iteration

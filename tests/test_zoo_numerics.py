@@ -110,7 +110,7 @@ try:
     enable_portable_numerics()
 except BenchError as error:
     print("refused:", error)
-print("active:", portable_numerics_active())
+print("active:", portable_numerics_active(), torch.backends.cpu.get_cpu_capability())
 if sys.argv[1] == "before":
     from zoos.numerics import member_numerics
     outside = (torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled())
@@ -121,17 +121,39 @@ if sys.argv[1] == "before":
 
 
 @needs_mkl_avx2
-@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("when", ["before", "after", "after, ATen pinned"])
 def test_portable_numerics_are_set_before_the_first_matrix_product_or_refused(when):
-    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "ATEN_CPU_CAPABILITY")}
+    if when == "after, ATen pinned":
+        env["ATEN_CPU_CAPABILITY"] = "avx2"
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, when], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-c", PROBE, when.split(",")[0]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     ).stdout
-    if when == "before":
-        assert out.split() == ["active:", "True", "inside:", "False", "False", "restored:", "True"]
+    if when == "before":  # ATen's AVX2 kernels even on an AVX-512 CPU
+        assert out.split() == ["active:", "True", "AVX2", "inside:", "False", "False", "restored:", "True"]
+    elif when == "after":  # the first product chose ATen's kernels (AVX-512 here) and used MKL
+        native = torch.backends.cpu.get_cpu_capability()
+        if native == "AVX2":
+            assert "refused: cannot switch MKL to its COMPATIBLE branch" in out
+        else:
+            assert f"this process runs '{native}'" in out and "ATEN_CPU_CAPABILITY=avx2" in out
+        assert "active: False" in out
     else:
         assert "refused: cannot switch MKL to its COMPATIBLE branch" in out
-        assert "first matrix product" in out and "active: False" in out
+        assert "first matrix product" in out and "active: False AVX2" in out
+
+
+def test_portable_numerics_refuse_another_kernel_set_named_in_the_environment():
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    env.pop("MKL_CBWR", None)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, "before"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert "ATEN_CPU_CAPABILITY=default is set in the environment; unset it or set it to avx2" in out.stdout
 
 
 def test_member_numerics_refuses_what_would_not_be_portable():
@@ -140,9 +162,11 @@ def test_member_numerics_refuses_what_would_not_be_portable():
     with pytest.raises(BenchError, match="portable numerics are for CPU builds"):
         with member_numerics("portable", torch.device("cuda")):
             pass
-    # This test process has multiplied matrices already, on MKL's default branch.
+    # This test process has multiplied matrices already: on ATen's native kernels, MKL's default branch.
     assert not portable_numerics_active()
-    with pytest.raises(BenchError, match="not on its strict COMPATIBLE branch"):
+    native = torch.backends.cpu.get_cpu_capability()
+    refusal = "not on its strict COMPATIBLE branch" if native == "AVX2" else f"this process runs '{native}'"
+    with pytest.raises(BenchError, match=refusal):
         with member_numerics("portable", torch.device("cpu")):
             pass
     enabled = torch.backends.mkldnn.enabled

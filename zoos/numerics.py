@@ -15,16 +15,18 @@ AVX-512 and oneDNN/MKL capped at AVX2 or not (``tests/test_zoo_numerics.py`` che
 zoo), where native builds changed.
 That emulates other CPUs on one; no second CPU has built a portable zoo yet.
 
-**The kernel set still matters for softmax.** ATen's softmax / log-softmax (and the cross-entropy
-gradient) round differently under AVX2 and AVX-512 at most row widths, portable numerics included:
-measured on the Intel host (``ATEN_CPU_CAPABILITY=avx2`` vs ``avx512``), widths 5 and 16 agree and
-8, 10, 20, 25, 32 and 64 differ. The shipped zoos (5-class heads) and 5-way tasks use width 5, so
-their builds and most cells agree across the two; a cell with a softmax over another width (ICFIL's
-contrastive loss over 25 pseudo images, TGR's probe over the zoo's classes, a 10-way task) agrees
-only between hosts of the same kernel set. Records and members name it (``aten_cpu_capability``);
-run with ``ATEN_CPU_CAPABILITY=avx2`` to compute on AVX2 kernels on an AVX-512 host.
-ATen's non-vectorised fallback (``ATEN_CPU_CAPABILITY=default``, CPUs without AVX2) gave another
-build, so portable builds refuse to run there. The weights still depend on the thread count and the
+**Portable numerics compute on ATen's AVX2 kernel set, on AVX-512 CPUs too.** ATen's softmax /
+log-softmax (and the cross-entropy gradient) round differently under its AVX2 and AVX-512 kernels at
+most row widths: measured on the Intel host (``ATEN_CPU_CAPABILITY=avx2`` vs ``avx512``), widths 5
+and 16 agree and 8, 10, 20, 25, 32 and 64 differ. So a cell with a softmax over another width (ICFIL's
+contrastive loss over 25 pseudo images, TGR's probe over the zoo's classes, a 10-way task) would agree
+only between hosts of one kernel set. :func:`enable_portable_numerics` therefore sets
+``ATEN_CPU_CAPABILITY=avx2`` (ATen reads it at its first kernel) and refuses where ATen already runs
+another set. Builds and cells with width-5 softmaxes only (the shipped zoos' 5-class heads, 5-way
+tasks) came out identical under either set, so portable records made before this pin (2026-12-08,
+on AVX-512 kernels; ``aten_cpu_capability``) stand for those. ATen's non-vectorised fallback
+(``ATEN_CPU_CAPABILITY=default``, CPUs without AVX2) gave another build, so portable numerics refuse
+to run there. The weights still depend on the thread count and the
 torch version (both recorded in member.json).
 
 MKL fixes its CNR branch at its first call in a process, so :func:`enable_portable_numerics` must run
@@ -47,8 +49,8 @@ from bench.errors import BenchError
 #: The numerics a member can be trained with (``dfml-zoo build --numerics``).
 NUMERICS = ("native", "portable")
 
-#: ATen kernel sets under which portable builds agree (measured; its DEFAULT fallback gives others).
-PORTABLE_CAPABILITIES = ("AVX2", "AVX512")
+#: The ATen kernel set portable numerics compute on (AVX-512 rounds some softmax widths otherwise).
+PORTABLE_CAPABILITY = "AVX2"
 
 _CBWR_ALL = -1  # mkl_cbwr_get(MKL_CBWR_ALL): the branch in effect with the strict bit
 _CBWR_COMPATIBLE = 3  # MKL_CBWR_COMPATIBLE: SSE2 without rcpps/rsqrtps, on any x86-64 CPU
@@ -100,7 +102,12 @@ def portable_numerics_active(missing_mkl: bool = True) -> bool:
 
 
 def enable_portable_numerics() -> None:
-    """Put this process's MKL on its strict COMPATIBLE branch (BenchError if MKL already ran)."""
+    """Put ATen on its AVX2 kernels and MKL on its strict COMPATIBLE branch, for this process.
+
+    BenchError where that cannot be done: ATen already chose another kernel set (it had run a kernel,
+    or ``ATEN_CPU_CAPABILITY`` names another), the CPU lacks AVX2, or MKL already ran.
+    """
+    _pin_aten_kernels()
     if portable_numerics_active():
         return
     _, set_ = _mkl_cbwr()
@@ -114,11 +121,33 @@ def enable_portable_numerics() -> None:
         )
 
 
+def _pin_aten_kernels() -> None:
+    """Ask ATen for its AVX2 kernels before its first dispatch; refuse if it runs another set."""
+    wanted = PORTABLE_CAPABILITY.lower()
+    asked = os.environ.setdefault("ATEN_CPU_CAPABILITY", wanted)
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == PORTABLE_CAPABILITY:
+        return
+    if asked.lower() != wanted:
+        why = f"ATEN_CPU_CAPABILITY={asked} is set in the environment; unset it or set it to {wanted}"
+    elif capability == "DEFAULT":
+        why = "this CPU has no AVX2 (ATen runs its non-vectorised fallback); use native numerics"
+    else:
+        why = (
+            "ATen chose its kernels at its first operation, before portable numerics were asked for; "
+            f"choose them first thing in a fresh process, or run it as ATEN_CPU_CAPABILITY={wanted} ..."
+        )
+    raise BenchError(
+        f"portable numerics compute on ATen's {PORTABLE_CAPABILITY} kernels (its AVX-512 softmax rounds "
+        f"differently); this process runs {capability!r}: {why}"
+    )
+
+
 @contextmanager
 def member_numerics(numerics: str, device: torch.device) -> Iterator[None]:
     """Train a member, or run a whole ``dfml-run`` cell, under ``numerics`` (one of :data:`NUMERICS`).
 
-    Portable needs the CPU, ATen's AVX2/AVX-512 kernels and MKL's strict COMPATIBLE branch already in
+    Portable needs the CPU, ATen's AVX2 kernels and MKL's strict COMPATIBLE branch already in
     effect (:func:`enable_portable_numerics`); it turns oneDNN and NNPACK off inside the block, so
     every convolution is ATen's im2col + MKL GEMM.
     """
@@ -132,12 +161,11 @@ def member_numerics(numerics: str, device: torch.device) -> Iterator[None]:
             "or --numerics native: GPU builds differ between GPUs)"
         )
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in PORTABLE_CAPABILITIES:
+    if capability != PORTABLE_CAPABILITY:
         raise BenchError(
-            f"portable numerics need ATen's vectorised kernels ({' or '.join(PORTABLE_CAPABILITIES)}); "
-            f"this process runs {capability!r} (a CPU without AVX2, or ATEN_CPU_CAPABILITY set): "
-            "its weights would differ; use native numerics (--numerics native, numerics=native in "
-            "dfml-run)"
+            f"portable numerics compute on ATen's {PORTABLE_CAPABILITY} kernels; this process runs "
+            f"{capability!r}: call enable_portable_numerics() first thing in the process (dfml-zoo build "
+            "--numerics portable and dfml-run numerics=portable do), or use native numerics"
         )
     if not portable_numerics_active():
         raise BenchError(
