@@ -26,7 +26,7 @@ import pandas as pd
 
 from bench.atomic import atomic_write_text
 from bench.errors import BenchError
-from bench.evaluate import paired_difference
+from bench.evaluate import CI_METHOD, paired_difference
 from bench.records import IDENTITY_KEYS, RunRecord
 from bench.sweep_cells import cell_status_line
 from bench.tracking import flatten
@@ -166,6 +166,12 @@ def _rows(records: Sequence[RunRecord], names: dict[str, str]) -> list[dict[str,
     for record in records:
         if record.status != "ok":
             continue
+        if record.ci_method != CI_METHOD:  # a table averages CIs across records: one definition
+            raise BenchError(
+                f"record {record.experiment}/{record.run_key} gives CIs as {record.ci_method!r}; this "
+                f"leaderboard's are {CI_METHOD!r}: re-run it (same command, force=true) or keep it out of "
+                "this results directory"
+            )
         for readout, summary in record.metrics.items():
             rows.append(
                 {

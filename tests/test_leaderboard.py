@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from bench.errors import BenchError
 from bench.leaderboard import setting_label, tidy_table, write_leaderboard
 from bench.legacy import legacy_switches
 from bench.records import read_records
@@ -853,3 +854,12 @@ def test_a_difference_over_fewer_seeds_than_its_row_says_so(tmp_path):
     full, markdown = write_leaderboard(fixture_records(), tmp_path / "full", "golden", carry=False)
     paired = full.delta_n_seeds.notna()
     assert "†" not in markdown and (full.delta_n_seeds[paired] == full.n_seeds[paired]).all()
+
+
+def test_a_record_with_another_ci_definition_is_refused_by_name():
+    records = fixture_records()
+    records[0].ci_method = "t-interval over seeds"
+    with pytest.raises(
+        BenchError, match=rf"record golden/{records[0].run_key} gives CIs as 't-interval over seeds'"
+    ):
+        tidy_table(records)
