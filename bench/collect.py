@@ -102,7 +102,14 @@ def sync_mlflow(results: Path, experiment: str) -> tuple[int, int]:
 
     sink = MlflowSink(tracking_uri(None, results), experiment)
     if sink.uri.startswith("sqlite:///"):
-        ensure_store(sink.uri)
+        try:
+            ensure_store(sink.uri)
+        except Exception as error:  # noqa: BLE001 - SQLAlchemy / MLflow errors: the store is unusable
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise BenchError(
+                f"--sync-mlflow: cannot open the MLflow store {sink.uri} ({first}); point "
+                "MLFLOW_TRACKING_URI at a working store, or move the damaged file aside"
+            ) from None
     uploaded = failed = 0
     for record in read_records(results / "runs" / experiment):
         run_dir = results / "runs" / experiment / record.run_key

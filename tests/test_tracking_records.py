@@ -179,3 +179,16 @@ def test_sync_uploads_again_a_record_whose_marked_run_left_the_store(tmp_path):
     assert sync_mlflow(results, "golden") == (1, 0)  # the marker alone is not trusted
     experiment = client.get_experiment_by_name("golden").experiment_id
     assert len(client.search_runs([experiment])) == 1
+
+
+def test_sync_into_a_damaged_store_is_a_clear_error(tmp_path, monkeypatch):
+    from bench.collect import sync_mlflow
+    from bench.errors import BenchError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "runs" / "golden").mkdir(parents=True)
+    (tmp_path / "mlflow.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(
+        BenchError, match=r"--sync-mlflow: cannot open the MLflow store sqlite:///.*mlflow.db"
+    ):
+        sync_mlflow(tmp_path, "golden")
