@@ -974,16 +974,19 @@ def write_leaderboard(
         markdown += "\n" + paper_comparison(table, paper)
     atomic_write_text(out_dir / f"{table_id}.csv", table.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(out_dir / f"{table_id}.md", markdown)
-    if not table.empty:
-        from bench.plots import accuracy_figure, save_figure, scale_figure
+    figure, scale = out_dir / f"{table_id}.png", out_dir / f"{table_id}_scale.png"
+    sizes = {r.setting["zoo"]: int(r.zoo.get("n_members", 0)) for r in records if r.status == "ok"}
+    settings = set() if table.empty else set(zip(table["dataset"], table["zoo"], strict=True))
+    from bench.plots import accuracy_figure, save_figure, scale_figure
 
-        save_figure(accuracy_figure(table, table_id), out_dir / f"{table_id}.png")
-        sizes = {r.setting["zoo"]: int(r.zoo.get("n_members", 0)) for r in records if r.status == "ok"}
-        if (
-            len({(d, z) for d, z in zip(table["dataset"], table["zoo"], strict=True)}) > 1
-            and len(set(sizes.values())) > 1
-        ):
-            save_figure(scale_figure(table, sizes, table_id), out_dir / f"{table_id}_scale.png")
+    if table.empty:
+        figure.unlink(missing_ok=True)  # a figure of rows the table no longer has would mislead
+    else:
+        save_figure(accuracy_figure(table, table_id), figure)
+    if len(settings) > 1 and len(set(sizes.values())) > 1:
+        save_figure(scale_figure(table, sizes, table_id), scale)
+    else:
+        scale.unlink(missing_ok=True)
     return table, markdown
 
 

@@ -173,6 +173,10 @@ def test_scale_plot_when_zoos_of_one_dataset_differ_in_size(tmp_path):
     ]
     write_leaderboard(records + bigger, tmp_path, records[0].experiment)
     assert (tmp_path / f"{records[0].experiment}_scale.png").is_file()
+    # one zoo size left (the bigger zoo's records moved away): no stale scale plot stays behind
+    write_leaderboard(records, tmp_path, records[0].experiment, carry=False)
+    assert not (tmp_path / f"{records[0].experiment}_scale.png").exists()
+    assert (tmp_path / f"{records[0].experiment}.png").is_file()
 
 
 def test_multi_dataset_tables_get_a_dataset_average_for_methods_run_on_every_dataset():
