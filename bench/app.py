@@ -277,7 +277,7 @@ def run_one(cfg: DictConfig) -> Path:
     code_sha256()  # likewise read once, at the start
     provenance.reset()  # code histories of resumed files are per run
     cfg = with_method_overrides(cfg)
-    check_profile(cfg)
+    check_profile(cfg, command_line_overrides())
     check_reference_methods([cfg.experiment.get("reference"), *(cfg.experiment.get("compare_to") or [])])
     results = resolve_results_dir(cfg.paths.results)
     device = resolve_device(str(cfg.device.name), bool(cfg.device.get("tf32", False)))

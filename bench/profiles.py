@@ -7,6 +7,8 @@ set ``paper``-profile rows against published numbers, so a CPU-length run must n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from omegaconf import DictConfig, OmegaConf
 
 from bench.errors import BenchError
@@ -14,8 +16,11 @@ from bench.errors import BenchError
 PROFILES = ("cpu", "paper")
 
 
-def check_profile(cfg: DictConfig) -> None:
+def check_profile(cfg: DictConfig, argv: Sequence[str] = ()) -> None:
     """Refuse a run whose ``profile`` label and method schedule disagree (``cfg`` after overrides).
+
+    ``argv``: the command-line overrides (``hydra.overrides.task``); under ``paper`` none may change
+    a ``method_overrides`` value the experiment file declares for the method.
 
     - ``profile`` is one of :data:`PROFILES`;
     - a method config that names its own ``profile`` (the PURER family) names the run's;
@@ -46,6 +51,7 @@ def check_profile(cfg: DictConfig) -> None:
             f"budget.max_seconds={cfg.budget.max_seconds} can cut the paper schedule short; a run stopped "
             "by the clock is not the paper profile: drop the override or run with profile=cpu"
         )
+    check_declared_schedule_unchanged(str(cfg.experiment.name), name, argv)
     overrides = OmegaConf.select(cfg, "method_overrides", default=None) or {}
     if "meta_iterations" not in (overrides.get(name) or {}):
         raise BenchError(
@@ -55,3 +61,27 @@ def check_profile(cfg: DictConfig) -> None:
             f"to the experiment's method_overrides (or +method_overrides.{name}.meta_iterations=N), or run "
             "with profile=cpu"
         )
+
+
+def check_declared_schedule_unchanged(experiment: str, method: str, argv: Sequence[str]) -> None:
+    """Refuse a command-line ``method_overrides.<method>.<key>=`` changing the experiment file's value.
+
+    Under ``paper`` those values are the method's paper schedule (length, adversarial start,
+    selection cadence). Adding a key the file does not declare stays possible (declaring a schedule
+    for a method the experiment has none for); the record's config shows it.
+    """
+    from bench.collect import experiment_yaml
+
+    declared = (experiment_yaml(experiment).get("method_overrides") or {}).get(method) or {}
+    prefix = f"method_overrides.{method}."
+    for argument in argv:
+        key, sep, value = argument.lstrip("+").partition("=")
+        if not sep or not key.startswith(prefix):
+            continue
+        found = OmegaConf.select(OmegaConf.create(declared), key.removeprefix(prefix), default=None)
+        if found is not None:
+            raise BenchError(
+                f"profile=paper: {argument} changes the schedule experiment {experiment} declares "
+                f"({key}={found}); a changed schedule is not the paper profile: drop the override or run "
+                "with profile=cpu"
+            )

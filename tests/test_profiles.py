@@ -69,3 +69,17 @@ def test_a_budget_on_a_method_without_meta_training_is_not_a_paper_concern():
 def test_unknown_profile_names_the_valid_ones():
     with pytest.raises(BenchError, match=r"profile 'fast' unknown; valid: cpu, paper"):
         check_profile(_cfg(["method=random_init", "profile=fast"]))
+
+
+def test_the_command_line_may_not_change_a_declared_paper_schedule():
+    argv = ["experiment=paper_ss_cifar_fs", "method=purer", "method_overrides.purer.meta_iterations=5"]
+    with pytest.raises(
+        BenchError, match=r"changes the schedule experiment paper_ss_cifar_fs declares .*=60000"
+    ):
+        check_profile(_cfg(argv), argv)
+    argv = ["experiment=paper_ss_cifar_fs", "method=purer", "method_overrides.purer.adv.start=10"]
+    with pytest.raises(BenchError, match=r"method_overrides.purer.adv.start=4000"):
+        check_profile(_cfg(argv), argv)
+    # declaring one for a method the experiment has none for stays possible
+    argv = ["experiment=paper_sh_cifar_fs", "method=tds", "+method_overrides.tds.meta_iterations=60000"]
+    check_profile(_cfg(argv), argv)
