@@ -1034,24 +1034,43 @@ def paper_comparison(table: pd.DataFrame, paper: dict) -> str:
 
 
 def latex_table(table: pd.DataFrame, title: str) -> str:
-    """The accuracy pivot as a LaTeX ``tabular`` (booktabs) per (dataset, zoo, profile), for papers."""
+    """LaTeX ``tabular`` blocks (booktabs) per (dataset, zoo, profile), for papers.
+
+    The accuracy pivot, then the paired differences to the reference (as in the Markdown) where any
+    exist.
+    """
     blocks = []
     for (dataset, zoo, profile), part in _sections(table):
+        where = f"% {title}: dataset {dataset}, zoo {zoo}, profile {profile}"
         pivot = _pivot(part, "acc_mean", "acc_ci95", signed=False)
-        columns = " & ".join(_latex_escape(c) for c in pivot.columns)
-        lines = [
-            f"% {title}: dataset {dataset}, zoo {zoo}, profile {profile}; mean $\\pm$ 95\\% CI",
-            "\\begin{tabular}{l" + "c" * len(pivot.columns) + "}",
-            "\\toprule",
-            f"Method & {columns} \\\\",
-            "\\midrule",
-        ]
-        for method, row in pivot.iterrows():
-            cells = " & ".join(_latex_escape(str(v)).replace("±", "$\\pm$") for v in row)
-            lines.append(f"{_latex_escape(str(method))} & {cells} \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        blocks.append("\n".join(lines))
+        blocks.append(_latex_tabular(pivot, f"{where}; accuracy (%), mean $\\pm$ 95\\% CI"))
+        reference = part["reference"].iloc[0]
+        others = part[part["method"].map(base_method) != reference]
+        value, ci, seeds = delta_columns()
+        if not others.empty and others[value].notna().any():
+            pivot = _pivot(others, value, ci, signed=True, seeds=seeds)
+            caption = f"{where}; paired difference to {reference} (same episodes), mean $\\pm$ 95\\% CI"
+            blocks.append(_latex_tabular(pivot, caption))
     return "\n\n".join(blocks) + "\n"
+
+
+def _latex_tabular(pivot: pd.DataFrame, comment: str) -> str:
+    """One booktabs ``tabular`` of a :func:`_pivot` frame, under a ``%`` comment line."""
+    columns = " & ".join(_latex_escape(c) for c in pivot.columns)
+    lines = [
+        comment,
+        "\\begin{tabular}{l" + "c" * len(pivot.columns) + "}",
+        "\\toprule",
+        f"Method & {columns} \\\\",
+        "\\midrule",
+    ]
+    for method, row in pivot.iterrows():
+        cells = " & ".join(
+            _latex_escape(str(v)).replace("±", "$\\pm$").replace(FEWER_SEEDS_MARK, "$^\\dagger$") for v in row
+        )
+        lines.append(f"{_latex_escape(str(method))} & {cells} \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines)
 
 
 def _latex_escape(text: str) -> str:

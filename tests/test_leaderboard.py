@@ -156,6 +156,10 @@ def test_plot_png_and_latex_table(tmp_path):
         "random\\_init &" in latex and "$\\pm$" in latex and "maml\\_oracle (oracle: uses real data)" in latex
     )
     assert "5w1s $\\cdot$ 1 step (paper)" in latex
+    # the paired differences follow the accuracies, signed, without the reference's own row
+    assert "paired difference to random_init" in latex and latex.count("\\end{tabular}") == 2
+    differences = latex.split("paired difference to random_init")[1]
+    assert "weight\\_average & +" in differences and "random\\_init &" not in differences
 
 
 def test_scale_plot_when_zoos_of_one_dataset_differ_in_size(tmp_path):
