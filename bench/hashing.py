@@ -18,7 +18,14 @@ CODE_VERSION = "1"
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and fixed separators; the byte form every hash is taken of."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    """Sets as sorted lists (``str`` of a set follows hash randomisation); anything else as ``str``."""
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=canonical_json)
+    return str(value)
 
 
 def spec_hash(spec: Any, length: int = 16) -> str:

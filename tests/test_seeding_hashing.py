@@ -73,3 +73,23 @@ def test_the_code_checksum_names_every_source_and_config_change(tmp_path, monkey
     (package / "conf" / "m.yaml").rename(package / "m.yaml")  # same bytes, other place
     assert checksum() not in (first, second)
     environment._code_sha256_once.cache_clear()
+
+
+def test_a_set_hashes_the_same_under_any_hash_seed():
+    import os
+    import subprocess
+    import sys
+
+    code = "from bench.hashing import spec_hash; print(spec_hash({'m': {'alpha', 'beta', 'gamma', 'delta'}}))"
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in range(6)
+    }
+    assert len(hashes) == 1
+    assert spec_hash({"m": {"beta", "alpha"}}) == spec_hash({"m": ["alpha", "beta"]})
