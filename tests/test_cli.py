@@ -260,9 +260,11 @@ def test_submitit_slurm_launcher_composes_for_dfml_run():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.timeout_min == 600
 
 
-def test_tds_real_val_is_recorded_and_shown_as_not_data_free(smoke_results):
+def test_tds_real_val_is_recorded_and_shown_as_not_data_free(smoke_results, tmp_path):
     """The opt-in real meta-val TDS: record says so, the leaderboard row is marked (reuses the smoke zoo)."""
-    work, _ = smoke_results
+    # a copy of the smoke results: the module's other tests see exactly the smoke sweep's records
+    shutil.copytree(smoke_results[0] / "results", tmp_path / "results")
+    work = tmp_path
     args = [
         "experiment=smoke",
         "method=tds_real_val",
