@@ -267,3 +267,16 @@ def test_building_an_mh_zoo_loads_its_source_as_the_zoo_configures_it():
         compose("mh_paper", overrides=["dataset.image_size=32"]).dataset.image_size == 32
     )  # the user's last
     assert compose("glyphs_sh").dataset.image_size == 32  # SS / SH: the dataset group as it is
+
+
+def test_a_member_job_loads_an_mh_source_with_the_sources_own_settings():
+    """dfml-zoo-job zoo=mh_paper dataset=cifar_fs: the source's 84 px, as `dfml-zoo build` gives it."""
+    from hydra import compose, initialize_config_module
+
+    from zoos.job import job_dataset_config
+
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        mh = compose("zoo_job", overrides=["zoo=mh_paper", "dataset=cifar_fs"])
+        sh = compose("zoo_job", overrides=["zoo=glyphs_sh"])
+    assert mh.dataset.image_size == 32 and job_dataset_config(mh)["image_size"] == 84
+    assert job_dataset_config(sh) == dict(sh.dataset)  # SS / SH zoos: the dataset group as composed

@@ -55,26 +55,34 @@ def default_dataset(zoo_cfg: DictConfig) -> str:
     return str(zoo_cfg.dataset)
 
 
-def source_dataset_overrides(cfg: DictConfig, dataset: str) -> list[str]:
-    """``dataset.<key>=<value>`` overrides that give ``cfg.dataset`` an MH source's own settings.
+def source_dataset_settings(cfg: DictConfig, dataset: str) -> dict[str, object]:
+    """The scalar dataset settings an MH source of ``dataset`` sets that differ from ``cfg.dataset``'s.
 
     An MH zoo's sources set their dataset options (e.g. every image at 84 px); building or
     evaluating on one of them must load it the same way, or the run's dataset is not that source.
-    Only scalar settings that differ from the dataset group's are given; none for SS / SH zoos.
+    None for SS / SH zoos.
     """
     for source in (cfg.zoo.get("sources") or {}).values():
         if str(source.dataset.name) != dataset:
             continue
         own = OmegaConf.to_container(source.dataset, resolve=True)
         group = OmegaConf.to_container(cfg.dataset, resolve=True)
-        return [
-            f"dataset.{key}={'null' if value is None else value}"
+        return {
+            key: value
             for key, value in sorted(own.items())
             if key != "name"
             and (value is None or isinstance(value, (bool, int, float, str)))
             and group.get(key) != value
-        ]
-    return []
+        }
+    return {}
+
+
+def source_dataset_overrides(cfg: DictConfig, dataset: str) -> list[str]:
+    """:func:`source_dataset_settings` as ``dataset.<key>=<value>`` Hydra overrides."""
+    return [
+        f"dataset.{key}={'null' if value is None else value}"
+        for key, value in source_dataset_settings(cfg, dataset).items()
+    ]
 
 
 def compose(zoo: str, dataset: str | None = None, overrides: list[str] | None = None) -> DictConfig:

@@ -19,10 +19,17 @@ from bench.errors import BenchError
 from bench.paths import cache_dir
 from bench.threads import set_threads
 from bench.timing import resolve_device
+from zoos.cli import source_dataset_settings
 from zoos.numerics import check_numerics, enable_portable_numerics
 from zoos.zoo import build_member, member_numerics_of, zoo_specs
 
 log = logging.getLogger(__name__)
+
+
+def job_dataset_config(cfg: DictConfig) -> dict:
+    """``cfg.dataset`` with an MH source's own settings (e.g. ``mh_paper``'s 84 px), as ``dfml-zoo build``."""
+    settings = OmegaConf.to_container(cfg.dataset, resolve=True)
+    return {**settings, **source_dataset_settings(cfg, str(cfg.dataset.name))}
 
 
 def run_job(cfg: DictConfig) -> list[int]:
@@ -33,7 +40,7 @@ def run_job(cfg: DictConfig) -> list[int]:
         enable_portable_numerics()
     set_threads(cfg.threads)
     zoo_cfg = OmegaConf.to_container(cfg.zoo, resolve=True)
-    dataset = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
+    dataset = load_dataset(job_dataset_config(cfg))
     specs, datasets = zoo_specs(zoo_cfg, dataset)
     if cfg.member is not None and not 0 <= int(cfg.member) < len(specs):
         raise BenchError(
