@@ -28,6 +28,7 @@ from bench.errors import BenchError, DataFreeViolation
 from bench.evaluate import CI_METHOD, EvalResult, evaluate, summarize
 from bench.hashing import object_fingerprint, spec_hash
 from bench.legacy import legacy_switches
+from bench.locks import exclusive, lock_path
 from bench.method import (
     METHODS,
     Budget,
@@ -39,12 +40,12 @@ from bench.method import (
 from bench.overrides import check_shadowed_method_keys, command_line_overrides
 from bench.paths import resolve_results_dir
 from bench.profiles import check_profile
-from bench.records import IDENTITY_KEYS, RunRecord, finished_run, readout_name, write_record
+from bench.records import IDENTITY_KEYS, RunRecord, finished_run, read_record, readout_name, write_record
 from bench.seeding import derive_seed, make_generator
 from bench.tasks import Episode, EpisodeSampler, TaskShape, TaskSuite
 from bench.threads import set_threads
 from bench.timing import peak_memory_gb, reset_peak_memory, resolve_device, synchronize
-from bench.tracking import make_sink
+from bench.tracking import MlflowSink, make_sink
 from bench.zoo_builds import check_before_building, check_one_zoo_build
 from zoos.averaging import refuse_mixed_architecture_config
 from zoos.numerics import (
@@ -291,11 +292,29 @@ def run_one(cfg: DictConfig) -> Path:
         log.info(
             "skip %s/%s (%s, %s): finished record exists", experiment, key, cfg.method.name, cfg.task.name
         )
-        return run_dir
+        return mirror_skipped(cfg, results, run_dir)
     check_run_numerics(numerics, device)  # before set_threads: MKL's branch is set before any MKL call
     set_threads(cfg.get("threads"))
-    with member_numerics(numerics, device):  # the zoo, meta-training and evaluation alike
-        return run_cell(cfg, results, device, identity, key, numerics)
+    with exclusive(lock_path(results, "runs", experiment, key), f"run {experiment}/{key}"):
+        if finished_run(run_dir) and not cfg.force:  # finished by the process this one waited for
+            log.info("skip %s/%s: another process finished it meanwhile", experiment, key)
+            return mirror_skipped(cfg, results, run_dir)
+        with member_numerics(numerics, device):  # the zoo, meta-training and evaluation alike
+            return run_cell(cfg, results, device, identity, key, numerics)
+
+
+def mirror_skipped(cfg: DictConfig, results: Path, run_dir: Path) -> Path:
+    """Upload a skipped finished record that the tracking store lacks; returns ``run_dir``.
+
+    A process killed between writing the record and logging it (or a store set up after the run, or
+    a fresh clone of committed records) would otherwise leave the store without it for good.
+    """
+    sink = make_sink(cfg.tracking, results, str(cfg.experiment.name))
+    if isinstance(sink, MlflowSink):
+        record = read_record(run_dir / "record.json")
+        if not sink.synced(run_dir, record):
+            sink.log_record(record, run_dir)
+    return run_dir
 
 
 def check_run_numerics(numerics: str, device: torch.device) -> None:
@@ -371,8 +390,10 @@ def run_cell(
     work_dir = run_dir / "work"
     train_dir = meta_train_dir(results, identity, METHODS.get(str(cfg.method.name)), zoo.weights_sha256)
     if cfg.force:  # recompute everything: no resumed evaluation, no reused meta-training
+        # The old record stops counting as finished now, so a killed forced run is resumed by a plain
+        # relaunch (from the new checkpoints) instead of being skipped for the old numbers.
+        (run_dir / "done").unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
-        shutil.rmtree(train_dir, ignore_errors=True)
     context = MethodContext(
         shape.n_way,
         shape.k_shot,
@@ -392,7 +413,12 @@ def run_cell(
     attach_real_data(method, dataset, shape)
     method_seed = derive_seed(seed, "method", seed_name(METHODS.get(str(cfg.method.name))))
     try:
-        learner, meta_train_s = meta_train(cfg, method, zoo, budget, method_seed)
+        # one process at a time per meta-training: runs that share it (purer, purer_no_icfil) wait,
+        # then resume the finished checkpoint
+        with exclusive(lock_path(results, "meta_train", train_dir.name), f"meta-training {train_dir.name}"):
+            if cfg.force:
+                shutil.rmtree(train_dir, ignore_errors=True)
+            learner, meta_train_s = meta_train(cfg, method, zoo, budget, method_seed)
         result = evaluate(
             learner,
             suite,

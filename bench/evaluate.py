@@ -72,7 +72,25 @@ def _resume(
     empty: dict[int, list[float]] = {s: [] for s in readouts}
     if progress is None or not progress.is_file():
         return empty, 0.0
-    saved = json.loads(progress.read_text())
+    try:
+        saved = json.loads(progress.read_text())
+        per_episode = {int(k): [float(x) for x in v] for k, v in saved["per_episode"].items()}
+        seconds = float(saved["seconds"])
+        if (
+            sorted(per_episode) != sorted(saved["readouts"])
+            or len({len(v) for v in per_episode.values()}) > 1
+        ):
+            raise ValueError(
+                f"its results {sorted(per_episode)} do not match its readouts {saved['readouts']}"
+            )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        log.warning(
+            "ignoring %s: unreadable (%s: %s); evaluating from the first episode",
+            progress,
+            type(error).__name__,
+            error,
+        )
+        return empty, 0.0
     if saved.get("suite") != suite.content_hash or saved.get("readouts") != readouts:
         log.warning("ignoring %s: it belongs to another suite or readout list", progress)
         return empty, 0.0
@@ -85,10 +103,9 @@ def _resume(
             fingerprint[:12],
         )
         return empty, 0.0
-    per_episode = {int(k): list(v) for k, v in saved["per_episode"].items()}
     provenance.inherit(saved.get("code_history"), progress)
     log.info("resuming evaluation at episode %d from %s", len(per_episode[readouts[0]]), progress)
-    return per_episode, float(saved["seconds"])
+    return per_episode, seconds
 
 
 def evaluate(

@@ -78,6 +78,21 @@ def test_relaunch_skips_finished_runs_and_force_reruns_one(smoke_results):
     assert len(changed) == 1
 
 
+def test_a_skipped_record_missing_from_the_store_is_uploaded(smoke_results, tmp_path):
+    """A kill between record and MLflow log, or a fresh store: the relaunch mirrors what it skips."""
+    shutil.copytree(smoke_results[0] / "results", tmp_path / "results")
+    (tmp_path / "results" / "mlflow.db").unlink()
+    for marker in (tmp_path / "results" / "runs").glob("*/*/mlflow_run.json"):
+        marker.unlink()
+    again = _run("dfml-run", "experiment=smoke", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (again.stdout + again.stderr).count("finished record exists") == 2
+    keys = sorted(r.run_key for r in read_records(tmp_path / "results" / "runs" / "smoke"))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert sorted(runs.loc[runs["tags.kind"] != "leaderboard", "tags.mlflow.runName"]) == keys
+
+
 def test_collect_and_ls(smoke_results):
     work, _ = smoke_results
     shutil.rmtree(work / "results" / "leaderboards")

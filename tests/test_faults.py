@@ -107,6 +107,49 @@ def test_kill_9_during_evaluation_resumes_after_the_last_saved_episode(tmp_path,
     assert "resumed_code" not in record["hashes"]
 
 
+def test_a_killed_forced_run_no_longer_counts_as_finished_and_a_plain_relaunch_resumes_it(
+    tmp_path, small_glyphs
+):
+    assert _dfml_run(*EVAL, cwd=tmp_path).returncode == 0
+    (run_dir,) = (tmp_path / "results" / "runs" / "smoke").glob("*/")
+    first = _record(tmp_path / "results")
+    (run_dir / "work" / "eval_progress.json").unlink(missing_ok=True)
+    process = _dfml_run(*EVAL, "force=true", cwd=tmp_path, wait=False)
+    _kill_when(process, run_dir / "work", "eval_progress.json")  # the forced evaluation is under way
+    assert not (run_dir / "done").exists()  # else a relaunch would skip it for the old numbers
+    done = _dfml_run(*EVAL, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "finished record exists" not in done.stdout + done.stderr
+    again = _record(tmp_path / "results")
+    assert again["finished_at"] != first["finished_at"] and again["per_episode"] == first["per_episode"]
+
+
+def test_a_second_process_on_the_same_cell_waits_then_skips_it(tmp_path, small_glyphs):
+    first = _dfml_run(*EVAL, cwd=tmp_path, wait=False)
+    runs = tmp_path / "results" / "runs" / "smoke"
+    deadline = time.monotonic() + 600
+    while not list(runs.glob("*/work/eval_progress.json")):  # the first is inside the cell
+        assert first.poll() is None and time.monotonic() < deadline, "the first run ended too soon"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)  # paused inside the cell, holding its lock
+    log = tmp_path / "second.log"
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with log.open("w") as out:
+        second = subprocess.Popen(
+            [str(BIN / "dfml-run"), *EVAL], cwd=tmp_path, env=env, stdout=out, stderr=out
+        )
+        try:
+            while "is computing it; waiting" not in log.read_text():
+                assert second.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.05)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0, log.read_text()[-2000:]
+    assert "another process finished it meanwhile" in log.read_text()
+    assert len(list(runs.glob("*/record.json"))) == 1
+
+
 class _Crashing(FineTuneLearner):
     """A learner that dies at a given episode count (a kill during evaluation, in-process)."""
 
@@ -119,6 +162,19 @@ class _Crashing(FineTuneLearner):
         if self.calls > self.die_after:
             raise KeyboardInterrupt
         return super().adapt_readouts(support_x, support_y, steps)
+
+
+def test_a_damaged_evaluation_progress_file_is_ignored_by_name(tmp_path, small_glyphs, caplog):
+    suite = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 6, seed=3)
+    context = MethodContext(5, 1, 32, 3, torch.device("cpu"), 0)
+    learner = FineTuneLearner(fresh_meta_model(context, 8), 0.01)
+    clean = evaluate(learner, suite, [1, 10])
+    progress = tmp_path / "eval_progress.json"
+    for damage in ("{not json", json.dumps({"suite": suite.content_hash, "readouts": [1, 10]})):
+        progress.write_text(damage)
+        assert evaluate(learner, suite, [1, 10], progress=progress).per_episode == clean.per_episode
+        assert f"ignoring {progress}: unreadable" in caplog.text
+        caplog.clear()
 
 
 def test_evaluation_resume_is_identical_and_skips_saved_episodes(tmp_path, small_glyphs):
