@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from bench.atomic import atomic_write_bytes
 from bench.checkpoint import load_checkpoint, save_checkpoint
-from bench.errors import BenchError
+from bench.errors import BenchError, IntegrityError
 from bench.learners.maml import FineTuneLearner, maml_task_loss, meta_step, module_params
 from bench.method import Budget, MetaLearner
 from bench.profiles import PROFILES
@@ -303,7 +303,14 @@ class PurerTrainer:
         """Train to ``iterations`` (or ``max_seconds``), resuming from the checkpoint if present."""
         checkpoint, art = self._paths()
         if checkpoint is not None and checkpoint.exists():
-            self.load_state_dict(load_checkpoint(checkpoint, self.ctx.device))
+            try:
+                self.load_state_dict(load_checkpoint(checkpoint, self.ctx.device))
+            except (KeyError, TypeError, ValueError, RuntimeError) as error:
+                raise IntegrityError(
+                    f"checkpoint {checkpoint} does not fit this PURER trainer's state "
+                    f"({type(error).__name__}: {error}); it was written by other code or settings: delete it "
+                    "to restart meta-training"
+                ) from error
             self.resumed_at, self.resumed_seconds = self.it, self.seconds
             log.info("purer: resumed from %s at meta-iteration %d", checkpoint, self.it)
         if self.it == 0:

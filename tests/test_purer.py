@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from bench.errors import BenchError
+from bench.errors import BenchError, IntegrityError
 from bench.learners.maml import FineTuneLearner, maml_task_loss, module_params
 from bench.method import Budget, MethodContext
 from bench.seeding import make_generator
@@ -200,6 +200,22 @@ def test_a_run_killed_with_a_switch_pending_resumes_with_it(tmp_path, monkeypatc
     assert [h["adversarial"] for h in resumed.history] == [0.0, 0.0, 1.0, 0.0, 0.0]
     assert resumed.curriculum.state_dict() == straight.curriculum.state_dict()
     assert torch.equal(resumed.data.X, straight.data.X)
+
+
+def test_a_checkpoint_that_does_not_fit_the_trainer_is_a_clear_error(tmp_path):
+    cfg = PurerConfig(meta_iterations=2, checkpoint_every=1)
+    _trainer(cfg, work_dir=tmp_path).run()
+    checkpoint = tmp_path / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state.pop("test_evals")  # written by other code
+    torch.save(state, checkpoint)
+    with pytest.raises(IntegrityError, match=rf"checkpoint {checkpoint} does not fit .*KeyError.*delete it"):
+        _trainer(PurerConfig(meta_iterations=3, checkpoint_every=1), work_dir=tmp_path).run()
+    _trainer(cfg, members=4, work_dir=tmp_path / "four").run()  # other settings: 4 members' pixels, not 3
+    with pytest.raises(IntegrityError, match=r"does not fit .*RuntimeError"):
+        _trainer(
+            PurerConfig(meta_iterations=3, checkpoint_every=1), members=3, work_dir=tmp_path / "four"
+        ).run()
 
 
 def test_killed_run_resumes_to_identical_state(tmp_path):
