@@ -228,6 +228,10 @@ def test_a_damaged_copy_of_the_same_build_is_repaired_without_replace(exported, 
     report = import_zoo(exported)
     assert report.replaced == [tiny_zoo.members[0].key]
     assert sha256_file(weights) == tiny_zoo.members[0].weights_sha256
+    info = weights.parent / "member.json"  # a truncated member.json is a damaged copy too
+    info.write_text(info.read_text()[:10])
+    assert import_zoo(exported).replaced == [tiny_zoo.members[0].key]
+    assert json.loads(info.read_text())["weights_sha256"] == tiny_zoo.members[0].weights_sha256
 
 
 def test_export_refuses_a_corrupt_cache_and_a_bad_archive_name(tmp_path, tiny_zoo, monkeypatch):

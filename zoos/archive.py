@@ -353,7 +353,10 @@ def import_zoo(archive: Path, replace: bool = False) -> ImportReport:
             final = members_root / member["key"]
             if not is_done(final):
                 continue
-            held = json.loads((final / "member.json").read_text()).get("weights_sha256", "")
+            try:
+                held = str(json.loads((final / "member.json").read_text()).get("weights_sha256", ""))
+            except (OSError, ValueError, AttributeError):
+                continue  # a damaged copy (member.json missing or unreadable): the archive's copy repairs it
             if held != member["weights_sha256"]:
                 conflicts.append((member, held))
             elif (final / "weights.pt").is_file() and sha256_file(final / "weights.pt") == held:
