@@ -280,3 +280,22 @@ def test_a_member_job_loads_an_mh_source_with_the_sources_own_settings():
         sh = compose("zoo_job", overrides=["zoo=glyphs_sh"])
     assert mh.dataset.image_size == 32 and job_dataset_config(mh)["image_size"] == 84
     assert job_dataset_config(sh) == dict(sh.dataset)  # SS / SH zoos: the dataset group as composed
+
+
+def test_a_damaged_build_log_or_manifest_is_named_and_set_aside(tmp_path, monkeypatch, caplog):
+    from zoos.cli import manifests, read_build_log
+
+    log = tmp_path / "builds.json"
+    log.write_text('[{"trained": 1}')  # cut short
+    assert read_build_log(log) == [] and not log.exists()
+    (aside,) = tmp_path.glob("builds.json.damaged-*")
+    assert aside.read_text() == '[{"trained": 1}' and f"build log {log} unreadable" in caplog.text
+    log.write_text('[{"trained": 1}]')
+    assert read_build_log(log) == [{"trained": 1}]
+    monkeypatch.setenv("DFML_CACHE", str(tmp_path / "cache"))
+    good, bad = tmp_path / "cache" / "zoos" / "a", tmp_path / "cache" / "zoos" / "b"
+    good.mkdir(parents=True), bad.mkdir(parents=True)
+    (good / "manifest.json").write_text('{"name": "a", "key": "a"}')
+    (bad / "manifest.json").write_text("{")
+    assert manifests() == [{"name": "a", "key": "a"}]
+    assert f"skipping zoo manifest {bad / 'manifest.json'}" in caplog.text

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import platform
 import sys
 import time
@@ -37,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.atomic import atomic_write_json, atomic_write_text
 from bench.errors import BenchError
 from bench.hashing import sha256_file
+from bench.locks import exclusive
 from bench.overrides import group_options
 from bench.paths import cache_dir
 from bench.registry import unknown_key_message
@@ -44,6 +47,8 @@ from bench.threads import set_threads
 from bench.timing import resolve_device
 from zoos.card import render_card, scenario
 from zoos.numerics import NUMERICS, enable_portable_numerics
+
+log = logging.getLogger(__name__)
 
 
 def default_dataset(zoo_cfg: DictConfig) -> str:
@@ -181,8 +186,8 @@ def build(
         "numerics": numerics,
     }
     log_path = builds_path(built.key)
-    history = json.loads(log_path.read_text()) if log_path.is_file() else []
-    atomic_write_json(log_path, [*history, entry])
+    with exclusive(cache_dir() / "locks" / "zoos" / f"{built.key}.lock", f"build log of zoo {built.name}"):
+        atomic_write_json(log_path, [*read_build_log(log_path), entry])  # concurrent builds add, not lose
     manifest = json.loads(manifest_path(built.key).read_text())
     card = write_card(manifest)
     print(
@@ -192,6 +197,22 @@ def build(
     )
     check_expected_build(manifest, expect_build)
     return card
+
+
+def read_build_log(path: Path) -> list[dict[str, Any]]:
+    """The entries of a zoo's ``builds.json``; a damaged one is moved aside (named in a warning)."""
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text())
+        if not isinstance(history, list):
+            raise ValueError(f"a {type(history).__name__}, not a list")
+        return history
+    except (OSError, ValueError) as error:
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        os.replace(path, aside)
+        log.warning("build log %s unreadable (%s); moved to %s, starting a new one", path, error, aside)
+        return []
 
 
 def manifest_build(manifest: dict[str, Any]) -> str:
@@ -222,9 +243,19 @@ def check_expected_build(manifest: dict[str, Any], expected: str | None) -> None
 
 
 def manifests() -> list[dict[str, Any]]:
-    """Every zoo manifest in the cache, newest first."""
+    """Every readable zoo manifest in the cache, newest first (an unreadable one is named and skipped)."""
     paths = sorted((cache_dir() / "zoos").glob("*/manifest.json"), key=lambda p: -p.stat().st_mtime)
-    return [json.loads(p.read_text()) for p in paths]
+    found = []
+    for path in paths:
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as error:
+            log.warning(
+                "skipping zoo manifest %s: unreadable (%s); `dfml-zoo build <zoo>` writes it again",
+                path,
+                error,
+            )
+    return found
 
 
 def find_manifest(zoo: str) -> dict[str, Any]:
