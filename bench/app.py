@@ -572,6 +572,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point: validate group choices (did-you-mean), then hand over to Hydra."""
     from bench.overrides import check_group_overrides
+    from bench.signals import exit_on_sigterm
+
+    exit_on_sigterm()
 
     try:
         check_group_overrides(sys.argv[1:])

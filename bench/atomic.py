@@ -5,6 +5,8 @@ A crash between write and rename leaves only a ``.tmp`` file that no reader trea
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -65,6 +67,8 @@ def atomic_save(path: str | Path, writer: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         writer(Path(tmp_name))
+        with open(tmp_name, "rb") as written:  # on disk before the rename, as atomic_write_bytes does
+            os.fsync(written.fileno())
         _as_if_created(tmp_name)
         os.replace(tmp_name, target)
     except BaseException:
@@ -77,10 +81,10 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success rename it to ``final`` and mark it done.
 
     If ``final`` is already done (another process won the race) the temporary one is discarded
-    and ``final`` stays as it is: a reader may be using it. That holds too when the other process's
-    rename lands between this one's check and its own rename (the rename then fails on the non-empty
-    ``final``, which is kept). A ``final`` left without ``done`` (not written by this function, or a
-    crash) is moved aside and removed, then replaced.
+    and ``final`` stays as it is: a reader may be using it. A ``final`` left without ``done`` (not
+    written by this function, or a crash) is moved aside and removed, then replaced. The check and
+    the rename run under an ``flock`` of the parent directory, so two writers finishing together
+    cannot take each other's finished ``final`` for debris.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -89,22 +93,38 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         (tmp / "done").write_text("ok\n")
-        if is_done(final):
-            shutil.rmtree(tmp)
-            return
-        if final.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".stale", dir=final.parent))
-            os.replace(final, stale / "old")  # one rename: no reader sees a half-deleted final
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not is_done(final):
-                raise
-            shutil.rmtree(tmp)  # another process finished final meanwhile: keep theirs
+        with _directory_locked(final.parent):
+            if is_done(final):
+                shutil.rmtree(tmp)
+                return
+            if final.exists():
+                stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".stale", dir=final.parent))
+                os.replace(final, stale / "old")  # one rename: no reader sees a half-deleted final
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not is_done(final):
+                    raise
+                shutil.rmtree(tmp)  # another process finished final meanwhile: keep theirs
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def _directory_locked(directory: Path) -> Iterator[None]:
+    """An exclusive ``flock`` of ``directory`` itself (no lock file); unlocked where unsupported."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        yield
+    finally:
+        os.close(fd)
 
 
 def is_done(directory: str | Path) -> bool:

@@ -164,3 +164,60 @@ def test_atomic_files_and_directories_get_the_usual_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "table.md").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "weights.pt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "member").stat().st_mode) == 0o755
+
+
+TERMINATED_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from bench.atomic import atomic_directory, atomic_save
+from bench.signals import exit_on_sigterm
+if sys.argv[2] == "handled":
+    exit_on_sigterm()
+folder = Path(sys.argv[1])
+with atomic_directory(folder / "entry") as tmp:
+    (tmp / "data.bin").write_bytes(b"x" * 1000)
+    os.kill(os.getpid(), signal.SIGTERM)  # e.g. a cluster job's time limit, mid-write
+"""
+
+
+@pytest.mark.parametrize("handler", ["handled", "default"])
+def test_sigterm_mid_write_leaves_no_temporary_directory_behind(tmp_path, handler):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", TERMINATED_MID_WRITE, str(tmp_path), handler], capture_output=True, text=True
+    )
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    if handler == "handled":  # what dfml-run, dfml-zoo and dfml-zoo-job install
+        assert done.returncode == 143 and leftovers == [], (done.returncode, leftovers, done.stderr)
+    else:  # Python's default: killed at once, the temporary directory stays (why the handler exists)
+        assert done.returncode == -15 and len(leftovers) == 1 and leftovers[0].endswith(".tmp")
+
+
+def test_a_finished_copy_landing_while_a_writer_waits_is_kept(tmp_path):
+    """Two writers finishing together: the later one must not take the earlier one's final for debris."""
+    import threading
+    import time
+
+    final = tmp_path / "member"
+
+    def late_writer() -> None:
+        with atomic.atomic_directory(final) as tmp:
+            (tmp / "weights.pt").write_text("late")
+
+    with atomic._directory_locked(tmp_path):  # the other writer's rename section
+        thread = threading.Thread(target=late_writer)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".member.*.tmp/done")):  # the late writer is at its rename
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert not final.exists(), "the late writer renamed while the other held the directory"
+        final.mkdir()
+        (final / "weights.pt").write_text("first")
+        (final / "done").write_text("ok\n")
+    thread.join(timeout=60)
+    assert (final / "weights.pt").read_text() == "first" and atomic.is_done(final)
+    assert [p.name for p in tmp_path.iterdir()] == ["member"]

@@ -43,6 +43,7 @@ from bench.locks import exclusive
 from bench.overrides import group_options
 from bench.paths import cache_dir
 from bench.registry import unknown_key_message
+from bench.signals import exit_on_sigterm
 from bench.threads import set_threads
 from bench.timing import resolve_device
 from zoos.card import render_card, scenario
@@ -375,6 +376,7 @@ def listing() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(prog="dfml-zoo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_build = sub.add_parser("build", help="train the missing members, write manifest and card")

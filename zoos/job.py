@@ -17,6 +17,7 @@ from bench.atomic import is_done
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.paths import cache_dir
+from bench.signals import exit_on_sigterm
 from bench.threads import set_threads
 from bench.timing import resolve_device
 from zoos.cli import source_dataset_settings
@@ -76,4 +77,5 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
+    exit_on_sigterm()
     _main()
