@@ -25,7 +25,12 @@ def _compose(overrides: list[str]):
 )
 def test_every_group_option_composes(override):
     cfg = _compose([override])
-    OmegaConf.to_container(cfg, resolve=False)
+    for key in cfg:  # every interpolation resolves (hydra's own node needs a running app)
+        if key == "hydra":
+            continue
+        value = cfg[key]  # resolves a top-level interpolation
+        if OmegaConf.is_config(value):
+            OmegaConf.to_container(value, resolve=True)
     group, option = override.split("=")
     assert cfg.hydra.runtime.choices[group] == option
 
@@ -243,3 +248,37 @@ def test_fresh_meta_model_follows_the_run_unless_told():
     assert fresh_meta_model(pooled, 32, global_pool=False).head.in_features == 128  # members' shape wins
     x = torch.randn(4, 3, 32, 32)
     assert fresh_meta_model(pooled, 32)(x).shape == (4, 5)
+
+
+def _train_dir(*overrides: str) -> str:
+    """The meta-training directory key of ``experiment=smoke method=purer`` with ``overrides``."""
+    from pathlib import Path
+
+    import bench.app as app
+
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", "method=purer", *overrides])
+    identity = app.run_identity(app.with_method_overrides(cfg), torch.device("cpu"))
+    return app.meta_train_dir(Path("r"), identity, METHODS.get(str(cfg.method.name)), "weights").name
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["seed=1", "method.inner_lr=0.02", "budget.meta_iterations=7", "task.k_shot=5", "method.adv.scale=1.0"],
+)
+def test_a_setting_that_changes_training_changes_the_meta_training_directory(override):
+    assert _train_dir(override) != _train_dir()
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "eval.limit=3",
+        "task.n_episodes=50",
+        "task.test_steps=[10]",
+        "method.icfil.inversion_steps=7",
+        "method=purer_no_icfil",
+    ],
+)
+def test_an_evaluation_only_setting_shares_the_meta_training(override):
+    assert _train_dir(override) == _train_dir()

@@ -116,3 +116,27 @@ def test_the_guard_also_covers_the_images_field_but_not_metadata(small_glyphs):
             small_glyphs.images[:1].clone()
         assert small_glyphs.image_size == small_glyphs.describe()["image_size"] > 0
     assert small_glyphs.images.shape[0] == small_glyphs.describe()["n_images"]  # outside: allowed
+
+
+def test_run_one_selects_on_meta_val_and_keeps_the_test_split_for_the_labelled_probe(monkeypatch, tmp_path):
+    """The probe a method selects with reads the val split; only the labelled test probe reads test."""
+    made, built = [], []
+    real_probe, real_build = app.make_probe, app.build_method
+
+    def spy_probe(dataset, split, *args, **kwargs):  # noqa: ANN001, ANN202
+        probe = real_probe(dataset, split, *args, **kwargs)
+        made.append((probe, split))
+        return probe
+
+    def spy_build(cfg, context):  # noqa: ANN001, ANN202
+        built.append(real_build(cfg, context))
+        return built[-1]
+
+    monkeypatch.setattr(app, "make_probe", spy_probe)
+    monkeypatch.setattr(app, "build_method", spy_build)
+    cfg = _compose("random_init", tmp_path)
+    app.run_one(cfg)
+    (method,) = built
+    splits = {id(probe): split for probe, split in made}
+    assert splits[id(method.validate)] == "val"
+    assert splits[id(method.test_probe)] == cfg.task.split == "test"

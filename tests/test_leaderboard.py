@@ -871,3 +871,20 @@ def test_a_record_with_another_ci_definition_is_refused_by_name():
         BenchError, match=rf"record golden/{records[0].run_key} gives CIs as 't-interval over seeds'"
     ):
         tidy_table(records)
+
+
+def test_a_record_is_paired_only_with_the_reference_run_of_its_own_suite():
+    import dataclasses
+
+    records = [r for r in fixture_records() if r.setting["task"] == "5w1s" and r.seeds["root"] == 0]
+    moved = [
+        dataclasses.replace(r, hashes={**r.hashes, "suite": "another-suite"})
+        if r.method == "weight_average"
+        else r
+        for r in records
+    ]
+    table = tidy_table(moved)
+    row = table[table.method == "weight_average"].iloc[0]
+    assert pd.isna(row.delta_vs_reference) and pd.isna(row.delta_n_seeds)
+    paired = tidy_table(records)
+    assert paired[paired.method == "weight_average"].iloc[0].delta_vs_reference > 0

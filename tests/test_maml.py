@@ -138,3 +138,35 @@ def test_meta_step_refuses_an_unknown_reduction_naming_the_valid_ones():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with pytest.raises(BenchError, match="outer reduce 'Sum' unknown; valid: sum, mean"):
         meta_step(model, optimizer, [task], 1, 0.01, reduce="Sum")
+
+
+def test_the_loop_selects_the_first_best_meta_val_score_and_ends_with_its_weights():
+    """Scripted meta-val scores 40, 55, 50, 55: iteration 2 is selected (ties keep the earlier one)."""
+    from bench.learners.episodic import meta_train_loop
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    scores, snapshots = iter([40.0, 55.0, 50.0, 55.0]), {}
+
+    def loss(model: torch.nn.Module, task: None) -> tuple[torch.Tensor, torch.Tensor]:
+        return (model(torch.ones(1, 2)) - 3.0).pow(2).sum(), torch.tensor(50.0)
+
+    def validate(learner: FineTuneLearner) -> float:
+        snapshots[len(snapshots) + 1] = {k: v.clone() for k, v in learner.model.state_dict().items()}
+        return next(scores)
+
+    result = meta_train_loop(
+        model,
+        lambda it: [None],
+        loss,
+        lambda m: FineTuneLearner(m, 0.1),
+        4,
+        0.1,
+        1,
+        validate,
+        description="toy",
+    )
+    assert result.selected_iteration == 2 and result.selected_val == 55.0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[2][key]) and not torch.equal(value, snapshots[4][key]), key
+    assert [row.get("val_acc") for row in result.history] == [40.0, 55.0, 50.0, 55.0]

@@ -612,3 +612,15 @@ def test_the_inversion_objective_traces_as_one_graph():
         )
         assert explanation.graph_break_count == 0, explanation.break_reasons
         assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize(
+    ("start", "iterations", "expected"),
+    [(None, 60000, 4000), (None, 30, 2), (None, 16, 1), (None, 1, 1), (7, 30, 7)],
+)
+def test_the_adversarial_start_follows_the_papers_fraction_of_the_schedule(start, iterations, expected):
+    from purer.trainer import adv_start
+
+    cfg = PurerConfig(meta_iterations=iterations)
+    cfg.adv = dataclasses.replace(cfg.adv, start=start)
+    assert adv_start(cfg, iterations) == expected
