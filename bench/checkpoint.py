@@ -14,6 +14,11 @@ from bench.errors import IntegrityError
 #: Key of the code history (see :mod:`bench.provenance`) inside a checkpoint file.
 CODE_HISTORY = "code_history"
 
+#: A meta-training loop also checkpoints once this many seconds passed since its last save, whatever
+#: its iteration cadence: a kill then loses at most this much work. The checkpoint holds the whole
+#: state, so where it is taken never changes the numbers (the resume tests kill at any iteration).
+CHECKPOINT_MAX_INTERVAL_S = 600.0
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save into a temporary sibling, then rename (a crash never leaves a valid-looking file).

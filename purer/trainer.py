@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.atomic import atomic_write_bytes
-from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.checkpoint import CHECKPOINT_MAX_INTERVAL_S, load_checkpoint, save_checkpoint
 from bench.errors import BenchError, IntegrityError
 from bench.learners.maml import FineTuneLearner, maml_task_loss, meta_step, module_params
 from bench.method import Budget, MetaLearner
@@ -318,6 +318,7 @@ class PurerTrainer:
         middle = self.iterations // 2
         bar = tqdm(total=self.iterations, initial=self.it, desc="purer", unit="it", **progress_options())
         started = time.perf_counter() - self.seconds
+        saved_at, last_save = self.it, time.perf_counter()  # the checkpoint holding self.it (if any)
         while self.it < self.iterations:
             if self.max_seconds is not None and time.perf_counter() - started > self.max_seconds:
                 log.warning("purer: budget.max_seconds reached at meta-iteration %d", self.it)
@@ -338,8 +339,7 @@ class PurerTrainer:
                     self.step["warmup_seconds"] += elapsed
                     self.step["warmup_iterations"] += 1
             except FloatingPointError as error:
-                saved = self.it - self.it % self.cfg.checkpoint_every
-                kept = f"{checkpoint} (meta-iteration {saved}) is kept" if checkpoint else "no checkpoint"
+                kept = f"{checkpoint} (meta-iteration {saved_at}) is kept" if checkpoint else "no checkpoint"
                 raise FloatingPointError(f"{error}; {kept}") from None
             self.it += 1
             fired = self.curriculum.observe(self.it, row["train_acc"]) if self.curriculum else False
@@ -357,9 +357,12 @@ class PurerTrainer:
             if self.it == middle:
                 self._grid("middle")
             if checkpoint is not None and (
-                self.it % self.cfg.checkpoint_every == 0 or self.it == self.iterations
+                self.it % self.cfg.checkpoint_every == 0
+                or self.it == self.iterations
+                or time.perf_counter() - last_save >= CHECKPOINT_MAX_INTERVAL_S
             ):
                 save_checkpoint(checkpoint, self.state_dict())
+                saved_at, last_save = self.it, time.perf_counter()
             bar.update(1)
             bar.set_postfix(acc=f"{row['train_acc']:.1f}", loss=f"{row['outer_loss']:.2f}", refresh=False)
         bar.close()

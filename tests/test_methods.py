@@ -205,6 +205,38 @@ def test_killed_meta_training_resumes_to_the_same_model(name, tiny_zoo, small_gl
     }
 
 
+def test_the_loop_also_checkpoints_when_its_time_interval_passed(
+    tiny_zoo, small_glyphs, tmp_path, monkeypatch
+):
+    """No cadence checkpoint before the end, the time rule due at every iteration: resumes at 3."""
+    knobs = {
+        k: v
+        for k, v in RESUME_KNOBS.items()
+        if k in {f.name for f in dataclasses.fields(METHODS.get("dfmaml").Config)}
+    }
+    knobs["checkpoint_every"] = 1000
+    episode = TaskSuite(small_glyphs, "test", TaskShape(5, 1, 15), 1, seed=0).episode(0)
+
+    def run(train_dir: Path, stats: dict) -> torch.Tensor:
+        learner = _train("dfmaml", tiny_zoo, 0, small_glyphs, 5, knobs, train_dir, stats)
+        return learner.adapt(episode.support_x, episode.support_y)(episode.query_x)
+
+    straight = run(tmp_path / "straight", {})
+
+    def kill_after_three(it: int) -> None:
+        if it == 3:
+            raise KeyboardInterrupt("simulated kill after iteration 3")
+
+    monkeypatch.setattr(episodic, "CHECKPOINT_MAX_INTERVAL_S", 0.0)
+    monkeypatch.setattr(episodic, "_iteration_done", kill_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", {})
+    monkeypatch.undo()
+    stats: dict = {}
+    assert torch.equal(straight, run(tmp_path / "killed", stats))
+    assert stats["resumed_seconds"] > 0  # resumed from the time-rule checkpoint (no cadence one existed)
+
+
 def test_a_checkpoint_from_other_code_is_a_clear_error(tiny_zoo, small_glyphs, tmp_path):
     from bench.checkpoint import load_checkpoint, save_checkpoint
     from bench.errors import IntegrityError

@@ -624,3 +624,30 @@ def test_the_adversarial_start_follows_the_papers_fraction_of_the_schedule(start
     cfg = PurerConfig(meta_iterations=iterations)
     cfg.adv = dataclasses.replace(cfg.adv, start=start)
     assert adv_start(cfg, iterations) == expected
+
+
+def test_a_kill_between_cadence_checkpoints_loses_at_most_the_time_interval(tmp_path, monkeypatch):
+    """With the time rule due at every iteration, a kill after iteration 3 resumes from 3, identically."""
+    import purer.trainer as trainer_module
+
+    cfg = PurerConfig(meta_iterations=5, checkpoint_every=1000)  # no cadence checkpoint before the end
+    cfg.adv = dataclasses.replace(cfg.adv, start=2)
+    straight = _trainer(cfg, work_dir=tmp_path / "a")
+    straight.run()
+    monkeypatch.setattr(trainer_module, "CHECKPOINT_MAX_INTERVAL_S", 0.0)
+    interrupted = _trainer(cfg, work_dir=tmp_path / "b")
+    original = interrupted.meta_iteration
+
+    def crash_after_three():
+        if interrupted.it == 3:
+            raise KeyboardInterrupt
+        return original()
+
+    interrupted.meta_iteration = crash_after_three
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    resumed = _trainer(cfg, work_dir=tmp_path / "b")
+    resumed.run()
+    assert resumed.resumed_at == 3
+    assert torch.equal(resumed.data.X, straight.data.X)
+    assert [h["outer_loss"] for h in resumed.history] == [h["outer_loss"] for h in straight.history]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.checkpoint import CHECKPOINT_MAX_INTERVAL_S, load_checkpoint, save_checkpoint
 from bench.errors import BenchError, IntegrityError
 from bench.method import Budget, Learner, MetaLearner, MethodConfig, Probe
 from bench.progress import progress_options
@@ -155,7 +155,9 @@ def meta_train_loop(
             "method": checkpoint.state.save(),
         }
         save_checkpoint(checkpoint.path, state)
+        last_save[0] = time.perf_counter()
 
+    last_save = [time.perf_counter()]
     for it in bar:
         if max_seconds is not None and time.perf_counter() - started > max_seconds:
             log.warning("%s: budget.max_seconds reached at iteration %d", description, it - 1)
@@ -187,7 +189,11 @@ def meta_train_loop(
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         result.history.append(row)
         bar.set_postfix(acc=f"{row['acc']:.1f}", loss=f"{row['loss']:.2f}", refresh=False)
-        if checkpoint is not None and (it % checkpoint.every == 0 or it == iterations):
+        if checkpoint is not None and (
+            it % checkpoint.every == 0
+            or it == iterations
+            or time.perf_counter() - last_save[0] >= CHECKPOINT_MAX_INTERVAL_S
+        ):
             save()
         _iteration_done(it)
     result.seconds = time.perf_counter() - started
