@@ -127,6 +127,19 @@ def _directory_locked(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def remove_directory(directory: str | Path) -> None:
+    """Delete ``directory`` as one rename (aside, then removed): no reader sees it half-deleted."""
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    stale = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".stale", dir=directory.parent))
+    try:
+        os.replace(directory, stale / "old")
+    except FileNotFoundError:  # another process removed it meanwhile
+        pass
+    shutil.rmtree(stale, ignore_errors=True)
+
+
 def is_done(directory: str | Path) -> bool:
     """True if ``directory`` was completed by :func:`atomic_directory`."""
     return (Path(directory) / "done").is_file()

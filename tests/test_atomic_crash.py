@@ -221,3 +221,21 @@ def test_a_finished_copy_landing_while_a_writer_waits_is_kept(tmp_path):
     thread.join(timeout=60)
     assert (final / "weights.pt").read_text() == "first" and atomic.is_done(final)
     assert [p.name for p in tmp_path.iterdir()] == ["member"]
+
+
+def test_remove_directory_takes_it_away_in_one_rename(tmp_path, monkeypatch):
+    entry = tmp_path / "member"
+    entry.mkdir()
+    (entry / "weights.pt").write_text("w")
+    (entry / "done").write_text("ok\n")
+    seen = []
+    real_rmtree = atomic.shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(entry.exists())  # by the time anything is deleted, the entry is gone as a whole
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", rmtree)
+    atomic.remove_directory(entry)
+    atomic.remove_directory(entry)  # already gone: nothing to do
+    assert seen == [False] and list(tmp_path.iterdir()) == []

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench.atomic import atomic_directory, atomic_write_json, is_done
+from bench.atomic import atomic_directory, atomic_write_json, is_done, remove_directory
 from bench.data import load_dataset
 from bench.data.base import ImageClassDataset
 from bench.errors import BenchError, IntegrityError
@@ -242,7 +241,7 @@ def member_numerics_of(spec: MemberSpec, zoo_name: str = "") -> str:
 
 def remove_member(spec: MemberSpec) -> None:
     """Delete a member's cache entry (``--repair`` of a corrupt member)."""
-    shutil.rmtree(member_dir(spec.key), ignore_errors=True)
+    remove_directory(member_dir(spec.key))
 
 
 def build_member(

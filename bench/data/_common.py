@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import time
 import zipfile
 import zlib
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from bench.atomic import atomic_directory, atomic_write_json, is_done
+from bench.atomic import atomic_directory, atomic_write_json, is_done, remove_directory
 from bench.data.base import SPLITS, ImageClassDataset
 from bench.errors import BenchError
 from bench.hashing import canonical_json, sha256_bytes, sha256_file, spec_hash, tensor_sha256
@@ -421,7 +420,7 @@ def load_cache_entry(
     except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         problem = f"unreadable ({type(error).__name__}: {error})"
     log.warning("%s cache %s: %s; deleting the entry and rebuilding", name, data_path, problem)
-    shutil.rmtree(entry, ignore_errors=True)
+    remove_directory(entry)
     return None
 
 
