@@ -23,6 +23,9 @@ def test_episode_is_independent_of_suite_length(small_glyphs):
     short = TaskSuite(small_glyphs, "test", TaskShape(5, 5, 15), 10, seed=3)
     long = TaskSuite(small_glyphs, "test", TaskShape(5, 5, 15), 40, seed=3)
     assert torch.equal(short.support_rows, long.support_rows[:10])
+    assert torch.equal(short.query_rows, long.query_rows[:10])
+    for i in range(10):
+        assert torch.equal(short.episode(i).classes, long.episode(i).classes)
 
 
 def test_episode_shapes_labels_and_disjointness(small_glyphs):
