@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from bench import provenance
+from bench.config_checks import check_run_config
 from bench.data import forbid_real_data, load_dataset
 from bench.data.base import allow_real_data
 from bench.environment import code_sha256, environment, git_state
@@ -277,6 +278,8 @@ def run_one(cfg: DictConfig) -> Path:
     git_state()  # the code this process imported (cached; the record names it, not a later checkout)
     code_sha256()  # likewise read once, at the start
     provenance.reset()  # code histories of resumed files are per run
+    check_run_config(cfg)  # unknown keys and mistyped values, before a cell is skipped or computed
+    check_task_values(cfg)
     cfg = with_method_overrides(cfg)
     check_profile(cfg, command_line_overrides())
     check_reference_methods([cfg.experiment.get("reference"), *(cfg.experiment.get("compare_to") or [])])

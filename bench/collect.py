@@ -64,7 +64,7 @@ def compare_to_of(spec: dict) -> list[str]:
     return [str(m) for m in ((spec.get("experiment") or {}).get("compare_to") or [])]
 
 
-def check_reference(reference: str, records: list, carried_csv: Path | None) -> None:
+def check_reference(reference: str, records: list, carried_csv: Path | None, experiment: str = "") -> None:
     """Raise unless ``reference`` is a method of the records (or of the carried table's rows).
 
     A mistyped ``--reference`` would otherwise rewrite the tables without any paired difference.
@@ -74,9 +74,15 @@ def check_reference(reference: str, records: list, carried_csv: Path | None) -> 
         # carried rows may be labelled (``random_init [numerics=native]``): their method is the base name
         known |= {base_method(name) for name in pd.read_csv(carried_csv)["method"].astype(str)}
     if known and reference not in known:
+        from bench.method import METHODS
         from bench.registry import unknown_key_message
 
-        raise BenchError(unknown_key_message("reference method", reference, sorted(known)))
+        if reference not in METHODS:  # a typo: suggest the close names
+            raise BenchError(unknown_key_message("reference method", reference, sorted(known)))
+        where = f"experiment {experiment} has" if experiment else "these records have"
+        raise BenchError(
+            f"{where} no rows of the reference method {reference!r}; its methods: {', '.join(sorted(known))}"
+        )
 
 
 def experiment_yaml(experiment: str) -> dict:
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiments", nargs="*", help="experiment names (default: all with records)")
     parser.add_argument(
         "--results",
-        default=os.environ.get("DFML_RESULTS", "results"),
+        default=os.environ.get("DFML_RESULTS") or "results",
         help="results directory (default: $DFML_RESULTS, else ./results)",
     )
     parser.add_argument(
@@ -150,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.results.strip():
+        print("dfml-collect: error: --results is empty; give a results directory", file=sys.stderr)
+        return 2
     results = Path(args.results).expanduser().resolve()
     runs = results / "runs"
     available = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
@@ -164,12 +173,24 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"results directory {results} does not exist (--results or $DFML_RESULTS)")
         if not wanted:
             raise BenchError(f"no records under {runs}; run dfml-run first")
+        # every name (and a typed --reference) is checked before any table is rewritten
         for name in wanted:
             if name not in available and name not in carried_only:
                 from bench.registry import unknown_key_message
 
                 known = sorted({*available, *carried_only})
                 raise BenchError(unknown_key_message("experiment with records or a table", name, known))
+            records = read_records(runs / name) if name in available else []
+            if not records and name not in carried_only:
+                raise BenchError(
+                    f"experiment {name} has no finished records under {runs / name} and no table to carry; "
+                    f"run dfml-run experiment={name} first"
+                )
+            if args.reference is not None:
+                check_reference_methods([args.reference])
+                carried = tables / f"{name}.csv" if not args.no_carry else None
+                check_reference(args.reference, records, carried, name)
+        for name in wanted:
             if args.sync_mlflow:
                 uploaded, failed = sync_mlflow(results, name)
                 print(f"{name}: {uploaded} run(s) uploaded to MLflow, {failed} still unreachable")

@@ -18,6 +18,10 @@ def resolve_results_dir(configured: str | os.PathLike[str]) -> Path:
     """The absolute results directory; created if missing, with a clear error if unwritable."""
     from bench.errors import BenchError
 
+    if not str(configured).strip().strip("'\""):  # '' resolves to the working directory: never meant
+        raise BenchError(
+            "paths.results is empty (is $DFML_RESULTS set to an empty string?); give a results directory"
+        )
     path = Path(configured).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)

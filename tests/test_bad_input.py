@@ -89,6 +89,12 @@ CASES = {
         r"method.init=average is overridden by method_overrides.purer .*sets method.init=random; to change "
         r"it in this experiment, pass method_overrides.purer.init=average",
     ),
+    "a boolean that is not one": (["force=flase"], r"force='flase' is not valid; valid: true, false"),
+    "task key typo": (["+task.nway=10"], r"unknown task key 'task.nway'; did you mean 'task.n_way'"),
+    "unknown top-level key": (["+sed=1"], r"unknown top-level key 'sed'; did you mean 'seed'"),
+    "fractional seed": (["seed=1.5"], r"seed=1.5 is not valid; valid: an integer"),
+    "budget not a number": (["budget.meta_iterations=abc"], r"budget.meta_iterations='abc' is not valid"),
+    "empty results dir": (["paths.results="], r"paths.results is empty"),
     "probe episodes not a number": (
         ["method=dfmaml", "method.val_episodes=abc"],
         r"bad config for method .dfmaml.: method.val_episodes",

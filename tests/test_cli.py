@@ -93,6 +93,28 @@ def test_a_skipped_record_missing_from_the_store_is_uploaded(smoke_results, tmp_
     assert sorted(runs.loc[runs["tags.kind"] != "leaderboard", "tags.mlflow.runName"]) == keys
 
 
+def test_collect_checks_every_name_and_the_reference_before_writing_any_table(smoke_results, tmp_path):
+    shutil.copytree(smoke_results[0] / "results", tmp_path / "results")
+    board = tmp_path / "results" / "leaderboards" / "smoke.csv"
+    before = board.stat().st_mtime_ns  # a rewrite gives the same bytes: the time tells
+    typo = _run("dfml-collect", "smoke", "smok", cwd=tmp_path)
+    assert (
+        typo.returncode == 2 and "did you mean 'smoke'" in typo.stderr and board.stat().st_mtime_ns == before
+    )
+    absent = _run("dfml-collect", "smoke", "--reference", "purer", cwd=tmp_path)
+    assert absent.returncode == 2 and board.stat().st_mtime_ns == before
+    assert (
+        "experiment smoke has no rows of the reference method 'purer'; its methods: random_init"
+        in absent.stderr
+    )
+    (tmp_path / "results" / "runs" / "empty" / "0123" / "work").mkdir(parents=True)  # an interrupted run
+    empty = _run("dfml-collect", "empty", cwd=tmp_path)
+    assert empty.returncode == 2 and "experiment empty has no finished records" in empty.stderr
+    assert not (tmp_path / "results" / "leaderboards" / "empty.csv").exists()
+    blank = _run("dfml-collect", "smoke", "--results", "", cwd=tmp_path)
+    assert blank.returncode == 2 and "--results is empty" in blank.stderr
+
+
 def test_collect_and_ls(smoke_results):
     work, _ = smoke_results
     shutil.rmtree(work / "results" / "leaderboards")
