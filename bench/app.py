@@ -575,7 +575,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point: validate group choices (did-you-mean), then hand over to Hydra."""
     from bench.overrides import check_group_overrides
-    from bench.signals import exit_on_sigterm
+    from bench.signals import exit_on_sigterm, interrupted
 
     exit_on_sigterm()
 
@@ -589,4 +589,7 @@ def main() -> None:
             resolve_results_dir(os.environ.get("DFML_RESULTS", "results"))
     except BenchError as error:
         raise SystemExit(f"dfml-run: error: {error}") from None
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        raise interrupted("dfml-run") from None

@@ -7,6 +7,7 @@ import importlib
 import itertools
 import json
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from bench.data import DATASETS
+from bench.errors import BenchError
 from bench.method import METHODS
 from bench.overrides import group_options
 from bench.paths import cache_dir
@@ -132,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dfml-ls", description=__doc__)
     parser.add_argument("section", nargs="?", choices=SECTIONS, help="list only this section")
     args = parser.parse_args(argv)
-    for section, entries in listing().items():
+    try:
+        sections = listing()
+    except BenchError as error:
+        print(f"dfml-ls: error: {error}", file=sys.stderr)
+        return 2
+    for section, entries in sections.items():
         if args.section and section != args.section:
             continue
         print(f"{section}:")

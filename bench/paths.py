@@ -10,7 +10,14 @@ def cache_dir() -> Path:
     """Root of content-addressed caches (datasets, zoo members); ``DFML_CACHE`` or ~/.cache."""
     root = os.environ.get("DFML_CACHE") or Path.home() / ".cache" / "dfml-bench"
     path = Path(root).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        from bench.errors import BenchError
+
+        raise BenchError(
+            f"cache dir {str(path)!r} ($DFML_CACHE) cannot be created: {error.strerror}"
+        ) from None
     return path
 
 

@@ -10,6 +10,7 @@ themselves stay as they were: a terminated run resumes from its last one, as aft
 from __future__ import annotations
 
 import signal
+import sys
 from types import FrameType
 
 #: Exit status of a process ended by SIGTERM, as a shell reports it (128 + 15).
@@ -23,3 +24,17 @@ def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
 def exit_on_sigterm() -> None:
     """Make SIGTERM raise ``SystemExit(143)`` in the main thread (call from an entry point)."""
     signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+#: Exit status of a process ended by Ctrl-C (SIGINT), as a shell reports it (128 + 2).
+SIGINT_STATUS = 128 + signal.SIGINT
+
+
+def interrupted(tool: str) -> SystemExit:
+    """What an entry point raises on Ctrl-C: one line saying how to go on, instead of a traceback."""
+    print(
+        f"{tool}: interrupted; relaunch the same command to resume (finished work is kept: records, "
+        "checkpoints, zoo members)",
+        file=sys.stderr,
+    )
+    return SystemExit(SIGINT_STATUS)

@@ -150,6 +150,20 @@ def test_a_second_process_on_the_same_cell_waits_then_skips_it(tmp_path, small_g
     assert len(list(runs.glob("*/record.json"))) == 1
 
 
+def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path, small_glyphs):
+    process = _dfml_run(*EVAL, cwd=tmp_path, wait=False)
+    runs = tmp_path / "results" / "runs" / "smoke"
+    deadline = time.monotonic() + 600
+    while not list(runs.glob("*/work/eval_progress.json")):  # inside the evaluation
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended too soon"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "dfml-run: interrupted; relaunch the same command to resume" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
 class _Crashing(FineTuneLearner):
     """A learner that dies at a given episode count (a kill during evaluation, in-process)."""
 

@@ -17,3 +17,14 @@ def test_dfml_ls_counts_finished_cells_of_an_experiment_sweep(tmp_path):
         write_record(tmp_path / "runs" / "smoke" / record.run_key, record, "fixture: true\n")
     assert experiment_progress("smoke", tmp_path) == "finished 1/2 cells"
     assert experiment_progress("omniglot", tmp_path) == "finished 0/30 cells"  # method x task
+
+
+def test_an_unusable_cache_dir_is_one_line_naming_it(monkeypatch, capsys):
+    from bench.listing import main
+
+    monkeypatch.setenv("DFML_CACHE", "/dev/null/cache")
+    assert main([]) == 2
+    assert (
+        "dfml-ls: error: cache dir '/dev/null/cache' ($DFML_CACHE) cannot be created"
+        in capsys.readouterr().err
+    )

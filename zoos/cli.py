@@ -43,7 +43,7 @@ from bench.locks import exclusive
 from bench.overrides import group_options
 from bench.paths import cache_dir
 from bench.registry import unknown_key_message
-from bench.signals import exit_on_sigterm
+from bench.signals import exit_on_sigterm, interrupted
 from bench.threads import set_threads
 from bench.timing import resolve_device
 from zoos.card import render_card, scenario
@@ -467,4 +467,6 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         print(f"dfml-zoo: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        raise interrupted("dfml-zoo") from None
     return 0

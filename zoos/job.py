@@ -17,7 +17,7 @@ from bench.atomic import is_done
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.paths import cache_dir
-from bench.signals import exit_on_sigterm
+from bench.signals import exit_on_sigterm, interrupted
 from bench.threads import set_threads
 from bench.timing import resolve_device
 from zoos.cli import source_dataset_settings
@@ -78,4 +78,7 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point."""
     exit_on_sigterm()
-    _main()
+    try:
+        _main()
+    except KeyboardInterrupt:
+        raise interrupted("dfml-zoo-job") from None
