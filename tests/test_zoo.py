@@ -125,6 +125,13 @@ def test_a_bad_architecture_option_or_recipe_key_names_the_valid_ones(small_glyp
         load_or_build_zoo({**_tiny_cfg(), "arch_options": {"widht": 4}}, small_glyphs)
     with pytest.raises(BenchError, match=r"'epochz'.*valid keys: epochs, batch_size, optimizer"):
         load_or_build_zoo({**_tiny_cfg(), "recipe": {"epochz": 1}}, small_glyphs)
+    # a value of the wrong type is named before any member trains (it was a traceback mid-training)
+    with pytest.raises(
+        BenchError, match=r"zoo recipe epochs='abc' for conv4 is not valid; valid: an integer"
+    ):
+        load_or_build_zoo({**_tiny_cfg(), "recipe": {"epochs": "abc"}}, small_glyphs)
+    with pytest.raises(BenchError, match=r"n_members='abc' is not valid; valid: an integer >= 1 or null"):
+        load_or_build_zoo({**_tiny_cfg(), "n_members": "abc"}, small_glyphs)
 
 
 def _tiny_cfg():

@@ -61,6 +61,11 @@ def class_groups(
 ) -> list[list[str]]:
     """Class-name groups, one per member (each group in local-label order)."""
     names = sorted(train_names)
+    for key, value, nullable in (("classes_per_member", per_member, False), ("n_members", n_members, True)):
+        if (value is not None or not nullable) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise BenchError(
+                f"{key}={value!r} is not valid; valid: an integer >= 1{' or null' if nullable else ''}"
+            )
     if per_member < 1:
         raise BenchError(f"classes_per_member must be >= 1; got {per_member}")
     if n_members is not None and n_members < 1:
@@ -131,12 +136,35 @@ def recipe_for(cfg: Mapping[str, Any], arch: str) -> TrainRecipe:
     if "milestones" in merged:
         merged["milestones"] = tuple(merged["milestones"])
     try:
-        return TrainRecipe(**merged)
+        recipe = TrainRecipe(**merged)
     except TypeError as error:
         valid = ", ".join(f.name for f in dataclasses.fields(TrainRecipe))
         raise BenchError(
             f"bad zoo recipe keys {sorted(merged)} for {arch}: {error}; valid keys: {valid}"
         ) from error
+    check_recipe_types(recipe, arch)
+    return recipe
+
+
+def check_recipe_types(recipe: TrainRecipe, arch: str) -> None:
+    """BenchError naming a recipe value of the wrong type (``zoo.recipe.epochs=abc``), before training."""
+    for spec in dataclasses.fields(TrainRecipe):
+        value, default = getattr(recipe, spec.name), spec.default
+        if isinstance(default, bool):
+            ok, valid = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, valid = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, valid = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, valid = isinstance(value, str), "a string"
+        else:  # milestones: a list of integers
+            ok = isinstance(value, tuple | list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            )
+            valid = "a list of integers"
+        if not ok:
+            raise BenchError(f"zoo recipe {spec.name}={value!r} for {arch} is not valid; valid: {valid}")
 
 
 def source_groups(
