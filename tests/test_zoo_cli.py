@@ -299,3 +299,17 @@ def test_a_damaged_build_log_or_manifest_is_named_and_set_aside(tmp_path, monkey
     (bad / "manifest.json").write_text("{")
     assert manifests() == [{"name": "a", "key": "a"}]
     assert f"skipping zoo manifest {bad / 'manifest.json'}" in caplog.text
+
+
+def test_card_and_export_name_an_out_path_they_cannot_write(tmp_path, capsys):
+    """Checked before the zoo is looked up: each is one line naming the path (they were tracebacks)."""
+    from zoos.cli import main
+
+    cases = [
+        (tmp_path, f"--out '{tmp_path}' is a directory; give a file path"),
+        (tmp_path / "missing" / "card.md", f"its folder '{tmp_path / 'missing'}' does not exist"),
+    ]
+    for out, said in cases:
+        for command in ("card", "export"):
+            assert main([command, "any_zoo", "--out", str(out)]) == 2
+            assert said in capsys.readouterr().err

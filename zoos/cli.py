@@ -281,10 +281,19 @@ def find_manifest(zoo: str) -> dict[str, Any]:
     raise BenchError(f"zoo {zoo!r} has not been built in {cache_dir()}; run `dfml-zoo build {zoo}`")
 
 
+def check_out_path(out: Path) -> None:
+    """BenchError unless ``out`` names a file that can be written (its folder exists, is writable)."""
+    if out.is_dir():
+        raise BenchError(f"--out {str(out)!r} is a directory; give a file path (e.g. {out / 'card.md'})")
+    if not out.parent.is_dir():
+        raise BenchError(f"--out {str(out)!r}: its folder {str(out.parent)!r} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise BenchError(f"--out {str(out)!r}: its folder {str(out.parent)!r} is not writable")
+
+
 def write_card(manifest: dict[str, Any], out: Path | None = None) -> Path:
     """Render the card to ``out``, else next to the manifest; returns the path written."""
-    log_path = builds_path(manifest["key"])
-    builds = json.loads(log_path.read_text()) if log_path.is_file() else []
+    builds = read_build_log(builds_path(manifest["key"]))
     text = render_card(manifest, builds)
     path = out or cache_dir() / "zoos" / manifest["key"] / "card.md"
     atomic_write_text(path, text)
@@ -458,11 +467,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "verify":
             return verify(args.zoo)
         elif args.command == "export":
-            export(args.zoo, args.out)
+            check_out_path(args.out)
+            try:
+                export(args.zoo, args.out)
+            except OSError as error:  # e.g. a folder that refuses new files (/proc)
+                raise BenchError(f"cannot write {str(args.out)!r}: {error.strerror}") from None
         elif args.command == "import":
             import_archive(args.archive, args.replace)
         else:
-            path = write_card(find_manifest(args.zoo), args.out)
+            if args.out is not None:
+                check_out_path(args.out)
+            try:
+                path = write_card(find_manifest(args.zoo), args.out)
+            except OSError as error:
+                raise BenchError(f"cannot write {str(args.out)!r}: {error.strerror}") from None
             print(path.read_text(), end="")
     except BenchError as error:
         print(f"dfml-zoo: error: {error}", file=sys.stderr)
