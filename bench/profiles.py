@@ -34,10 +34,16 @@ def check_profile(cfg: DictConfig, argv: Sequence[str] = ()) -> None:
     name = str(cfg.method.name)
     declared = OmegaConf.select(cfg.method, "profile", default=None)
     if declared is not None and str(declared) != profile:
+        fix = (
+            f"drop profile={profile} (this experiment runs {name} with its {declared} schedule), or use an "
+            f"experiment with {name}'s {profile} schedule"
+            if declared == "paper"
+            else "use an experiment that sets both (profile: paper and "
+            f"method_overrides.{name}.profile: paper, as the paper_* experiments do), or keep profile=cpu"
+        )
         raise BenchError(
             f"method {name} has profile {declared!r} but the run's profile is {profile!r}: the record "
-            f"would mislabel the schedule. Use an experiment that sets both (profile: paper and "
-            f"method_overrides.{name}.profile: paper, as the paper_* experiments do), or keep profile=cpu"
+            f"would mislabel the schedule. To fix: {fix}"
         )
     if profile != "paper" or "meta_iterations" not in cfg.method:
         return  # methods without a meta-training schedule run the same under either label

@@ -302,3 +302,13 @@ def test_a_header_naming_another_build_is_refused(tmp_path, exported, other_cach
     ):
         import_zoo(wrong)
     assert _files(other_cache) == {}
+
+
+def test_a_file_that_is_no_archive_is_one_line(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an archive\n")
+    with pytest.raises(BenchError) as refused:
+        archive_module.import_zoo(notes)
+    message = str(refused.value)
+    assert "is not a readable zoo archive (a .tar or .tar.gz written by `dfml-zoo export`)" in message
+    assert "\n" not in message  # tarfile's per-method report of its attempts stays out

@@ -219,7 +219,13 @@ def _read_archive(archive: Path, staging: Path) -> tuple[dict[str, Any], dict[st
             entries = tar.getmembers()
             return _read_entries(archive, tar, entries, staging)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
-        raise BenchError(f"{str(archive)!r} is not a readable zoo archive (tar or tar.gz): {error}") from None
+        reason = (
+            str(error).strip().splitlines()[0].rstrip(":") if str(error).strip() else type(error).__name__
+        )
+        raise BenchError(
+            f"{str(archive)!r} is not a readable zoo archive (a .tar or .tar.gz written by "
+            f"`dfml-zoo export`): {reason}"
+        ) from None
 
 
 def _read_entries(
