@@ -313,3 +313,10 @@ def test_card_and_export_name_an_out_path_they_cannot_write(tmp_path, capsys):
         for command in ("card", "export"):
             assert main([command, "any_zoo", "--out", str(out)]) == 2
             assert said in capsys.readouterr().err
+
+
+def test_a_member_job_with_a_misspelled_zoo_gets_a_did_you_mean(tmp_path, cache):
+    done = _run("dfml-zoo-job", "zoo=glyhps_sh", cwd=tmp_path, cache=cache)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "dfml-zoo-job: error: unknown zoo 'glyhps_sh'; did you mean 'glyphs_sh'?" in done.stderr
+    assert not (tmp_path / "results").exists()  # refused before Hydra made its output folder

@@ -9,6 +9,7 @@ if the cache lacks it (atomic per-member directories, so concurrent jobs never s
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.atomic import is_done
 from bench.data import load_dataset
 from bench.errors import BenchError
+from bench.overrides import check_group_overrides
 from bench.paths import cache_dir
 from bench.signals import exit_on_sigterm, interrupted
 from bench.threads import set_threads
@@ -78,6 +80,10 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point."""
     exit_on_sigterm()
+    try:
+        check_group_overrides(sys.argv[1:])  # a did-you-mean instead of Hydra's 20-line dump
+    except BenchError as error:
+        raise SystemExit(f"dfml-zoo-job: error: {error}") from None
     try:
         _main()
     except KeyboardInterrupt:
