@@ -107,15 +107,15 @@ def sync_mlflow(results: Path, experiment: str) -> tuple[int, int]:
     from bench.tracking import MlflowSink, ensure_store, tracking_uri
 
     sink = MlflowSink(tracking_uri(None, results), experiment)
-    if sink.uri.startswith("sqlite:///"):
-        try:
-            ensure_store(sink.uri)
-        except Exception as error:  # noqa: BLE001 - SQLAlchemy / MLflow errors: the store is unusable
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise BenchError(
-                f"--sync-mlflow: cannot open the MLflow store {sink.uri} ({first}); point "
-                "MLFLOW_TRACKING_URI at a working store, or move the damaged file aside"
-            ) from None
+    try:  # the store is opened (a SQLite file created) or reached once, before any upload
+        ensure_store(sink.uri)
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy / MLflow / HTTP errors: the store is unusable
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BenchError(
+            f"--sync-mlflow: cannot open the MLflow store {sink.uri} ({first}); point "
+            "MLFLOW_TRACKING_URI at a working store (sqlite:///<file> or http://<host>:<port>), or move a "
+            "damaged file aside"
+        ) from None
     uploaded = failed = 0
     for record in read_records(results / "runs" / experiment):
         run_dir = results / "runs" / experiment / record.run_key
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         [] if args.no_carry or not tables.is_dir() else sorted(p.stem for p in tables.glob("*.csv"))
     )
     wanted = args.experiments or available
+    unsynced = 0
     try:
         if not results.is_dir():
             raise BenchError(f"results directory {results} does not exist (--results or $DFML_RESULTS)")
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.sync_mlflow:
                 uploaded, failed = sync_mlflow(results, name)
                 print(f"{name}: {uploaded} run(s) uploaded to MLflow, {failed} still unreachable")
+                unsynced += failed
             table, markdown = collect_experiment(
                 results, name, args.reference, not args.no_carry, strict_reference=args.reference is not None
             )
@@ -205,4 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         print(f"dfml-collect: error: {error}", file=sys.stderr)
         return 2
+    if unsynced:
+        print(
+            f"dfml-collect: error: {unsynced} run(s) not uploaded to MLflow; run again to retry",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -192,3 +192,15 @@ def test_sync_into_a_damaged_store_is_a_clear_error(tmp_path, monkeypatch):
         BenchError, match=r"--sync-mlflow: cannot open the MLflow store sqlite:///.*mlflow.db"
     ):
         sync_mlflow(tmp_path, "golden")
+
+
+def test_sync_to_a_store_of_an_unsupported_kind_is_a_clear_error(tmp_path, monkeypatch):
+    from bench.collect import sync_mlflow
+    from bench.errors import BenchError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://store")
+    (tmp_path / "runs" / "golden").mkdir(parents=True)
+    with pytest.raises(
+        BenchError, match=r"--sync-mlflow: cannot open the MLflow store bogus://store .*sqlite:///"
+    ):
+        sync_mlflow(tmp_path, "golden")
