@@ -312,3 +312,5 @@ def test_a_file_that_is_no_archive_is_one_line(tmp_path):
     message = str(refused.value)
     assert "is not a readable zoo archive (a .tar or .tar.gz written by `dfml-zoo export`)" in message
     assert "\n" not in message  # tarfile's per-method report of its attempts stays out
+    with pytest.raises(BenchError, match=r"is a directory, not a zoo archive"):
+        archive_module.import_zoo(tmp_path)

@@ -211,6 +211,8 @@ def _read_archive(archive: Path, staging: Path) -> tuple[dict[str, Any], dict[st
     Headers and names are checked first (only the export layout, each name once), then the header
     and the manifest, then each listed member (:func:`_read_member`) as its files are copied.
     """
+    if archive.is_dir():
+        raise BenchError(f"{str(archive)!r} is a directory, not a zoo archive (a .tar or .tar.gz file)")
     if not archive.is_file():
         raise BenchError(f"zoo archive {str(archive)!r} not found")
     try:

@@ -310,6 +310,8 @@ def _member_json_matches(path: Path, weights_sha256: str) -> bool:
 
 def verify(zoo: str | None) -> int:
     """Re-hash every member of the named zoo (or of every built zoo); 1 if any fails."""
+    if zoo is not None and not zoo.strip():
+        raise BenchError("the zoo name is empty; give a zoo name or key, or none to verify every built zoo")
     chosen = [find_manifest(zoo)] if zoo else manifests()
     if not chosen:
         print(f"no built zoos in {cache_dir() / 'zoos'}; build one with `dfml-zoo build <zoo>`")
