@@ -151,7 +151,16 @@ def test_a_second_process_on_the_same_cell_waits_then_skips_it(tmp_path, small_g
 
 
 def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path, small_glyphs):
-    process = _dfml_run(*EVAL, cwd=tmp_path, wait=False)
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen(  # SIGINT as at a terminal (an xdist worker passes it on ignored)
+        [str(BIN / "dfml-run"), *EVAL],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     runs = tmp_path / "results" / "runs" / "smoke"
     deadline = time.monotonic() + 600
     while not list(runs.glob("*/work/eval_progress.json")):  # inside the evaluation
