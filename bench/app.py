@@ -356,7 +356,6 @@ def run_cell(
     experiment = str(cfg.experiment.name)
     run_dir = results / "runs" / experiment / key
     budget = Budget(cfg.budget.meta_iterations, cfg.budget.max_seconds)
-    check_task_values(cfg)
     # a bad method key or value is reported before the dataset and the zoo are loaded or built
     method_yaml = OmegaConf.to_container(cfg.method, resolve=True)
     validate_method_config(METHODS.get(str(cfg.method.name)), method_yaml)
