@@ -5,7 +5,6 @@ A crash between write and rename leaves only a ``.tmp`` file that no reader trea
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -15,6 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from bench.locks import UNSUPPORTED
 
 
 def _umask() -> int:
@@ -120,7 +121,7 @@ def _directory_locked(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as error:
-            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            if error.errno not in UNSUPPORTED:
                 raise
         yield
     finally:

@@ -25,6 +25,7 @@ def collect_experiment(
     reference: str | None = None,
     carry: bool = True,
     strict_reference: bool = False,
+    records: list | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Build the leaderboard of one experiment from its records under ``results/runs``.
 
@@ -35,7 +36,8 @@ def collect_experiment(
     this table: ``dfml-collect --reference``) also refuses one that no record or carried row has;
     otherwise a reference not run yet (a sweep of purer alone) gives a table without differences.
     """
-    records = read_records(results / "runs" / experiment)
+    if records is None:  # ``records``: already read by the caller (dfml-collect checks them first)
+        records = read_records(results / "runs" / experiment)
     spec = experiment_yaml(experiment)
     if reference is None:
         reference = str((spec.get("experiment") or {}).get("reference") or REFERENCE)
@@ -175,20 +177,22 @@ def main(argv: list[str] | None = None) -> int:
         if not wanted:
             raise BenchError(f"no records under {runs}; run dfml-run first")
         # every name (and a typed --reference) is checked before any table is rewritten
+        if args.reference is not None:
+            check_reference_methods([args.reference])
+        found: dict[str, list] = {}
         for name in wanted:
             if name not in available and name not in carried_only:
                 from bench.registry import unknown_key_message
 
                 known = sorted({*available, *carried_only})
                 raise BenchError(unknown_key_message("experiment with records or a table", name, known))
-            records = read_records(runs / name) if name in available else []
+            records = found[name] = read_records(runs / name) if name in available else []
             if not records and name not in carried_only:
                 raise BenchError(
                     f"experiment {name} has no finished records under {runs / name} and no table to carry; "
                     f"run dfml-run experiment={name} first"
                 )
             if args.reference is not None:
-                check_reference_methods([args.reference])
                 carried = tables / f"{name}.csv" if not args.no_carry else None
                 check_reference(args.reference, records, carried, name)
         for name in wanted:
@@ -196,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 uploaded, failed = sync_mlflow(results, name)
                 print(f"{name}: {uploaded} run(s) uploaded to MLflow, {failed} still unreachable")
                 unsynced += failed
-            table, markdown = collect_experiment(
-                results, name, args.reference, not args.no_carry, strict_reference=args.reference is not None
+            table, markdown = collect_experiment(  # names and reference were checked above
+                results, name, args.reference, not args.no_carry, records=found[name]
             )
             log.info("%s: wrote %s.{csv,md,png}", name, results / "leaderboards" / name)
             if args.format == "latex":

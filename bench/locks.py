@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Where a results directory keeps its lock files.
 LOCKS = "locks"
+#: ``flock`` errors meaning the file system cannot lock (some network file systems): run unlocked.
+UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
 
 
 def lock_path(results: Path, *parts: str) -> Path:
@@ -47,7 +49,7 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 log.warning("%s: process %s is computing it; waiting for it to finish", what, holder)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            elif error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            elif error.errno in UNSUPPORTED:
                 log.warning(
                     "%s: cannot lock %s on this file system (%s); running unlocked", what, path, error
                 )
